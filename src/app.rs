@@ -1,0 +1,104 @@
+//! Assembles the Pingora server from a validated config: the proxy service
+//! on every listener, the health checks, and the admin endpoint.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use pingora::listeners::tls::TlsSettings;
+use pingora::prelude::*;
+use pingora::server::configuration::ServerConf;
+use pingora::services::listening::Service;
+
+use crate::admin::{AdminService, AdminState};
+use crate::config::Config;
+use crate::proxy::health::HealthChecks;
+use crate::proxy::listener::EdgeApp;
+use crate::proxy::{Gateway, Runtime, SharedRuntime};
+
+/// Command-line options that shape the server.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Take the listeners over from a running instance (`--upgrade`).
+    pub upgrade: bool,
+    /// Detach from the terminal.
+    pub daemon: bool,
+}
+
+/// Pingora's process settings, from our `[server]` table.
+fn server_conf(c: &Config) -> ServerConf {
+    let s = &c.server;
+    let mut conf = ServerConf {
+        threads: s.threads.get(),
+        // Measured faster on this kind of machine: no cross-thread stealing.
+        work_stealing: false,
+        upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+        grace_period_seconds: Some(s.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(s.grace_period.as_secs().clamp(1, 5)),
+        upgrade_sock: s.upgrade_sock.display().to_string(),
+        pid_file: s.pid_file.display().to_string(),
+        ..ServerConf::default()
+    };
+    // Retries beyond our own per-upstream count are Pingora's reuse retries.
+    conf.max_retries = c.upstreams.iter().map(|u| u.retries).max().unwrap_or(0) + 2;
+    conf
+}
+
+/// Everything `run` needs, built and checked before any listener opens.
+pub struct Prepared {
+    pub server: Server,
+    pub runtime: SharedRuntime,
+}
+
+/// Builds the server. Binds the admin port here, so that a port in use is a
+/// start-up error with a clear message.
+pub fn prepare(config: Config, opts: &RunOptions) -> Result<Prepared, String> {
+    let conf = server_conf(&config);
+    let runtime = Runtime::build(config.clone()).map_err(|e| e.to_string())?;
+    let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(runtime));
+
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        daemon: opts.daemon,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let proxy = pingora::proxy::http_proxy(&server.configuration, Gateway::new(runtime.clone()));
+    let app = EdgeApp::new(proxy, runtime.clone());
+    let mut svc = Service::new("floodgate proxy".to_string(), app);
+    for a in &config.server.listen {
+        svc.add_tcp(&a.to_string());
+    }
+    for t in &config.server.tls {
+        let mut tls = TlsSettings::intermediate(
+            &t.cert_file.display().to_string(),
+            &t.key_file.display().to_string(),
+        )
+        .map_err(|e| format!("server.tls {}: {e}", t.listen))?;
+        if t.http2 {
+            tls.enable_h2();
+        }
+        svc.add_tls_with_settings(&t.listen.to_string(), None, tls);
+    }
+    server.add_service(svc);
+
+    server.add_service(background_service(
+        "health checks",
+        HealthChecks::new(runtime.clone()),
+    ));
+
+    let admin = std::net::TcpListener::bind(config.server.admin_listen)
+        .and_then(|l| l.set_nonblocking(true).map(|_| l))
+        .map_err(|e| format!("server.admin_listen {}: {e}", config.server.admin_listen))?;
+    let state = AdminState {
+        runtime: runtime.clone(),
+        ready: Arc::new(AtomicBool::new(false)),
+    };
+    server.add_service(background_service("admin", AdminService::new(admin, state)));
+
+    Ok(Prepared { server, runtime })
+}

@@ -1,0 +1,623 @@
+//! Configuration: one TOML file, decoded in two stages.
+//!
+//! 1. [`schema`]: serde structs mirroring the file. Unknown keys are
+//!    collected with `serde_ignored` (serde's `deny_unknown_fields` would stop
+//!    at the first), type errors with `serde_path_to_error`, one section or
+//!    array element at a time so that one bad element does not hide the next.
+//! 2. [`validate`]: conversion into the types below (`SocketAddr`,
+//!    `Duration`, `NonZero*`), checking references between sections. Every
+//!    problem is reported with its key path and line.
+
+pub mod diag;
+pub mod schema;
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use diag::Diagnostics;
+pub use diag::{ConfigError, ConfigErrors, KeyPath};
+use schema::*;
+
+/// Where the gateway looks for its config without `--conf`.
+pub const DEFAULT_PATH: &str = "conf/floodgate.toml";
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: Vec<SocketAddr>,
+    pub tls: Vec<TlsListener>,
+    pub threads: NonZeroUsize,
+    pub admin_listen: SocketAddr,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub grace_period: Duration,
+    pub max_header_size: usize,
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub upstream_keepalive_pool_size: usize,
+    pub upgrade_sock: PathBuf,
+    pub pid_file: PathBuf,
+    pub access_log: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct TlsListener {
+    pub listen: SocketAddr,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub http2: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub backends: Vec<SocketAddr>,
+    pub tls: Option<UpstreamTls>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub health_check_interval: Duration,
+    pub retries: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct UpstreamTls {
+    pub sni: String,
+    pub ca_file: Option<PathBuf>,
+    pub verify_cert: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct RouteConfig {
+    pub name: String,
+    pub host: Option<String>,
+    pub path_prefix: String,
+    /// Index into `Config::upstreams`.
+    pub upstream: usize,
+}
+
+/// Reads and validates the file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let src = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        file: Some(path.display().to_string()),
+        errors: vec![ConfigError {
+            path: KeyPath::root(),
+            line: None,
+            message: format!("cannot read file: {e}"),
+        }],
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&src, base).map_err(|mut e| {
+        e.file = Some(path.display().to_string());
+        e
+    })
+}
+
+/// Parses and validates config text. Relative file paths in it are resolved
+/// against `base` (the config file's directory).
+pub fn parse(src: &str, base: &Path) -> Result<Config, ConfigErrors> {
+    let mut d = Diagnostics::new(src);
+    let table: toml::Table = match toml::from_str(src) {
+        Ok(t) => t,
+        Err(e) => {
+            let msg = e.message().to_string();
+            match e.span() {
+                Some(s) => d.error_at_offset(&KeyPath::root(), s.start, msg),
+                None => d.error(&KeyPath::root(), msg),
+            }
+            return Err(d.finish());
+        }
+    };
+    let raw = decode(&table, &mut d);
+    let config = validate(raw, base, &mut d);
+    if d.has_errors() {
+        return Err(d.finish());
+    }
+    // `validate` returns a config whenever it recorded no error.
+    config.ok_or_else(|| d.finish())
+}
+
+const TOP_LEVEL_KEYS: &[&str] = &["server", "upstreams", "routes"];
+
+/// Stage 1: decode each section, collecting unknown keys and type errors.
+fn decode(table: &toml::Table, d: &mut Diagnostics<'_>) -> RawConfig {
+    let root = KeyPath::root();
+    for key in table.keys() {
+        if !TOP_LEVEL_KEYS.contains(&key.as_str()) {
+            d.error(&root.key(key), "unknown key");
+        }
+    }
+    let mut raw = RawConfig::default();
+    if let Some(v) = table.get("server") {
+        raw.server = decode_value(v, &root.key("server"), d).unwrap_or_default();
+    }
+    raw.upstreams = decode_array(table, "upstreams", d);
+    raw.routes = decode_array(table, "routes", d);
+    raw
+}
+
+/// Decodes each element of the array at `key` on its own; an element with a
+/// type error is reported and replaced by its default so that validation
+/// goes on.
+fn decode_array<T: DeserializeOwned + Default>(
+    table: &toml::Table,
+    key: &str,
+    d: &mut Diagnostics<'_>,
+) -> Vec<T> {
+    let path = KeyPath::root().key(key);
+    match table.get(key) {
+        None => Vec::new(),
+        Some(toml::Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| decode_value(v, &path.index(i), d))
+            .collect(),
+        Some(_) => {
+            d.error(&path, "must be an array of tables (`[[...]]`)");
+            Vec::new()
+        }
+    }
+}
+
+fn decode_value<T: DeserializeOwned>(
+    v: &toml::Value,
+    path: &KeyPath,
+    d: &mut Diagnostics<'_>,
+) -> Option<T> {
+    let mut unknown = Vec::new();
+    let mut on_unknown = |p: serde_ignored::Path<'_>| unknown.push(path.join_ignored(&p));
+    let de = serde_ignored::Deserializer::new(v.clone(), &mut on_unknown);
+    let result: Result<T, _> = serde_path_to_error::deserialize(de);
+    for p in unknown {
+        d.error(&p, "unknown key");
+    }
+    match result {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let p = path.join_serde(e.path());
+            d.error(&p, clean_serde_message(&e.inner().to_string()));
+            None
+        }
+    }
+}
+
+fn clean_serde_message(m: &str) -> String {
+    m.trim().trim_end_matches('.').to_string()
+}
+
+/// Stage 2: convert and cross-check. Returns `None` only when an error was
+/// recorded.
+fn validate(raw: RawConfig, base: &Path, d: &mut Diagnostics<'_>) -> Option<Config> {
+    let server = validate_server(raw.server, base, d);
+
+    let up_path = KeyPath::root().key("upstreams");
+    let mut names = HashSet::new();
+    let mut upstreams = Vec::new();
+    for (i, u) in raw.upstreams.into_iter().enumerate() {
+        let p = up_path.index(i);
+        if let Some(u) = validate_upstream(u, &p, base, d) {
+            if !names.insert(u.name.clone()) {
+                d.error(
+                    &p.key("name"),
+                    format!("duplicate upstream name {:?}", u.name),
+                );
+            }
+            upstreams.push(u);
+        }
+    }
+
+    let route_path = KeyPath::root().key("routes");
+    if raw.routes.is_empty() {
+        d.error(&route_path, "at least one [[routes]] entry is required");
+    }
+    let mut routes = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let p = route_path.index(i);
+        if let Some(r) = validate_route(r, i, &p, &upstreams, d) {
+            if !seen.insert((r.host.clone(), r.path_prefix.clone())) {
+                d.error(
+                    &p.key("path_prefix"),
+                    "another route already has this host and path_prefix",
+                );
+            }
+            routes.push(r);
+        }
+    }
+    if d.has_errors() {
+        return None;
+    }
+    Some(Config {
+        server: server?,
+        upstreams,
+        routes,
+    })
+}
+
+fn validate_server(s: RawServer, base: &Path, d: &mut Diagnostics<'_>) -> Option<ServerConfig> {
+    let p = KeyPath::root().key("server");
+    let listen = match s.listen {
+        None => vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| socket_addr(a, &p.key("listen").index(i), d))
+            .collect(),
+    };
+    let mut tls = Vec::new();
+    for (i, t) in s.tls.into_iter().enumerate() {
+        let tp = p.key("tls").index(i);
+        let listen = required(t.listen, &tp.key("listen"), d)
+            .and_then(|a| socket_addr(&a, &tp.key("listen"), d));
+        let cert = required(t.cert_file, &tp.key("cert_file"), d)
+            .and_then(|f| existing_file(&f, base, &tp.key("cert_file"), d));
+        let key = required(t.key_file, &tp.key("key_file"), d)
+            .and_then(|f| existing_file(&f, base, &tp.key("key_file"), d));
+        if let (Some(listen), Some(cert_file), Some(key_file)) = (listen, cert, key) {
+            tls.push(TlsListener {
+                listen,
+                cert_file,
+                key_file,
+                http2: t.http2.unwrap_or(true),
+            });
+        }
+    }
+    if listen.is_empty() && tls.is_empty() {
+        d.error(&p.key("listen"), "at least one listener is required");
+    }
+    let mut all: Vec<SocketAddr> = listen.clone();
+    all.extend(tls.iter().map(|t| t.listen));
+    let admin_listen = match s.admin_listen {
+        None => Some(SocketAddr::from(([127, 0, 0, 1], 9091))),
+        Some(a) => socket_addr(&a, &p.key("admin_listen"), d),
+    };
+    if let Some(a) = admin_listen {
+        all.push(a);
+    }
+    let mut uniq = HashSet::new();
+    for a in &all {
+        if a.port() != 0 && !uniq.insert(*a) {
+            d.error(&p, format!("address {a} is used by two listeners"));
+        }
+    }
+    let threads = match s.threads {
+        None => NonZeroUsize::new(1),
+        Some(n) => positive(n, &p.key("threads"), d).and_then(NonZeroUsize::new),
+    };
+    let trusted_proxies = s
+        .trusted_proxies
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| ip_net(t, &p.key("trusted_proxies").index(i), d))
+        .collect();
+    let grace_period = duration_or(s.grace_period, "10s", &p.key("grace_period"), d);
+    let header_timeout = duration_or(s.header_timeout, "10s", &p.key("header_timeout"), d);
+    let keepalive_timeout = duration_or(s.keepalive_timeout, "60s", &p.key("keepalive_timeout"), d);
+    let max_header_size = match s.max_header_size {
+        None => Some(64 * 1024),
+        Some(v) => byte_size(&v, &p.key("max_header_size"), d),
+    };
+    if let Some(m) = max_header_size {
+        // Pingora refuses header blocks over 1 MiB on its own.
+        if !(1024..=1024 * 1024).contains(&m) {
+            d.error(&p.key("max_header_size"), "must be between 1KiB and 1MiB");
+        }
+    }
+    let pool = match s.upstream_keepalive_pool_size {
+        None => Some(1024),
+        Some(n) if n >= 0 => Some(n as usize),
+        Some(_) => {
+            d.error(&p.key("upstream_keepalive_pool_size"), "must be >= 0");
+            None
+        }
+    };
+    // Defaults are per instance (keyed by the admin port), so two gateways on
+    // one machine never share Pingora's fixed /tmp paths.
+    let tag = admin_listen.map_or(0, |a| a.port());
+    let upgrade_sock = s
+        .upgrade_sock
+        .map(|f| base.join(f))
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("floodgate-{tag}.upgrade.sock")));
+    let pid_file = s
+        .pid_file
+        .map(|f| base.join(f))
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("floodgate-{tag}.pid")));
+    Some(ServerConfig {
+        listen,
+        tls,
+        threads: threads?,
+        admin_listen: admin_listen?,
+        trusted_proxies,
+        grace_period: grace_period?,
+        max_header_size: max_header_size?,
+        header_timeout: header_timeout?,
+        keepalive_timeout: keepalive_timeout?,
+        upstream_keepalive_pool_size: pool?,
+        upgrade_sock,
+        pid_file,
+        access_log: s.access_log.unwrap_or(true),
+    })
+}
+
+fn validate_upstream(
+    u: RawUpstream,
+    p: &KeyPath,
+    base: &Path,
+    d: &mut Diagnostics<'_>,
+) -> Option<UpstreamConfig> {
+    let name = required(u.name, &p.key("name"), d).and_then(|n| name_ok(n, &p.key("name"), d));
+    let backends = match u.backends {
+        None => {
+            d.error(
+                &p.key("backends"),
+                "missing: list at least one \"host:port\"",
+            );
+            None
+        }
+        Some(b) if b.is_empty() => {
+            d.error(&p.key("backends"), "must list at least one \"host:port\"");
+            None
+        }
+        Some(b) => {
+            let v: Vec<_> = b
+                .iter()
+                .enumerate()
+                .filter_map(|(i, a)| socket_addr(a, &p.key("backends").index(i), d))
+                .collect();
+            (v.len() == b.len()).then_some(v)
+        }
+    };
+    let tls_on = u.tls.unwrap_or(false);
+    if !tls_on {
+        for (k, set) in [
+            ("sni", u.sni.is_some()),
+            ("ca_file", u.ca_file.is_some()),
+            ("verify_cert", u.verify_cert.is_some()),
+        ] {
+            if set {
+                d.error(&p.key(k), "only applies with tls = true");
+            }
+        }
+    }
+    let tls = if tls_on {
+        let ca_file = match u.ca_file {
+            None => Some(None),
+            Some(f) => existing_file(&f, base, &p.key("ca_file"), d).map(Some),
+        };
+        let sni = match u.sni {
+            Some(s) => s,
+            None => backends
+                .as_ref()
+                .and_then(|b| b.first())
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default(),
+        };
+        ca_file.map(|ca_file| {
+            Some(UpstreamTls {
+                sni,
+                ca_file,
+                verify_cert: u.verify_cert.unwrap_or(true),
+            })
+        })
+    } else {
+        Some(None)
+    };
+    let connect_timeout = duration_or(u.connect_timeout, "5s", &p.key("connect_timeout"), d);
+    let read_timeout = duration_or(u.read_timeout, "60s", &p.key("read_timeout"), d);
+    let write_timeout = duration_or(u.write_timeout, "60s", &p.key("write_timeout"), d);
+    let idle_timeout = duration_or(u.idle_timeout, "60s", &p.key("idle_timeout"), d);
+    let health_check_interval = duration_or(
+        u.health_check_interval,
+        "1s",
+        &p.key("health_check_interval"),
+        d,
+    );
+    let retries = match u.retries {
+        None => Some(
+            backends
+                .as_ref()
+                .map_or(0, |b| b.len().saturating_sub(1))
+                .min(3),
+        ),
+        Some(n) if n >= 0 => Some(n as usize),
+        Some(_) => {
+            d.error(&p.key("retries"), "must be >= 0");
+            None
+        }
+    };
+    Some(UpstreamConfig {
+        name: name?,
+        backends: backends?,
+        tls: tls?,
+        connect_timeout: connect_timeout?,
+        read_timeout: read_timeout?,
+        write_timeout: write_timeout?,
+        idle_timeout: idle_timeout?,
+        health_check_interval: health_check_interval?,
+        retries: retries?,
+    })
+}
+
+fn validate_route(
+    r: RawRoute,
+    i: usize,
+    p: &KeyPath,
+    upstreams: &[UpstreamConfig],
+    d: &mut Diagnostics<'_>,
+) -> Option<RouteConfig> {
+    let name = match r.name {
+        Some(n) => name_ok(n, &p.key("name"), d),
+        None => Some(format!("route{i}")),
+    };
+    let path_prefix = r.path_prefix.unwrap_or_else(|| "/".to_string());
+    if !path_prefix.starts_with('/') {
+        d.error(&p.key("path_prefix"), "must start with '/'");
+    }
+    let host = r.host.map(|h| h.to_ascii_lowercase());
+    if let Some(h) = &host {
+        if h.is_empty() || h.contains(['/', ' ']) {
+            d.error(&p.key("host"), "must be a host name, optionally with :port");
+        }
+    }
+    let upstream = required(r.upstream, &p.key("upstream"), d).and_then(|u| {
+        let idx = upstreams.iter().position(|x| x.name == u);
+        if idx.is_none() {
+            let known: Vec<_> = upstreams.iter().map(|x| x.name.as_str()).collect();
+            d.error(
+                &p.key("upstream"),
+                format!("unknown upstream {u:?} (defined: {})", known.join(", ")),
+            );
+        }
+        idx
+    });
+    Some(RouteConfig {
+        name: name?,
+        host,
+        path_prefix,
+        upstream: upstream?,
+    })
+}
+
+// ---- value helpers: each records its own error and returns None on failure
+
+fn required<T>(v: Option<T>, p: &KeyPath, d: &mut Diagnostics<'_>) -> Option<T> {
+    if v.is_none() {
+        d.error(p, "missing required key");
+    }
+    v
+}
+
+fn name_ok(n: String, p: &KeyPath, d: &mut Diagnostics<'_>) -> Option<String> {
+    let ok = !n.is_empty()
+        && n.len() <= 64
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !ok {
+        d.error(p, "must be 1-64 characters of [A-Za-z0-9_.-]");
+        return None;
+    }
+    Some(n)
+}
+
+fn positive(n: i64, p: &KeyPath, d: &mut Diagnostics<'_>) -> Option<usize> {
+    if n <= 0 {
+        d.error(p, "must be > 0");
+        return None;
+    }
+    Some(n as usize)
+}
+
+fn socket_addr(a: &str, p: &KeyPath, d: &mut Diagnostics<'_>) -> Option<SocketAddr> {
+    match a.parse::<SocketAddr>() {
+        Ok(s) => Some(s),
+        Err(_) => {
+            // A host name is resolved once, at load time.
+            use std::net::ToSocketAddrs;
+            match a.to_socket_addrs().map(|mut it| it.next()) {
+                Ok(Some(s)) if a.contains(':') => Some(s),
+                _ => {
+                    d.error(p, format!("{a:?} is not a valid \"host:port\" address"));
+                    None
+                }
+            }
+        }
+    }
+}
+
+fn ip_net(s: &str, p: &KeyPath, d: &mut Diagnostics<'_>) -> Option<ipnet::IpNet> {
+    if let Ok(n) = s.parse::<ipnet::IpNet>() {
+        return Some(n);
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ipnet::IpNet::from(ip));
+    }
+    d.error(p, format!("{s:?} is not an IP address or CIDR network"));
+    None
+}
+
+/// Parses a duration string with a unit: `"250ms"`, `"5s"`, `"1m"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t.is_empty() || !t.chars().any(|c| c.is_ascii_alphabetic()) {
+        return Err(format!(
+            "{s:?} needs a unit, e.g. \"250ms\", \"5s\", \"1m\""
+        ));
+    }
+    humantime::parse_duration(t).map_err(|e| format!("{s:?} is not a duration: {e}"))
+}
+
+fn duration_or(
+    v: Option<String>,
+    default: &str,
+    p: &KeyPath,
+    d: &mut Diagnostics<'_>,
+) -> Option<Duration> {
+    let s = v.as_deref().unwrap_or(default);
+    match parse_duration(s) {
+        Ok(x) => Some(x),
+        Err(e) => {
+            d.error(p, e);
+            None
+        }
+    }
+}
+
+fn byte_size(v: &toml::Value, p: &KeyPath, d: &mut Diagnostics<'_>) -> Option<usize> {
+    match v {
+        toml::Value::Integer(n) if *n >= 0 => Some(*n as usize),
+        toml::Value::String(s) => match parse_byte_size(s) {
+            Some(n) => Some(n),
+            None => {
+                d.error(
+                    p,
+                    format!("{s:?} is not a size (e.g. 65536, \"64KiB\", \"1MiB\")"),
+                );
+                None
+            }
+        },
+        _ => {
+            d.error(p, "must be a byte count or a string like \"64KiB\"");
+            None
+        }
+    }
+}
+
+/// Parses `"64KiB"`, `"1MiB"`, `"512"`, `"10kb"` into bytes.
+pub fn parse_byte_size(s: &str) -> Option<usize> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num.parse().ok()?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+fn existing_file(f: &str, base: &Path, p: &KeyPath, d: &mut Diagnostics<'_>) -> Option<PathBuf> {
+    let path = base.join(f);
+    if !path.is_file() {
+        d.error(p, format!("file {} does not exist", path.display()));
+        return None;
+    }
+    Some(path)
+}
+
+#[cfg(test)]
+mod tests;

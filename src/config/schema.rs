@@ -1,0 +1,111 @@
+//! The file format: serde structs that mirror the TOML keys one to one.
+//!
+//! These types are never used past `config::validate`; the rest of the
+//! gateway sees only the validated types in `config`. Values that need
+//! parsing (addresses, durations, sizes, networks) stay strings here so that
+//! validation can report each bad one with its key path, instead of serde
+//! stopping at the first.
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawConfig {
+    /// Listeners, workers, admin endpoint, process settings.
+    pub server: RawServer,
+    /// Named pools of backend hosts.
+    pub upstreams: Vec<RawUpstream>,
+    /// Which upstream serves which host and path prefix.
+    pub routes: Vec<RawRoute>,
+}
+
+/// `[server]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawServer {
+    /// Plain-HTTP proxy listeners, `host:port`.
+    pub listen: Option<Vec<String>>,
+    /// TLS-terminating proxy listeners.
+    pub tls: Vec<RawTlsListener>,
+    /// Worker threads per service.
+    pub threads: Option<i64>,
+    /// Admin REST endpoint, `/metrics`, `/health`, `/ready`.
+    pub admin_listen: Option<String>,
+    /// Peers (addresses or CIDR networks) whose `X-Forwarded-For` is kept.
+    pub trusted_proxies: Vec<String>,
+    /// Drain time on shutdown and upgrade.
+    pub grace_period: Option<String>,
+    /// Largest request header block accepted, bytes or `"64KiB"`; 431 beyond.
+    pub max_header_size: Option<toml::Value>,
+    /// Time a client has to send its whole request header after its first byte.
+    pub header_timeout: Option<String>,
+    /// Idle time a client connection is kept open between requests.
+    pub keepalive_timeout: Option<String>,
+    /// Idle upstream connections kept in the pool, over all upstreams.
+    pub upstream_keepalive_pool_size: Option<i64>,
+    /// Unix socket used to hand listeners over on `--upgrade`.
+    pub upgrade_sock: Option<String>,
+    /// Where the pid file is written.
+    pub pid_file: Option<String>,
+    /// One access-log line per request.
+    pub access_log: Option<bool>,
+}
+
+/// `[[server.tls]]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawTlsListener {
+    /// `host:port` to listen on.
+    pub listen: Option<String>,
+    /// PEM certificate chain.
+    pub cert_file: Option<String>,
+    /// PEM private key.
+    pub key_file: Option<String>,
+    /// Offer HTTP/2 through ALPN (default true).
+    pub http2: Option<bool>,
+}
+
+/// `[[upstreams]]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawUpstream {
+    /// Name that routes refer to.
+    pub name: Option<String>,
+    /// `host:port` of each backend; several are load balanced.
+    pub backends: Option<Vec<String>>,
+    /// Speak HTTPS to the backends.
+    pub tls: Option<bool>,
+    /// Server name sent in TLS and checked against the certificate.
+    pub sni: Option<String>,
+    /// PEM file of CA certificates trusted for this upstream (default: system roots).
+    pub ca_file: Option<String>,
+    /// Verify the backend certificate and host name (default true).
+    pub verify_cert: Option<bool>,
+    /// Time to establish a TCP (and TLS) connection.
+    pub connect_timeout: Option<String>,
+    /// Time to wait for each read from the upstream.
+    pub read_timeout: Option<String>,
+    /// Time to wait for each write to the upstream.
+    pub write_timeout: Option<String>,
+    /// Time an idle pooled connection is kept.
+    pub idle_timeout: Option<String>,
+    /// Interval of the active health check of each backend.
+    pub health_check_interval: Option<String>,
+    /// Further backends tried when connecting to one fails.
+    pub retries: Option<i64>,
+}
+
+/// `[[routes]]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawRoute {
+    /// Name used in metrics and logs.
+    pub name: Option<String>,
+    /// Host header this route matches (any host when absent).
+    pub host: Option<String>,
+    /// Path prefix this route matches; the longest matching prefix wins.
+    pub path_prefix: Option<String>,
+    /// Name of the upstream serving this route.
+    pub upstream: Option<String>,
+}

@@ -1,0 +1,132 @@
+//! A small, real HTTP/1.1 upstream: the README's demo backend, the
+//! docker-compose demo service, and the backend integration tests and
+//! benchmarks start on an ephemeral port.
+//!
+//! Every response is JSON describing the request it answers (method, path,
+//! headers, the server's name), so a caller can see what the gateway
+//! forwarded. Query parameters shape the answer:
+//! - `delay_ms=N`: wait N ms before answering;
+//! - `status=N`: answer with status N.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// Counters a test can read while the server runs.
+#[derive(Debug, Default)]
+pub struct DemoStats {
+    /// Requests received.
+    pub requests: AtomicU64,
+    /// Requests being answered right now.
+    pub in_flight: AtomicU64,
+    /// The most requests ever answered at once.
+    pub max_in_flight: AtomicU64,
+}
+
+/// Serves until the listener fails; each connection on its own task.
+pub async fn serve(listener: TcpListener, name: String, stats: Arc<DemoStats>) {
+    let name: Arc<str> = Arc::from(name);
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let name = name.clone();
+        let stats = stats.clone();
+        tokio::spawn(serve_connection(tcp, name, stats));
+    }
+}
+
+/// Serves HTTP/1.1 on one established connection (plain or TLS).
+pub async fn serve_connection<S>(io: S, name: Arc<str>, stats: Arc<DemoStats>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| handle(req, name.clone(), stats.clone()));
+    let _ = http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades()
+        .await;
+}
+
+struct InFlight<'a>(&'a DemoStats);
+
+impl<'a> InFlight<'a> {
+    fn enter(s: &'a DemoStats) -> Self {
+        s.requests.fetch_add(1, Ordering::SeqCst);
+        let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        s.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(s)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    name: Arc<str>,
+    stats: Arc<DemoStats>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let _guard = InFlight::enter(&stats);
+    let query: BTreeMap<String, String> = req
+        .uri()
+        .query()
+        .map(|q| {
+            q.split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in req.headers() {
+        headers
+            .entry(k.as_str().to_string())
+            .or_default()
+            .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+    }
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let body_len = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes().len(),
+        Err(_) => 0,
+    };
+    if let Some(ms) = query.get("delay_ms").and_then(|v| v.parse::<u64>().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms.min(120_000))).await;
+    }
+    let status = query
+        .get("status")
+        .and_then(|v| v.parse::<u16>().ok())
+        .and_then(|s| hyper::StatusCode::from_u16(s).ok())
+        .unwrap_or(hyper::StatusCode::OK);
+    let body = serde_json::json!({
+        "server": &*name,
+        "method": method,
+        "path": path,
+        "headers": headers,
+        "body_bytes": body_len,
+    });
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}

@@ -1,0 +1,159 @@
+//! The `floodgate` binary: CLI → config → server → run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use floodgate::app::{self, RunOptions};
+use floodgate::config;
+use floodgate::logging::{self, LogFormat};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// An edge gateway that protects APIs from overload.
+#[derive(Parser, Debug)]
+#[command(name = "floodgate", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// Config file to run with.
+    #[arg(short, long, value_name = "PATH", default_value = config::DEFAULT_PATH)]
+    conf: PathBuf,
+    /// Validate config files, print every error with its key path and line,
+    /// exit 1 on any error.
+    #[arg(long, value_name = "PATH", num_args = 1..)]
+    check: Option<Vec<PathBuf>>,
+    /// Take over the listeners of a running instance (binary upgrade).
+    #[arg(short, long)]
+    upgrade: bool,
+    /// Run in the background.
+    #[arg(short, long)]
+    daemon: bool,
+    /// Log line format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Exit 0 when the instance whose admin endpoint is ADDR is ready.
+    Health {
+        /// Admin address, `host:port`.
+        #[arg(long, default_value = "127.0.0.1:9091")]
+        admin: String,
+    },
+    /// Run the bundled demo upstream (a JSON echo server).
+    DemoUpstream {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: String,
+        /// Name the server reports in its answers.
+        #[arg(long, default_value = "demo")]
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    match cli.command {
+        Some(Command::Health { admin }) => return health(&admin),
+        Some(Command::DemoUpstream { listen, name }) => return demo_upstream(&listen, name),
+        None => {}
+    }
+    if let Some(files) = cli.check {
+        return check(&files);
+    }
+    let config = match config::load(&cli.conf) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let opts = RunOptions {
+        upgrade: cli.upgrade,
+        daemon: cli.daemon,
+    };
+    let prepared = match app::prepare(config, &opts) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("floodgate: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(conf = %cli.conf.display(), "floodgate starting");
+    prepared.server.run_forever()
+}
+
+fn check(files: &[PathBuf]) -> ExitCode {
+    let mut failed = false;
+    for f in files {
+        match config::load(f) {
+            Ok(_) => println!("{}: ok", f.display()),
+            Err(e) => {
+                failed = true;
+                print!("{e}");
+            }
+        }
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// A dependency-free readiness probe for container health checks.
+fn health(admin: &str) -> ExitCode {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let attempt = || -> std::io::Result<bool> {
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(admin)?
+            .next()
+            .ok_or_else(|| std::io::Error::other("no address"))?;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        write!(
+            s,
+            "GET /ready HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)?;
+        Ok(buf.starts_with("HTTP/1.1 200"))
+    };
+    match attempt() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("floodgate at {admin} is not ready");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("floodgate at {admin}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn demo_upstream(listen: &str, name: String) -> ExitCode {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("demo-upstream: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("demo-upstream: cannot listen on {listen}: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        tracing::info!("demo upstream {name:?} listening on {listen}");
+        floodgate::demo::serve(listener, name, Default::default()).await;
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,97 @@
+//! Every metric Floodgate exports, defined and documented in one place.
+//!
+//! All names carry the `floodgate_` prefix. Labels are bounded: `route` is a
+//! configured route name (or `none` when no route matched), `outcome` is
+//! `allowed` or a [`RejectReason`](crate::limits::RejectReason) code.
+
+use once_cell::sync::Lazy;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// The label used for requests that matched no route.
+pub const NO_ROUTE_LABEL: &str = "none";
+/// The `outcome` label of a request that was proxied.
+pub const OUTCOME_ALLOWED: &str = "allowed";
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// `floodgate_requests_total{route, outcome}`: requests by route and by
+    /// outcome (`allowed` or the reject code).
+    pub requests_total: IntCounterVec,
+    /// `floodgate_request_duration_seconds{route}`: time from the request
+    /// header to the end of the response, for every request.
+    pub request_duration_seconds: HistogramVec,
+    /// `floodgate_ready`: 1 when `/ready` answers 200.
+    pub ready: IntGauge,
+}
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    let registry = Registry::new();
+    let requests_total = IntCounterVec::new(
+        Opts::new(
+            "floodgate_requests_total",
+            "Requests by route and outcome (allowed, or the reject code).",
+        ),
+        &["route", "outcome"],
+    )?;
+    let request_duration_seconds = HistogramVec::new(
+        HistogramOpts::new(
+            "floodgate_request_duration_seconds",
+            "Time from the request header to the end of the response.",
+        )
+        .buckets(vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0,
+        ]),
+        &["route"],
+    )?;
+    let ready = IntGauge::new("floodgate_ready", "1 when /ready would answer 200.")?;
+    registry.register(Box::new(requests_total.clone()))?;
+    registry.register(Box::new(request_duration_seconds.clone()))?;
+    registry.register(Box::new(ready.clone()))?;
+    Ok(Metrics {
+        registry,
+        requests_total,
+        request_duration_seconds,
+        ready,
+    })
+}
+
+static METRICS: Lazy<Metrics> = Lazy::new(|| match build() {
+    Ok(m) => m,
+    // Names and labels are constants: a failure here is a programming error
+    // caught by the first test that touches metrics.
+    Err(e) => panic!("metric definitions are invalid: {e}"),
+});
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+/// The registry in Prometheus' text format.
+pub fn render() -> String {
+    let mut buf = Vec::new();
+    let families = METRICS.registry.gather();
+    if TextEncoder::new().encode(&families, &mut buf).is_err() {
+        return String::new();
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn renders_every_family() {
+        let m = super::metrics();
+        m.requests_total.with_label_values(&["r", "allowed"]).inc();
+        m.request_duration_seconds
+            .with_label_values(&["r"])
+            .observe(0.01);
+        let text = super::render();
+        assert!(text.contains("floodgate_requests_total{outcome=\"allowed\",route=\"r\"}"));
+        assert!(text.contains("floodgate_request_duration_seconds_bucket"));
+        assert!(text.contains("floodgate_ready"));
+    }
+}

@@ -1,0 +1,109 @@
+//! The one place that writes the responses the gateway decides on itself:
+//! status, JSON body `{"error", "message"}`, `Retry-After` where due, and the
+//! request id.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, Session};
+
+use super::context::RequestCtx;
+use super::headers::X_REQUEST_ID;
+use crate::limits::RejectReason;
+
+/// Answers the request with `reason` and ends its processing: records the
+/// reason on the context and returns `Ok(true)` for `request_filter` to pass
+/// on. A refusal is an outcome, not an error.
+pub async fn reject(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    reason: RejectReason,
+    message: &str,
+    retry_after_secs: Option<u64>,
+) -> Result<bool> {
+    ctx.reject = Some(reason);
+    write(session, ctx, reason, message, retry_after_secs).await?;
+    Ok(true)
+}
+
+async fn write(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    reason: RejectReason,
+    message: &str,
+    retry_after_secs: Option<u64>,
+) -> Result<()> {
+    let body: Bytes = reason.body(message);
+    let mut h = ResponseHeader::build(reason.status(), Some(5))?;
+    h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    h.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    if reason.needs_retry_after() {
+        h.insert_header(
+            http::header::RETRY_AFTER,
+            retry_after_secs.unwrap_or(1).max(1),
+        )?;
+    }
+    if !ctx.request_id.is_empty() {
+        h.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+    }
+    if reason.status().is_client_error() && reason != RejectReason::NoRoute {
+        // After a malformed request the connection's state is suspect.
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+/// What a failed proxy attempt is answered with: 504 `upstream_timeout` for
+/// an upstream that did not answer in time, 502 `upstream_error` for any
+/// other upstream failure, 400 `bad_request` for a request Pingora could not
+/// read, nothing when the client is gone or the response already started.
+pub fn classify(e: &Error) -> Option<RejectReason> {
+    match e.esource() {
+        ErrorSource::Upstream => Some(match e.etype() {
+            ConnectTimedout | ReadTimedout | WriteTimedout => RejectReason::UpstreamTimeout,
+            _ => RejectReason::UpstreamError,
+        }),
+        ErrorSource::Downstream => match e.etype() {
+            ReadError | WriteError | ConnectionClosed => None,
+            ReadTimedout => Some(RejectReason::RequestTimeout),
+            _ => Some(RejectReason::BadRequest),
+        },
+        ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
+            HTTPStatus(c) if (400..500).contains(c) => Some(RejectReason::BadRequest),
+            _ => Some(RejectReason::UpstreamError),
+        },
+    }
+}
+
+/// `ProxyHttp::fail_to_proxy`: writes the JSON error for `e` if the client
+/// can still receive one.
+pub async fn fail_to_proxy(session: &mut Session, ctx: &mut RequestCtx, e: &Error) -> FailToProxy {
+    let reason = classify(e);
+    if let Some(r) = reason {
+        ctx.reject = Some(r);
+    }
+    let code = match reason {
+        Some(r) if session.response_written().is_none() => {
+            let msg = match r {
+                RejectReason::UpstreamTimeout => "the upstream did not answer in time",
+                RejectReason::UpstreamError => "the upstream failed or is unreachable",
+                RejectReason::RequestTimeout => "the request was not received in time",
+                _ => "the request could not be read",
+            };
+            match write(session, ctx, r, msg, None).await {
+                Ok(()) => r.status().as_u16(),
+                Err(_) => 0,
+            }
+        }
+        // The response is under way (or the client is gone): nothing more
+        // can be said to the client; the connection is closed.
+        _ => 0,
+    };
+    FailToProxy {
+        error_code: code,
+        can_reuse_downstream: false,
+    }
+}

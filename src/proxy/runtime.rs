@@ -1,0 +1,59 @@
+//! The runtime snapshot: everything a request needs, built from one config.
+//!
+//! A request loads the current `Arc<Runtime>` once, in `request_filter`, and
+//! keeps it in its context, so it sees one configuration from start to end.
+//! A reload builds a new `Runtime` off the request path and swaps it in.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::routing::Router;
+use super::upstream::Upstream;
+use crate::config::{Config, ConfigError, ConfigErrors, KeyPath};
+
+/// One immutable configuration, compiled for the request path.
+#[derive(Debug)]
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub router: Router,
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// Peers whose `X-Forwarded-*` headers are kept.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// The swappable handle every service shares.
+pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
+
+impl Runtime {
+    /// Compiles a validated config. Fails only on what validation cannot see
+    /// without reading further files (a CA file that does not parse).
+    pub fn build(config: Config) -> Result<Self, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut upstreams = Vec::new();
+        for (i, u) in config.upstreams.iter().enumerate() {
+            match Upstream::build(u) {
+                Ok(u) => upstreams.push(Arc::new(u)),
+                Err(message) => errors.push(ConfigError {
+                    path: KeyPath::root().key("upstreams").index(i),
+                    line: None,
+                    message,
+                }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors { file: None, errors });
+        }
+        Ok(Runtime {
+            router: Router::new(&config.routes),
+            trusted_proxies: config.server.trusted_proxies.clone(),
+            upstreams,
+            config: Arc::new(config),
+        })
+    }
+
+    /// Whether `ip` is a configured trusted proxy.
+    pub fn is_trusted_proxy(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+}

@@ -1,0 +1,163 @@
+//! Upstream pools: backend selection (round robin over healthy backends),
+//! active health checks, and the peer each request connects to.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::lb::health_check::TcpHealthCheck;
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::{Backend, LoadBalancer};
+use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::utils::tls::{parse_x509, WrappedX509};
+
+use crate::config::UpstreamConfig;
+
+/// One named pool of backends, as the request path sees it.
+pub struct Upstream {
+    pub name: String,
+    lb: LoadBalancer<RoundRobin>,
+    tls: Option<PeerTls>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    write_timeout: Duration,
+    idle_timeout: Duration,
+    /// How often the background health check probes each backend.
+    pub health_check_interval: Duration,
+    /// Further backends tried when connecting to one fails.
+    pub retries: usize,
+}
+
+struct PeerTls {
+    sni: String,
+    verify_cert: bool,
+    ca: Option<Arc<[WrappedX509]>>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl Upstream {
+    /// Builds the pool. Reads the CA file, so it runs off the request path
+    /// (at start and on reload).
+    pub fn build(c: &UpstreamConfig) -> Result<Self, String> {
+        let backends = c.backends.iter().map(|a| a.to_string());
+        let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(backends)
+            .map_err(|e| format!("upstream {}: backends: {e}", c.name))?;
+        let mut hc = TcpHealthCheck::new();
+        hc.peer_template.options.connection_timeout =
+            Some(c.connect_timeout.min(c.health_check_interval));
+        // One failed probe takes a backend out, one success brings it back:
+        // traffic moves within one interval either way.
+        hc.consecutive_failure = 1;
+        hc.consecutive_success = 1;
+        lb.set_health_check(hc);
+        let tls = match &c.tls {
+            None => None,
+            Some(t) => Some(PeerTls {
+                sni: t.sni.clone(),
+                verify_cert: t.verify_cert,
+                ca: match &t.ca_file {
+                    None => None,
+                    Some(path) => Some(Arc::from(load_ca(path).map_err(|e| {
+                        format!("upstream {}: ca_file {}: {e}", c.name, path.display())
+                    })?)),
+                },
+            }),
+        };
+        Ok(Upstream {
+            name: c.name.clone(),
+            lb,
+            tls,
+            connect_timeout: c.connect_timeout,
+            read_timeout: c.read_timeout,
+            write_timeout: c.write_timeout,
+            idle_timeout: c.idle_timeout,
+            health_check_interval: c.health_check_interval,
+            retries: c.retries,
+        })
+    }
+
+    /// The next healthy backend in round-robin order, skipping those that
+    /// already failed for this request. Falls back to an unhealthy backend
+    /// not yet tried when every backend is marked down, so that a health
+    /// check lagging behind a recovery never refuses traffic on its own.
+    pub fn select(&self, exclude: &[SocketAddr]) -> Option<SocketAddr> {
+        let fresh = |b: &Backend| match b.addr.as_inet() {
+            Some(a) => !exclude.contains(a),
+            None => false,
+        };
+        let n = self.backend_count().max(1);
+        self.lb
+            .select_with(b"", n * 2, |b, healthy| healthy && fresh(b))
+            .or_else(|| self.lb.select_with(b"", n * 2, |b, _| fresh(b)))
+            .and_then(|b| b.addr.as_inet().copied())
+    }
+
+    pub fn backend_count(&self) -> usize {
+        self.lb.backends().get_backend().len()
+    }
+
+    /// Whether health checking currently counts `addr` as up.
+    pub fn is_healthy(&self, addr: SocketAddr) -> bool {
+        let b = Backend {
+            addr: PeerAddr::Inet(addr),
+            weight: 1,
+            ext: Default::default(),
+        };
+        self.lb.backends().ready(&b)
+    }
+
+    /// The peer a request to `addr` connects through; Pingora pools the
+    /// connections by peer.
+    pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
+        let (tls, sni) = match &self.tls {
+            Some(t) => (true, t.sni.clone()),
+            None => (false, String::new()),
+        };
+        let mut peer = HttpPeer::new(addr, tls, sni);
+        let o = &mut peer.options;
+        o.connection_timeout = Some(self.connect_timeout);
+        o.read_timeout = Some(self.read_timeout);
+        o.write_timeout = Some(self.write_timeout);
+        o.idle_timeout = Some(self.idle_timeout);
+        if let Some(t) = &self.tls {
+            o.verify_cert = t.verify_cert;
+            o.verify_hostname = t.verify_cert;
+            if let Some(ca) = &t.ca {
+                o.ca = Some(ca.clone());
+            }
+        }
+        peer
+    }
+
+    /// Probes every backend once (in parallel); called by the health-check
+    /// service every `health_check_interval`.
+    pub async fn run_health_check(&self) {
+        self.lb.backends().run_health_check(true).await;
+    }
+}
+
+/// Reads a PEM file of CA certificates, checking each one parses.
+fn load_ca(path: &std::path::Path) -> Result<Vec<WrappedX509>, String> {
+    let data = std::fs::read(path).map_err(|e| e.to_string())?;
+    let mut store = pingora::tls::RootCertStore::empty();
+    let mut out = Vec::new();
+    for cert in rustls_pemfile::certs(&mut data.as_slice()) {
+        let cert = cert.map_err(|e| format!("not a PEM certificate file: {e}"))?;
+        store
+            .add(cert.clone())
+            .map_err(|e| format!("invalid certificate: {e}"))?;
+        out.push(WrappedX509::new(cert.as_ref().to_vec(), parse_x509));
+    }
+    if out.is_empty() {
+        return Err("no certificate found".into());
+    }
+    Ok(out)
+}
