@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 /// Counters a test can read while the server runs.
 #[derive(Debug, Default)]
@@ -34,8 +36,14 @@ pub struct DemoStats {
     pub max_in_flight: AtomicU64,
 }
 
-/// Serves until the listener fails; each connection on its own task.
-pub async fn serve(listener: TcpListener, name: String, stats: Arc<DemoStats>) {
+/// Serves until the task is dropped; each connection on its own task. With
+/// `tls`, connections are TLS first (see [`tls_acceptor`]).
+pub async fn serve(
+    listener: TcpListener,
+    name: String,
+    stats: Arc<DemoStats>,
+    tls: Option<TlsAcceptor>,
+) {
     let name: Arc<str> = Arc::from(name);
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
@@ -44,8 +52,41 @@ pub async fn serve(listener: TcpListener, name: String, stats: Arc<DemoStats>) {
         let _ = tcp.set_nodelay(true);
         let name = name.clone();
         let stats = stats.clone();
-        tokio::spawn(serve_connection(tcp, name, stats));
+        match &tls {
+            None => {
+                tokio::spawn(serve_connection(tcp, name, stats));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(stream) = acceptor.accept(tcp).await {
+                        serve_connection(stream, name, stats).await;
+                    }
+                });
+            }
+        }
     }
+}
+
+/// A TLS acceptor from PEM certificate-chain and key files.
+pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, String> {
+    use tokio_rustls::rustls;
+    let certs = std::fs::read(cert_file).map_err(|e| format!("{}: {e}", cert_file.display()))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut certs.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", cert_file.display()))?;
+    let key = std::fs::read(key_file).map_err(|e| format!("{}: {e}", key_file.display()))?;
+    let key = rustls_pemfile::private_key(&mut key.as_slice())
+        .map_err(|e| format!("{}: {e}", key_file.display()))?
+        .ok_or_else(|| format!("{}: no private key", key_file.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| e.to_string())?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Serves HTTP/1.1 on one established connection (plain or TLS).

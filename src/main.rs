@@ -51,6 +51,12 @@ enum Command {
         /// Name the server reports in its answers.
         #[arg(long, default_value = "demo")]
         name: String,
+        /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
 }
 
@@ -59,7 +65,15 @@ fn main() -> ExitCode {
     logging::init(cli.log_format);
     match cli.command {
         Some(Command::Health { admin }) => return health(&admin),
-        Some(Command::DemoUpstream { listen, name }) => return demo_upstream(&listen, name),
+        Some(Command::DemoUpstream {
+            listen,
+            name,
+            tls_cert,
+            tls_key,
+        }) => {
+            let tls = tls_cert.zip(tls_key);
+            return demo_upstream(&listen, name, tls);
+        }
         None => {}
     }
     if let Some(files) = cli.check {
@@ -136,7 +150,17 @@ fn health(admin: &str) -> ExitCode {
     }
 }
 
-fn demo_upstream(listen: &str, name: String) -> ExitCode {
+fn demo_upstream(listen: &str, name: String, tls: Option<(PathBuf, PathBuf)>) -> ExitCode {
+    let tls = match tls {
+        None => None,
+        Some((cert, key)) => match floodgate::demo::tls_acceptor(&cert, &key) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("demo-upstream: {e}");
+                return ExitCode::from(1);
+            }
+        },
+    };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -153,7 +177,7 @@ fn demo_upstream(listen: &str, name: String) -> ExitCode {
             }
         };
         tracing::info!("demo upstream {name:?} listening on {listen}");
-        floodgate::demo::serve(listener, name, Default::default()).await;
+        floodgate::demo::serve(listener, name, Default::default(), tls).await;
         ExitCode::SUCCESS
     })
 }

@@ -248,6 +248,7 @@ fn validate(raw: RawConfig, base: &Path, d: &mut Diagnostics<'_>) -> Option<Conf
 
 fn validate_server(s: RawServer, base: &Path, d: &mut Diagnostics<'_>) -> Option<ServerConfig> {
     let p = KeyPath::root().key("server");
+    let listen_given = s.listen.as_ref().is_none_or(|l| !l.is_empty());
     let listen = match s.listen {
         None => vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
         Some(list) => list
@@ -274,7 +275,7 @@ fn validate_server(s: RawServer, base: &Path, d: &mut Diagnostics<'_>) -> Option
             });
         }
     }
-    if listen.is_empty() && tls.is_empty() {
+    if !listen_given && tls.is_empty() {
         d.error(&p.key("listen"), "at least one listener is required");
     }
     let mut all: Vec<SocketAddr> = listen.clone();

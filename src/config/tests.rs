@@ -184,7 +184,7 @@ upstream = "a"
 
 #[test]
 fn tls_keys_need_tls() {
-    let src = format!("{MINIMAL}").replace(
+    let src = MINIMAL.to_string().replace(
         "backends = [\"127.0.0.1:8000\"]",
         "backends = [\"127.0.0.1:8000\"]\nsni = \"api.example.com\"",
     );

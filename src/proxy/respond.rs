@@ -93,6 +93,8 @@ pub async fn fail_to_proxy(session: &mut Session, ctx: &mut RequestCtx, e: &Erro
                 RejectReason::RequestTimeout => "the request was not received in time",
                 _ => "the request could not be read",
             };
+            // The request may not have been read to its end: close after.
+            session.set_keepalive(None);
             match write(session, ctx, r, msg, None).await {
                 Ok(()) => r.status().as_u16(),
                 Err(_) => 0,

@@ -27,6 +27,9 @@ pub struct Upstream {
     pub health_check_interval: Duration,
     /// Further backends tried when connecting to one fails.
     pub retries: usize,
+    /// Separates this upstream's pooled connections from any other's, so
+    /// two upstreams with different TLS trust never share a connection.
+    pool_group: u64,
 }
 
 struct PeerTls {
@@ -81,6 +84,12 @@ impl Upstream {
             idle_timeout: c.idle_timeout,
             health_check_interval: c.health_check_interval,
             retries: c.retries,
+            pool_group: {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                c.name.hash(&mut h);
+                h.finish()
+            },
         })
     }
 
@@ -122,6 +131,7 @@ impl Upstream {
             None => (false, String::new()),
         };
         let mut peer = HttpPeer::new(addr, tls, sni);
+        peer.group_key = self.pool_group;
         let o = &mut peer.options;
         o.connection_timeout = Some(self.connect_timeout);
         o.read_timeout = Some(self.read_timeout);

@@ -1,0 +1,277 @@
+//! Test harness: real processes on ephemeral loopback ports.
+//!
+//! Every server a test talks to is a real one: the `floodgate` binary under
+//! test, and upstreams started as `floodgate demo-upstream` processes (so a
+//! test can kill one and every connection to it dies with it).
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_floodgate");
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// A child process killed when dropped; its stderr goes to a file.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(args: &[&str], log: PathBuf) -> Proc {
+        let err = File::create(&log).expect("create log file");
+        let child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("spawn floodgate");
+        Proc { child, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a signal (e.g. "TERM", "QUIT", "HUP").
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn wait_for_port(addr: SocketAddr, proc: &mut Proc, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        if let Some(status) = proc.exited() {
+            panic!("{what} exited with {status}:\n{}", proc.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("{what} did not listen on {addr} within 30s:\n{}", proc.log_text());
+}
+
+/// A `floodgate demo-upstream` process.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub proc: Proc,
+    dir: tempfile::TempDir,
+    tls: Option<(PathBuf, PathBuf)>,
+}
+
+impl Upstream {
+    pub fn start(name: &str) -> Upstream {
+        Self::start_on(free_port(), name, None)
+    }
+
+    pub fn start_tls(name: &str, cert: &Path, key: &Path) -> Upstream {
+        Self::start_on(free_port(), name, Some((cert.to_owned(), key.to_owned())))
+    }
+
+    pub fn start_on(port: u16, name: &str, tls: Option<(PathBuf, PathBuf)>) -> Upstream {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let listen = addr.to_string();
+        let mut args = vec!["demo-upstream", "--listen", &listen, "--name", name];
+        let (c, k);
+        if let Some((cert, key)) = &tls {
+            c = cert.display().to_string();
+            k = key.display().to_string();
+            args.extend(["--tls-cert", &c, "--tls-key", &k]);
+        }
+        let mut proc = Proc::spawn(&args, dir.path().join("upstream.log"));
+        wait_for_port(addr, &mut proc, "demo upstream");
+        Upstream {
+            addr,
+            name: name.into(),
+            proc,
+            dir,
+            tls,
+        }
+    }
+
+    /// Kills the process: every connection to it dies.
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        let again = Upstream::start_on(self.addr.port(), &self.name, self.tls.clone());
+        *self = again;
+    }
+}
+
+/// A `floodgate` gateway process with its own config file.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub proc: Proc,
+    pub dir: tempfile::TempDir,
+    pub conf: PathBuf,
+}
+
+impl Gateway {
+    /// Starts a gateway whose `[server]` table gets `listen`, `admin_listen`
+    /// and `threads = 1` from the harness, followed by `server_extra`; the
+    /// rest of the file is `rest`.
+    pub fn start(server_extra: &str, rest: &str) -> Gateway {
+        Self::start_with_args(server_extra, rest, &[])
+    }
+
+    pub fn start_with_args(server_extra: &str, rest: &str, args: &[&str]) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let text = format!(
+            "[server]\nlisten = [\"{addr}\"]\nadmin_listen = \"{admin}\"\nthreads = 1\ngrace_period = \"1s\"\n{server_extra}\n\n{rest}\n"
+        );
+        let conf = dir.path().join("floodgate.toml");
+        std::fs::write(&conf, text).expect("write config");
+        let conf_s = conf.display().to_string();
+        let mut all = vec!["--conf", conf_s.as_str()];
+        all.extend_from_slice(args);
+        let mut proc = Proc::spawn(&all, dir.path().join("gateway.log"));
+        wait_for_port(admin, &mut proc, "floodgate admin");
+        wait_for_port(addr, &mut proc, "floodgate proxy");
+        Gateway {
+            addr,
+            admin,
+            proc,
+            dir,
+            conf,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn log(&self) -> String {
+        self.proc.log_text()
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.admin_url("/metrics"))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+}
+
+/// An `[[upstreams]]` + `[[routes]]` pair sending everything to `backends`.
+pub fn upstream_toml(name: &str, backends: &[SocketAddr], extra: &str) -> String {
+    let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+    format!(
+        "[[upstreams]]\nname = \"{name}\"\nbackends = [{}]\n{extra}\n",
+        list.join(", ")
+    )
+}
+
+pub fn route_toml(name: &str, prefix: &str, upstream: &str) -> String {
+    format!("[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"{upstream}\"\n")
+}
+
+/// A client that never pools, so each request is its own connection choice.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
+/// GET `url`, returning status, headers and the body parsed as JSON.
+pub async fn get_json(
+    c: &reqwest::Client,
+    url: &str,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let r = c.get(url).send().await.expect("request");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = r.bytes().await.expect("body");
+    let v = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| panic!("not JSON ({status}): {}", String::from_utf8_lossy(&body)));
+    (status, headers, v)
+}
+
+/// A CA and certificates it signs, written to files in `dir`.
+pub struct TestCa {
+    pub ca_file: PathBuf,
+    pub ca_pem: String,
+    ca: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl TestCa {
+    pub fn new(dir: &Path) -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Floodgate Test CA");
+        let key = KeyPair::generate().expect("key");
+        let ca = params.self_signed(&key).expect("ca");
+        let ca_pem = ca.pem();
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, &ca_pem).expect("write ca");
+        TestCa {
+            ca_file,
+            ca_pem,
+            ca,
+            key,
+        }
+    }
+
+    /// Issues a certificate for `names`; returns (cert file, key file).
+    pub fn issue(&self, dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        use rcgen::{CertificateParams, KeyPair};
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let params = CertificateParams::new(names).expect("params");
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.ca, &self.key).expect("sign");
+        let cert_file = dir.join(format!("{stem}.crt"));
+        let key_file = dir.join(format!("{stem}.key"));
+        std::fs::write(&cert_file, cert.pem()).expect("write cert");
+        std::fs::write(&key_file, key.serialize_pem()).expect("write key");
+        (cert_file, key_file)
+    }
+}
