@@ -161,10 +161,22 @@ async fn upstream_errors_are_json() {
     assert_eq!(server_of(&v), "a");
 
     let m = gw.metrics().await;
-    assert!(m.contains("floodgate_requests_total{outcome=\"upstream_timeout\",route=\"slow\"} 1"), "{m}");
-    assert!(m.contains("floodgate_requests_total{outcome=\"upstream_error\",route=\"dead\"} 1"), "{m}");
-    assert!(m.contains("floodgate_requests_total{outcome=\"allowed\",route=\"slow\"} 1"), "{m}");
-    assert!(m.contains("floodgate_request_duration_seconds_count{route=\"slow\"} 2"), "{m}");
+    assert!(
+        m.contains("floodgate_requests_total{outcome=\"upstream_timeout\",route=\"slow\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("floodgate_requests_total{outcome=\"upstream_error\",route=\"dead\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("floodgate_requests_total{outcome=\"allowed\",route=\"slow\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("floodgate_request_duration_seconds_count{route=\"slow\"} 2"),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -220,8 +232,14 @@ async fn forwarded_headers_request_id_and_hop_by_hop() {
         .await
         .unwrap();
     let v: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(v["headers"]["x-forwarded-for"], serde_json::json!(["6.6.6.6, 127.0.0.1"]));
-    assert_eq!(v["headers"]["x-forwarded-proto"], serde_json::json!(["https"]));
+    assert_eq!(
+        v["headers"]["x-forwarded-for"],
+        serde_json::json!(["6.6.6.6, 127.0.0.1"])
+    );
+    assert_eq!(
+        v["headers"]["x-forwarded-proto"],
+        serde_json::json!(["https"])
+    );
 }
 
 #[tokio::test]
@@ -245,13 +263,20 @@ async fn tls_and_http2_at_the_edge_and_tls_upstream() {
             "tls = true\nsni = \"upstream.test\"\nca_file = \"{}\"",
             ca.ca_file.display()
         ),
-    ) + &upstream_toml("untrusted", &[up.addr], "tls = true\nsni = \"upstream.test\"")
-        + &upstream_toml("plain", &[plain.addr], "")
+    ) + &upstream_toml(
+        "untrusted",
+        &[up.addr],
+        "tls = true\nsni = \"upstream.test\"",
+    ) + &upstream_toml("plain", &[plain.addr], "")
         + &route_toml("secure", "/secure", "secure")
         + &route_toml("untrusted", "/untrusted", "untrusted")
         + &route_toml("plain", "/", "plain");
     let mut gw = Gateway::start(&server_extra, &rest);
-    wait_for_port(([127, 0, 0, 1], tls_port).into(), &mut gw.proc, "tls listener");
+    wait_for_port(
+        ([127, 0, 0, 1], tls_port).into(),
+        &mut gw.proc,
+        "tls listener",
+    );
 
     let https = |h2: bool| {
         let b = reqwest::Client::builder()
@@ -268,8 +293,14 @@ async fn tls_and_http2_at_the_edge_and_tls_upstream() {
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(server_of(&v), "plain");
-    assert_eq!(v["headers"]["x-forwarded-proto"], serde_json::json!(["https"]));
-    assert_eq!(v["headers"]["host"], serde_json::json!([format!("localhost:{tls_port}")]));
+    assert_eq!(
+        v["headers"]["x-forwarded-proto"],
+        serde_json::json!(["https"])
+    );
+    assert_eq!(
+        v["headers"]["host"],
+        serde_json::json!([format!("localhost:{tls_port}")])
+    );
 
     // HTTP/1.1 over TLS.
     let r = https(false).get(format!("{base}/x")).send().await.unwrap();
@@ -277,7 +308,11 @@ async fn tls_and_http2_at_the_edge_and_tls_upstream() {
     assert_eq!(r.status(), 200);
 
     // TLS to the upstream, verified against the configured CA.
-    let r = https(true).get(format!("{base}/secure")).send().await.unwrap();
+    let r = https(true)
+        .get(format!("{base}/secure"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(server_of(&v), "secure");
@@ -316,17 +351,23 @@ async fn smuggling_attempts_never_reach_the_upstream_as_two_requests() {
     // CL + TE: the chunked body ends at "0\r\n\r\n"; what follows must not
     // become a second request to the upstream.
     let attack = b"POST /first HTTP/1.1\r\nHost: a\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
-    let out = tokio::task::spawn_blocking(move || raw_exchange(addr, attack, Duration::from_secs(3)))
-        .await
-        .unwrap();
-    assert!(!out.contains("/smuggled"), "smuggled request was proxied:\n{out}");
+    let out =
+        tokio::task::spawn_blocking(move || raw_exchange(addr, attack, Duration::from_secs(3)))
+            .await
+            .unwrap();
+    assert!(
+        !out.contains("/smuggled"),
+        "smuggled request was proxied:\n{out}"
+    );
     assert!(out.matches("HTTP/1.1 ").count() <= 1, "{out}");
 
     // Conflicting Content-Lengths: 400, nothing proxied.
-    let attack = b"POST /cl HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!";
-    let out = tokio::task::spawn_blocking(move || raw_exchange(addr, attack, Duration::from_secs(3)))
-        .await
-        .unwrap();
+    let attack =
+        b"POST /cl HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!";
+    let out =
+        tokio::task::spawn_blocking(move || raw_exchange(addr, attack, Duration::from_secs(3)))
+            .await
+            .unwrap();
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert!(!out.contains("\"server\""), "{out}");
 
@@ -401,7 +442,10 @@ async fn slow_headers_are_cut_off_at_the_deadline() {
     .unwrap();
     assert!(out.starts_with("HTTP/1.1 408"), "{out:?}");
     assert!(out.contains("request_timeout"), "{out}");
-    assert!(elapsed < Duration::from_secs(5), "cut off after {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "cut off after {elapsed:?}"
+    );
 }
 
 #[tokio::test]
@@ -493,7 +537,10 @@ fn check_reports_every_error_with_path_and_line() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("routes[0].colour (line 12): unknown key"), "{err}");
+    assert!(
+        err.contains("routes[0].colour (line 12): unknown key"),
+        "{err}"
+    );
 
     let out = std::process::Command::new(BIN)
         .arg("--check")

@@ -33,7 +33,10 @@ impl Proc {
         let err = File::create(&log).expect("create log file");
         let child = Command::new(BIN)
             .args(args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(err)
             .spawn()
@@ -79,7 +82,10 @@ pub fn wait_for_port(addr: SocketAddr, proc: &mut Proc, what: &str) {
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    panic!("{what} did not listen on {addr} within 30s:\n{}", proc.log_text());
+    panic!(
+        "{what} did not listen on {addr} within 30s:\n{}",
+        proc.log_text()
+    );
 }
 
 /// A `floodgate demo-upstream` process.
@@ -207,7 +213,9 @@ pub fn upstream_toml(name: &str, backends: &[SocketAddr], extra: &str) -> String
 }
 
 pub fn route_toml(name: &str, prefix: &str, upstream: &str) -> String {
-    format!("[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"{upstream}\"\n")
+    format!(
+        "[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"{upstream}\"\n"
+    )
 }
 
 /// A client that never pools, so each request is its own connection choice.
