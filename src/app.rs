@@ -54,7 +54,9 @@ pub struct Prepared {
 /// start-up error with a clear message.
 pub fn prepare(config: Config, opts: &RunOptions) -> Result<Prepared, String> {
     let conf = server_conf(&config);
-    let runtime = Runtime::build(config.clone()).map_err(|e| e.to_string())?;
+    let clock: Arc<dyn crate::limits::clock::Clock> =
+        Arc::new(crate::limits::clock::SystemClock::default());
+    let runtime = Runtime::build(config.clone(), clock, None).map_err(|e| e.to_string())?;
     let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(runtime));
 
     let opt = Opt {
@@ -89,6 +91,10 @@ pub fn prepare(config: Config, opts: &RunOptions) -> Result<Prepared, String> {
     server.add_service(background_service(
         "health checks",
         HealthChecks::new(runtime.clone()),
+    ));
+    server.add_service(background_service(
+        "window rotation",
+        crate::limits::rotation::Rotation::new(runtime.clone()),
     ));
 
     let admin = std::net::TcpListener::bind(config.server.admin_listen)

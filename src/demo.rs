@@ -6,7 +6,11 @@
 //! headers, the server's name), so a caller can see what the gateway
 //! forwarded. Query parameters shape the answer:
 //! - `delay_ms=N`: wait N ms before answering;
-//! - `status=N`: answer with status N.
+//! - `status=N`: answer with status N;
+//! - `usage=N`: report `N` tokens used, OpenAI style (`usage.total_tokens`);
+//! - `usage_header=N`: report `N` tokens in an `x-usage-tokens` header;
+//! - `stream=K` (with `usage`): answer as a server-sent event stream of K
+//!   chunks, the last event carrying the usage.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -156,18 +160,50 @@ async fn handle(
         .and_then(|v| v.parse::<u16>().ok())
         .and_then(|s| hyper::StatusCode::from_u16(s).ok())
         .unwrap_or(hyper::StatusCode::OK);
-    let body = serde_json::json!({
+    let usage: Option<u64> = query.get("usage").and_then(|v| v.parse().ok());
+    let mut body = serde_json::json!({
         "server": &*name,
         "method": method,
         "path": path,
         "headers": headers,
         "body_bytes": body_len,
     });
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    if let Some(n) = usage {
+        body["usage"] = serde_json::json!({
+            "prompt_tokens": n / 2,
+            "completion_tokens": n - n / 2,
+            "total_tokens": n,
+        });
+    }
+    let stream: Option<usize> = query.get("stream").and_then(|v| v.parse().ok());
+    let (content_type, payload) = match stream {
+        Some(k) => {
+            let mut s = String::new();
+            for i in 0..k {
+                let ev = serde_json::json!({
+                    "server": &*name,
+                    "choices": [{"delta": {"content": format!("chunk {i} ")}}],
+                    "usage": serde_json::Value::Null,
+                });
+                s.push_str(&format!("data: {ev}\n\n"));
+            }
+            let last = serde_json::json!({ "choices": [], "usage": body["usage"].clone() });
+            s.push_str(&format!("data: {last}\n\ndata: [DONE]\n\n"));
+            ("text/event-stream", s)
+        }
+        None => ("application/json", body.to_string()),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(payload)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
+        hyper::header::HeaderValue::from_static(content_type),
     );
+    if let Some(v) = query
+        .get("usage_header")
+        .and_then(|v| hyper::header::HeaderValue::from_str(v).ok())
+    {
+        resp.headers_mut().insert("x-usage-tokens", v);
+    }
     Ok(resp)
 }

@@ -49,17 +49,19 @@ pub fn request_done(session: &Session, error: Option<&Error>, ctx: &RequestCtx) 
     }
     let req = session.req_header();
     let status = session.response_written().map_or(0, |h| h.status.as_u16());
-    let client = session
+    let peer = session
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip().to_string())
         .unwrap_or_default();
+    let client = ctx.client_id.as_deref().unwrap_or(peer.as_str());
     let upstream = ctx.upstream.as_ref().map_or("", |u| u.name.as_str());
     let backend = ctx.backend.map(|b| b.to_string()).unwrap_or_default();
     tracing::info!(
         target: "access",
         request_id = %ctx.request_id,
         client = %client,
+        peer = %peer,
         method = %req.method,
         path = %req.uri.path(),
         route = %route,
@@ -68,6 +70,7 @@ pub fn request_done(session: &Session, error: Option<&Error>, ctx: &RequestCtx) 
         status = status,
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         outcome = outcome,
+        shadow = ctx.shadow.map_or("", |r| r.as_str()),
         error = error.map(|e| e.to_string()).unwrap_or_default(),
     );
 }

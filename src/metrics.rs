@@ -24,6 +24,14 @@ pub struct Metrics {
     pub request_duration_seconds: HistogramVec,
     /// `floodgate_ready`: 1 when `/ready` answers 200.
     pub ready: IntGauge,
+    /// `floodgate_tokens_total{client}`: tokens charged after settlement
+    /// (actual usage when the upstream reported it, else the estimate);
+    /// `client` is a configured client id or `other`.
+    pub tokens_total: IntCounterVec,
+    /// `floodgate_shadow_refusals_total{route, outcome}`: requests a
+    /// shadow-mode policy would have refused, by the code it would have
+    /// answered.
+    pub shadow_refusals_total: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -47,6 +55,22 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["route"],
     )?;
     let ready = IntGauge::new("floodgate_ready", "1 when /ready would answer 200.")?;
+    let tokens_total = IntCounterVec::new(
+        Opts::new(
+            "floodgate_tokens_total",
+            "Tokens charged to clients after settlement (configured client id, or other).",
+        ),
+        &["client"],
+    )?;
+    let shadow_refusals_total = IntCounterVec::new(
+        Opts::new(
+            "floodgate_shadow_refusals_total",
+            "Requests a shadow-mode policy would have refused, by route and code.",
+        ),
+        &["route", "outcome"],
+    )?;
+    registry.register(Box::new(tokens_total.clone()))?;
+    registry.register(Box::new(shadow_refusals_total.clone()))?;
     registry.register(Box::new(requests_total.clone()))?;
     registry.register(Box::new(request_duration_seconds.clone()))?;
     registry.register(Box::new(ready.clone()))?;
@@ -55,6 +79,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         requests_total,
         request_duration_seconds,
         ready,
+        tokens_total,
+        shadow_refusals_total,
     })
 }
 

@@ -32,6 +32,69 @@ pub struct Config {
     pub server: ServerConfig,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    pub clients: ClientsConfig,
+}
+
+/// How a refusal is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Refusals are answered.
+    Enforce,
+    /// Refusals are computed, logged and counted, but the request passes.
+    Shadow,
+}
+
+/// What to do with a request that carries no client id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MissingId {
+    /// Use the peer address as the client id.
+    Ip,
+    /// Answer 400 `missing_header`.
+    Reject,
+}
+
+/// `[clients]`, validated.
+#[derive(Clone, Debug)]
+pub struct ClientsConfig {
+    pub id_header: http::HeaderName,
+    pub token_header: http::HeaderName,
+    pub default_tokens: u64,
+    pub missing_id: MissingId,
+    pub window: Duration,
+    pub mode: Mode,
+    pub max_tracked_clients: usize,
+    pub usage_header: Option<http::HeaderName>,
+    /// The policy of unlisted clients; `None`: not limited.
+    pub default: Option<crate::limits::rate::Quota>,
+    /// Configured clients by id.
+    pub limits: std::collections::BTreeMap<String, ClientLimit>,
+}
+
+/// One configured client, its missing fields filled from the default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientLimit {
+    pub quota: crate::limits::rate::Quota,
+    pub enabled: bool,
+    pub mode: Mode,
+    /// SHA-256 digests of the client's API keys.
+    pub api_keys: Vec<[u8; 32]>,
+}
+
+impl Default for ClientsConfig {
+    fn default() -> Self {
+        ClientsConfig {
+            id_header: http::HeaderName::from_static("x-client-id"),
+            token_header: http::HeaderName::from_static("x-token-estimate"),
+            default_tokens: 0,
+            missing_id: MissingId::Ip,
+            window: Duration::from_secs(60),
+            mode: Mode::Enforce,
+            max_tracked_clients: 100_000,
+            usage_header: None,
+            default: None,
+            limits: Default::default(),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -129,7 +192,7 @@ pub fn parse(src: &str, base: &Path) -> Result<Config, ConfigErrors> {
     config.ok_or_else(|| d.finish())
 }
 
-const TOP_LEVEL_KEYS: &[&str] = &["server", "upstreams", "routes"];
+const TOP_LEVEL_KEYS: &[&str] = &["server", "upstreams", "routes", "clients"];
 
 /// Stage 1: decode each section, collecting unknown keys and type errors.
 fn decode(table: &toml::Table, d: &mut Diagnostics<'_>) -> RawConfig {
@@ -142,6 +205,9 @@ fn decode(table: &toml::Table, d: &mut Diagnostics<'_>) -> RawConfig {
     let mut raw = RawConfig::default();
     if let Some(v) = table.get("server") {
         raw.server = decode_value(v, &root.key("server"), d).unwrap_or_default();
+    }
+    if let Some(v) = table.get("clients") {
+        raw.clients = decode_value(v, &root.key("clients"), d);
     }
     raw.upstreams = decode_array(table, "upstreams", d);
     raw.routes = decode_array(table, "routes", d);
@@ -236,6 +302,10 @@ fn validate(raw: RawConfig, base: &Path, d: &mut Diagnostics<'_>) -> Option<Conf
             routes.push(r);
         }
     }
+    let clients = match raw.clients {
+        None => Some(ClientsConfig::default()),
+        Some(c) => validate_clients(c, d),
+    };
     if d.has_errors() {
         return None;
     }
@@ -243,6 +313,7 @@ fn validate(raw: RawConfig, base: &Path, d: &mut Diagnostics<'_>) -> Option<Conf
         server: server?,
         upstreams,
         routes,
+        clients: clients?,
     })
 }
 
@@ -488,6 +559,142 @@ fn validate_route(
         host,
         path_prefix,
         upstream: upstream?,
+    })
+}
+
+fn validate_clients(c: RawClients, d: &mut Diagnostics<'_>) -> Option<ClientsConfig> {
+    use crate::limits::rate::{Quota, MAX_RPM, MAX_TPM};
+    let p = KeyPath::root().key("clients");
+    let base = ClientsConfig::default();
+    let header = |v: Option<String>, key: &str, d: &mut Diagnostics<'_>| match v {
+        None => Some(None),
+        Some(h) => match http::HeaderName::from_bytes(h.as_bytes()) {
+            Ok(n) => Some(Some(n)),
+            Err(_) => {
+                d.error(&p.key(key), format!("{h:?} is not a valid header name"));
+                None
+            }
+        },
+    };
+    let id_header = header(c.id_header, "id_header", d).map(|h| h.unwrap_or(base.id_header));
+    let token_header =
+        header(c.token_header, "token_header", d).map(|h| h.unwrap_or(base.token_header));
+    let usage_header = header(c.usage_header, "usage_header", d);
+    let default_tokens = match c.default_tokens {
+        None => Some(0),
+        Some(n) if n >= 0 => Some(n as u64),
+        Some(_) => {
+            d.error(&p.key("default_tokens"), "must be >= 0");
+            None
+        }
+    };
+    let missing_id = match c.missing_id.as_deref() {
+        None | Some("ip") => Some(MissingId::Ip),
+        Some("reject") => Some(MissingId::Reject),
+        Some(o) => {
+            d.error(
+                &p.key("missing_id"),
+                format!("{o:?}: must be \"ip\" or \"reject\""),
+            );
+            None
+        }
+    };
+    let mode_of = |v: Option<&str>, path: &KeyPath, default: Mode, d: &mut Diagnostics<'_>| match v
+    {
+        None => Some(default),
+        Some("enforce") => Some(Mode::Enforce),
+        Some("shadow") => Some(Mode::Shadow),
+        Some(o) => {
+            d.error(path, format!("{o:?}: must be \"enforce\" or \"shadow\""));
+            None
+        }
+    };
+    let mode = mode_of(c.mode.as_deref(), &p.key("mode"), Mode::Enforce, d);
+    let window = duration_or(c.window, "60s", &p.key("window"), d);
+    if window.is_some_and(|w| w < Duration::from_millis(100)) {
+        d.error(&p.key("window"), "must be at least 100ms");
+    }
+    let max_tracked_clients = match c.max_tracked_clients {
+        None => Some(base.max_tracked_clients),
+        Some(n) => positive(n, &p.key("max_tracked_clients"), d),
+    };
+    let limit = |v: Option<i64>, max: u64, path: &KeyPath, d: &mut Diagnostics<'_>| match v {
+        None => Some(None),
+        Some(n) if n >= 0 && (n as u64) <= max => Some(Some(n as u64)),
+        Some(_) => {
+            d.error(path, format!("must be between 0 and {max}"));
+            None
+        }
+    };
+    let default = match c.default {
+        None => Some(None),
+        Some(q) => {
+            let dp = p.key("default");
+            let rpm = limit(q.rpm, MAX_RPM, &dp.key("rpm"), d);
+            let tpm = limit(q.tpm, MAX_TPM, &dp.key("tpm"), d);
+            rpm.zip(tpm).map(|(rpm, tpm)| Some(Quota { rpm, tpm }))
+        }
+    };
+    let mut limits = std::collections::BTreeMap::new();
+    let mut key_owner: std::collections::HashMap<[u8; 32], String> = Default::default();
+    for (id, l) in c.limits {
+        let lp = p.key("limits").key(&id);
+        if let Err(e) = crate::limits::clients::check_client_id(id.as_bytes()) {
+            d.error(&lp, format!("client id {e}"));
+            continue;
+        }
+        let fallback = default.flatten().unwrap_or_default();
+        let rpm = limit(l.rpm, MAX_RPM, &lp.key("rpm"), d).map(|v| v.or(fallback.rpm));
+        let tpm = limit(l.tpm, MAX_TPM, &lp.key("tpm"), d).map(|v| v.or(fallback.tpm));
+        let cmode = mode_of(
+            l.mode.as_deref(),
+            &lp.key("mode"),
+            mode.unwrap_or(Mode::Enforce),
+            d,
+        );
+        let mut api_keys = Vec::new();
+        for (i, k) in l.api_keys.iter().enumerate() {
+            let kp = lp.key("api_keys").index(i);
+            let digest = k
+                .strip_prefix("sha256:")
+                .and_then(|h| hex::decode(h).ok())
+                .and_then(|b| <[u8; 32]>::try_from(b).ok());
+            match digest {
+                Some(dg) => {
+                    if let Some(other) = key_owner.insert(dg, id.clone()) {
+                        d.error(&kp, format!("this key is also client {other:?}'s"));
+                    }
+                    api_keys.push(dg);
+                }
+                None => d.error(
+                    &kp,
+                    "must be \"sha256:\" and 64 hex digits (e.g. `printf %s KEY | sha256sum`)",
+                ),
+            }
+        }
+        if let (Some(rpm), Some(tpm), Some(m)) = (rpm, tpm, cmode) {
+            limits.insert(
+                id,
+                ClientLimit {
+                    quota: Quota { rpm, tpm },
+                    enabled: l.enabled.unwrap_or(true),
+                    mode: m,
+                    api_keys,
+                },
+            );
+        }
+    }
+    Some(ClientsConfig {
+        id_header: id_header?,
+        token_header: token_header?,
+        default_tokens: default_tokens?,
+        missing_id: missing_id?,
+        window: window?,
+        mode: mode?,
+        max_tracked_clients: max_tracked_clients?,
+        usage_header: usage_header?,
+        default: default?,
+        limits,
     })
 }
 

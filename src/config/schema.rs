@@ -18,6 +18,8 @@ pub struct RawConfig {
     pub upstreams: Vec<RawUpstream>,
     /// Which upstream serves which host and path prefix.
     pub routes: Vec<RawRoute>,
+    /// Client identity and per-client quotas.
+    pub clients: Option<RawClients>,
 }
 
 /// `[server]`
@@ -108,4 +110,56 @@ pub struct RawRoute {
     pub path_prefix: Option<String>,
     /// Name of the upstream serving this route.
     pub upstream: Option<String>,
+}
+
+/// `[clients]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawClients {
+    /// Request header carrying the client id.
+    pub id_header: Option<String>,
+    /// Request header carrying the request's token cost.
+    pub token_header: Option<String>,
+    /// Token cost of a request without `token_header`.
+    pub default_tokens: Option<i64>,
+    /// `"ip"`: fall back to the peer address; `"reject"`: 400.
+    pub missing_id: Option<String>,
+    /// The "minute" of RPM and TPM.
+    pub window: Option<String>,
+    /// `"enforce"` or `"shadow"` (decide, log and count, refuse nothing).
+    pub mode: Option<String>,
+    /// Distinct unlisted clients per window the estimator is sized for.
+    pub max_tracked_clients: Option<i64>,
+    /// Response header an upstream reports actual token usage in.
+    pub usage_header: Option<String>,
+    /// Policy of clients without an entry; absent: not limited.
+    pub default: Option<RawQuota>,
+    /// Per-client policies.
+    pub limits: std::collections::BTreeMap<String, RawClientLimit>,
+}
+
+/// `[clients] default = { rpm, tpm }`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawQuota {
+    /// Requests per window; absent: unlimited.
+    pub rpm: Option<i64>,
+    /// Tokens per window; absent: unlimited.
+    pub tpm: Option<i64>,
+}
+
+/// `[clients.limits.<id>]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawClientLimit {
+    /// Requests per window; absent: the default's.
+    pub rpm: Option<i64>,
+    /// Tokens per window; absent: the default's.
+    pub tpm: Option<i64>,
+    /// `false`: this client is not limited.
+    pub enabled: Option<bool>,
+    /// `"enforce"` or `"shadow"`; absent: `[clients] mode`.
+    pub mode: Option<String>,
+    /// API keys of this client, as `"sha256:<64 hex digits>"`.
+    pub api_keys: Vec<String>,
 }

@@ -4,6 +4,11 @@
 //! [`RejectReason::as_str`] is at once the `error` code in the JSON body and
 //! the `outcome` label of `floodgate_requests_total`: one name, one place.
 
+pub mod clients;
+pub mod clock;
+pub mod rate;
+pub mod rotation;
+
 use http::StatusCode;
 
 /// Why the gateway answered a request itself instead of proxying it.

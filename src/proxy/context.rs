@@ -6,6 +6,9 @@ use std::time::Instant;
 
 use super::runtime::Runtime;
 use super::upstream::Upstream;
+use super::usage::UsageScanner;
+use crate::limits::clients::Charge;
+use crate::limits::rate::QuotaState;
 use crate::limits::RejectReason;
 
 /// Everything one request accumulates on its way through the phases.
@@ -25,6 +28,20 @@ pub struct RequestCtx {
     pub failed_backends: Vec<SocketAddr>,
     /// Set when the gateway answered the request itself.
     pub reject: Option<RejectReason>,
+    /// The resolved client id, when client limits apply.
+    pub client_id: Option<String>,
+    /// What admitting the request charged to its client.
+    pub charge: Option<Charge>,
+    /// The client's quotas after the decision, for the response headers.
+    pub quota_state: Option<QuotaState>,
+    /// What a shadow-mode policy would have answered.
+    pub shadow: Option<RejectReason>,
+    /// Reads actual token usage from the response body.
+    pub usage: Option<UsageScanner>,
+    /// Actual token usage from the configured response header.
+    pub reported_tokens: Option<u64>,
+    /// The upstream answered 5xx: the token charge is refunded.
+    pub upstream_failed: bool,
 }
 
 impl RequestCtx {
@@ -38,7 +55,38 @@ impl RequestCtx {
             backend: None,
             failed_backends: Vec::new(),
             reject: None,
+            client_id: None,
+            charge: None,
+            quota_state: None,
+            shadow: None,
+            usage: None,
+            reported_tokens: None,
+            upstream_failed: false,
         }
+    }
+
+    /// Settles the token charge once the upstream response has ended: the
+    /// actual count when the upstream reported one, else the estimate; a
+    /// failed upstream request refunds it.
+    pub fn settle_tokens(&mut self) {
+        let Some(charge) = self.charge.take() else {
+            return;
+        };
+        if self.upstream_failed {
+            drop(charge); // refunds the tokens
+            return;
+        }
+        let actual = self
+            .reported_tokens
+            .or_else(|| self.usage.as_ref().and_then(UsageScanner::total));
+        let tokens = actual.unwrap_or_else(|| charge.tokens());
+        if let (Some(rt), Some(id)) = (&self.runtime, &self.client_id) {
+            crate::metrics::metrics()
+                .tokens_total
+                .with_label_values(&[rt.clients.label(id)])
+                .inc_by(tokens);
+        }
+        charge.settle(actual);
     }
 
     /// The metric `outcome` label: `allowed` or the reject code.

@@ -7,6 +7,8 @@ use http::header::{HeaderName, CONNECTION, HOST, UPGRADE};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 
+use crate::limits::rate::{Exceeded, QuotaState};
+
 pub const X_REQUEST_ID: &str = "x-request-id";
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
@@ -94,6 +96,66 @@ pub fn prepare_upstream(
     }
     req.insert_header(X_REQUEST_ID, request_id)?;
     Ok(())
+}
+
+/// Makes the resolved client id the only value of the id header upstream.
+pub fn set_client_id(req: &mut RequestHeader, header: &HeaderName, id: &str) -> Result<()> {
+    req.insert_header(header.clone(), id)?;
+    Ok(())
+}
+
+/// The rate-limit headers of a response to a limited client:
+/// `X-RateLimit-Limit/-Remaining/-Reset` for the quota closest to
+/// exhaustion (or the one that refused), and the IETF draft
+/// `RateLimit-Policy` and `RateLimit` listing both quotas.
+pub fn rate_limit_headers(
+    state: &QuotaState,
+    refused: Option<Exceeded>,
+) -> Vec<(&'static str, String)> {
+    let w = state.window_ms.div_ceil(1000).max(1);
+    let t = state.reset_ms.div_ceil(1000);
+    let dims = [
+        (
+            Exceeded::Requests,
+            "requests",
+            state.quota.rpm,
+            state.requests_remaining(),
+        ),
+        (
+            Exceeded::Tokens,
+            "tokens",
+            state.quota.tpm,
+            state.tokens_remaining(),
+        ),
+    ];
+    let limited = dims
+        .iter()
+        .filter_map(|(which, name, limit, left)| Some((*which, *name, (*limit)?, (*left)?)));
+    let mut out = Vec::with_capacity(5);
+    let chosen = match refused {
+        Some(r) => limited.clone().find(|d| d.0 == r),
+        // Smallest remaining fraction: left/limit compared as left·L' < left'·L.
+        None => limited.clone().min_by(|a, b| {
+            (a.3 as u128 * b.2.max(1) as u128).cmp(&(b.3 as u128 * a.2.max(1) as u128))
+        }),
+    };
+    if let Some((_, _, limit, left)) = chosen {
+        out.push(("x-ratelimit-limit", limit.to_string()));
+        out.push(("x-ratelimit-remaining", left.to_string()));
+        out.push(("x-ratelimit-reset", t.to_string()));
+    }
+    let policy: Vec<String> = limited
+        .clone()
+        .map(|(_, name, limit, _)| format!("\"{name}\";q={limit};w={w}"))
+        .collect();
+    let current: Vec<String> = limited
+        .map(|(_, name, _, left)| format!("\"{name}\";r={left};t={t}"))
+        .collect();
+    if !policy.is_empty() {
+        out.push(("ratelimit-policy", policy.join(", ")));
+        out.push(("ratelimit", current.join(", ")));
+    }
+    out
 }
 
 fn strip_hop_by_hop(req: &mut RequestHeader) {
@@ -197,6 +259,51 @@ mod tests {
         prepare_upstream(&mut r, None, false, false, "id").unwrap();
         assert_eq!(get(&r, "upgrade"), Some("websocket"));
         assert_eq!(get(&r, "connection"), Some("upgrade"));
+    }
+
+    #[test]
+    fn rate_limit_headers_pick_the_tightest_quota() {
+        use crate::limits::rate::{Quota, Usage};
+        let state = QuotaState {
+            quota: Quota {
+                rpm: Some(10),
+                tpm: Some(1000),
+            },
+            used: Usage {
+                requests: 2,
+                tokens: 900,
+            },
+            reset_ms: 12_300,
+            window_ms: 60_000,
+        };
+        let h: std::collections::HashMap<_, _> =
+            rate_limit_headers(&state, None).into_iter().collect();
+        assert_eq!(h["x-ratelimit-limit"], "1000");
+        assert_eq!(h["x-ratelimit-remaining"], "100");
+        assert_eq!(h["x-ratelimit-reset"], "13");
+        assert_eq!(
+            h["ratelimit-policy"],
+            "\"requests\";q=10;w=60, \"tokens\";q=1000;w=60"
+        );
+        assert_eq!(
+            h["ratelimit"],
+            "\"requests\";r=8;t=13, \"tokens\";r=100;t=13"
+        );
+        let h: std::collections::HashMap<_, _> =
+            rate_limit_headers(&state, Some(Exceeded::Requests))
+                .into_iter()
+                .collect();
+        assert_eq!(h["x-ratelimit-limit"], "10");
+        let only_rpm = QuotaState {
+            quota: Quota {
+                rpm: Some(5),
+                tpm: None,
+            },
+            ..state
+        };
+        let h: std::collections::HashMap<_, _> =
+            rate_limit_headers(&only_rpm, None).into_iter().collect();
+        assert_eq!(h["ratelimit-policy"], "\"requests\";q=5;w=60");
     }
 
     #[test]

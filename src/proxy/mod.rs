@@ -3,13 +3,19 @@
 //! ```text
 //! request_filter
 //!   1. resolve route (host, path prefix)            → 404 no_route
-//!   (client quotas, adaptive window and host caps plug in here, in order)
+//!   2. identify client (API key | header | IP)      → 400/401
+//!   3. parse token cost (X-Token-Estimate)          → 400; 413 if it can never fit
+//!   4. reserve RPM and TPM (atomic check-and-add)   → 429 + rate-limit headers
+//!   (adaptive window and host caps plug in here, in order)
 //! upstream_peer            pick a healthy backend (round robin); a retry
 //!                          after a failed connect picks another one
 //! fail_to_connect          mark the backend tried, allow a retry
 //! upstream_request_filter  X-Forwarded-For/-Proto, X-Request-Id; strip
 //!                          hop-by-hop headers
-//! response_filter          X-Request-Id back to the client
+//! response_filter          X-Request-Id and rate-limit headers to the client;
+//!                          actual token usage from a response header
+//! response_body_filter     actual token usage from the body (JSON `usage`,
+//!                          last SSE event); settle the charge at its end
 //! fail_to_proxy            502 upstream_error / 504 upstream_timeout, JSON
 //! logging                  metrics and the access log
 //! ```
@@ -21,11 +27,13 @@
 pub mod context;
 pub mod headers;
 pub mod health;
+pub mod identity;
 pub mod listener;
 pub mod respond;
 pub mod routing;
 pub mod runtime;
 pub mod upstream;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -35,9 +43,30 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::Peer;
 
+use crate::config::Mode;
+use crate::limits::clients::Decision;
 use crate::limits::RejectReason;
 pub use context::RequestCtx;
 pub use runtime::{Runtime, SharedRuntime};
+
+/// The message of a quota refusal.
+fn quota_message(reason: RejectReason, r: &crate::limits::rate::Refusal, cost: u64) -> String {
+    let q = r.state.quota;
+    match reason {
+        RejectReason::EstimateTooLarge => format!(
+            "a token estimate of {cost} can never fit the client's limit of {} tokens per window",
+            q.tpm.unwrap_or(0)
+        ),
+        RejectReason::RpmExceeded => format!(
+            "over the limit of {} requests per window",
+            q.rpm.unwrap_or(0)
+        ),
+        _ => format!(
+            "{cost} more tokens would exceed the limit of {} tokens per window",
+            q.tpm.unwrap_or(0)
+        ),
+    }
+}
 
 /// The reverse proxy. Holds only the shared runtime handle; every request
 /// loads one snapshot of it.
@@ -86,10 +115,75 @@ impl ProxyHttp for Gateway {
                 headers::host(req).unwrap_or(""),
                 req.uri.path()
             );
-            return respond::reject(session, ctx, RejectReason::NoRoute, &msg, None).await;
+            return respond::reject(session, ctx, RejectReason::NoRoute, &msg, None, &[]).await;
         };
         ctx.route = Some(Arc::from(route.name.as_str()));
         ctx.upstream = rt.upstreams.get(route.upstream).cloned();
+
+        let policies = &rt.clients;
+        if policies.any_limits() {
+            // 2. Client.
+            let req = session.req_header();
+            let id = match identity::client_id(req, policies, peer_ip(session)) {
+                Ok(id) => id,
+                Err((reason, msg)) => {
+                    return respond::reject(session, ctx, reason, &msg, None, &[]).await
+                }
+            };
+            // 3. Token cost.
+            let c = &policies.config;
+            let cost = match identity::token_cost(req, &c.token_header, c.default_tokens) {
+                Ok(n) => n,
+                Err((reason, msg)) => {
+                    return respond::reject(session, ctx, reason, &msg, None, &[]).await
+                }
+            };
+            // 4. Quotas.
+            let decision = policies.decide(&id, cost);
+            ctx.client_id = Some(id);
+            match decision {
+                Decision::Unlimited => {}
+                Decision::Admitted { charge, state } => {
+                    ctx.charge = Some(charge);
+                    ctx.quota_state = Some(state);
+                }
+                Decision::Refused {
+                    reason,
+                    refusal,
+                    mode: Mode::Enforce,
+                } => {
+                    let headers =
+                        headers::rate_limit_headers(&refusal.state, Some(refusal.exceeded));
+                    let msg = quota_message(reason, &refusal, cost);
+                    let retry = reason
+                        .needs_retry_after()
+                        .then(|| refusal.retry_after_ms.div_ceil(1000));
+                    return respond::reject(session, ctx, reason, &msg, retry, &headers).await;
+                }
+                Decision::Refused {
+                    reason,
+                    refusal,
+                    mode: Mode::Shadow,
+                } => {
+                    // Shadow mode: count and log what would have happened,
+                    // let the request pass uncharged.
+                    crate::metrics::metrics()
+                        .shadow_refusals_total
+                        .with_label_values(&[ctx.route_label(), reason.as_str()])
+                        .inc();
+                    tracing::info!(
+                        target: "shadow",
+                        request_id = %ctx.request_id,
+                        client = ctx.client_id.as_deref().unwrap_or(""),
+                        outcome = reason.as_str(),
+                        "shadow mode: would refuse: {}",
+                        quota_message(reason, &refusal, cost)
+                    );
+                    ctx.shadow = Some(reason);
+                    ctx.quota_state = Some(refusal.state);
+                }
+            }
+        }
         Ok(false)
     }
 
@@ -153,7 +247,11 @@ impl ProxyHttp for Gateway {
             trusted,
             downstream_tls(session),
             &ctx.request_id,
-        )
+        )?;
+        if let (Some(rt), Some(id)) = (&ctx.runtime, &ctx.client_id) {
+            headers::set_client_id(upstream_request, &rt.clients.config.id_header, id)?;
+        }
+        Ok(())
     }
 
     /// Runs before the upstream's response header goes to the client.
@@ -164,7 +262,45 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         upstream_response.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
+        if let Some(state) = &ctx.quota_state {
+            for (k, v) in headers::rate_limit_headers(state, None) {
+                upstream_response.insert_header(k, v)?;
+            }
+        }
+        if ctx.charge.is_some() {
+            ctx.upstream_failed = upstream_response.status.is_server_error();
+            let usage_header = ctx
+                .runtime
+                .as_ref()
+                .and_then(|rt| rt.clients.config.usage_header.clone());
+            ctx.reported_tokens = usage_header
+                .and_then(|h| upstream_response.headers.get(h))
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok());
+            if ctx.reported_tokens.is_none() {
+                ctx.usage = Some(usage::UsageScanner::new());
+            }
+        }
         Ok(())
+    }
+
+    /// Runs for each chunk of the response body on its way to the client:
+    /// reads actual token usage, and settles the charge when the upstream
+    /// response ends.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let (Some(scanner), Some(b)) = (ctx.usage.as_mut(), body.as_ref()) {
+            scanner.feed(b);
+        }
+        if end_of_stream {
+            ctx.settle_tokens();
+        }
+        Ok(None)
     }
 
     /// Runs when proxying failed: answers with the JSON error.

@@ -14,15 +14,21 @@ use crate::limits::RejectReason;
 /// Answers the request with `reason` and ends its processing: records the
 /// reason on the context and returns `Ok(true)` for `request_filter` to pass
 /// on. A refusal is an outcome, not an error.
+/// `extra` headers go out too (the rate-limit headers of a quota refusal).
+/// A charge made earlier on the request path is refunded in full.
 pub async fn reject(
     session: &mut Session,
     ctx: &mut RequestCtx,
     reason: RejectReason,
     message: &str,
     retry_after_secs: Option<u64>,
+    extra: &[(&'static str, String)],
 ) -> Result<bool> {
     ctx.reject = Some(reason);
-    write(session, ctx, reason, message, retry_after_secs).await?;
+    if let Some(charge) = ctx.charge.take() {
+        charge.refund_all();
+    }
+    write(session, ctx, reason, message, retry_after_secs, extra).await?;
     Ok(true)
 }
 
@@ -32,6 +38,7 @@ async fn write(
     reason: RejectReason,
     message: &str,
     retry_after_secs: Option<u64>,
+    extra: &[(&'static str, String)],
 ) -> Result<()> {
     let body: Bytes = reason.body(message);
     let mut h = ResponseHeader::build(reason.status(), Some(5))?;
@@ -46,6 +53,9 @@ async fn write(
     }
     if !ctx.request_id.is_empty() {
         h.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+    }
+    for (k, v) in extra {
+        h.insert_header(*k, v.as_str())?;
     }
     if reason.status().is_client_error() && reason != RejectReason::NoRoute {
         // After a malformed request the connection's state is suspect.
@@ -95,7 +105,7 @@ pub async fn fail_to_proxy(session: &mut Session, ctx: &mut RequestCtx, e: &Erro
             };
             // The request may not have been read to its end: close after.
             session.set_keepalive(None);
-            match write(session, ctx, r, msg, None).await {
+            match write(session, ctx, r, msg, None, &[]).await {
                 Ok(()) => r.status().as_u16(),
                 Err(_) => 0,
             }

@@ -11,6 +11,8 @@ use arc_swap::ArcSwap;
 use super::routing::Router;
 use super::upstream::Upstream;
 use crate::config::{Config, ConfigError, ConfigErrors, KeyPath};
+use crate::limits::clients::ClientPolicies;
+use crate::limits::clock::Clock;
 
 /// One immutable configuration, compiled for the request path.
 #[derive(Debug)]
@@ -20,6 +22,8 @@ pub struct Runtime {
     pub upstreams: Vec<Arc<Upstream>>,
     /// Peers whose `X-Forwarded-*` headers are kept.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Client policies and their counters.
+    pub clients: ClientPolicies,
 }
 
 /// The swappable handle every service shares.
@@ -28,7 +32,12 @@ pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
 impl Runtime {
     /// Compiles a validated config. Fails only on what validation cannot see
     /// without reading further files (a CA file that does not parse).
-    pub fn build(config: Config) -> Result<Self, ConfigErrors> {
+    /// Limiter state of `previous` carries over where policies are unchanged.
+    pub fn build(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        previous: Option<&Runtime>,
+    ) -> Result<Self, ConfigErrors> {
         let mut errors = Vec::new();
         let mut upstreams = Vec::new();
         for (i, u) in config.upstreams.iter().enumerate() {
@@ -45,6 +54,7 @@ impl Runtime {
             return Err(ConfigErrors { file: None, errors });
         }
         Ok(Runtime {
+            clients: ClientPolicies::build(&config.clients, clock, previous.map(|p| &p.clients)),
             router: Router::new(&config.routes),
             trusted_proxies: config.server.trusted_proxies.clone(),
             upstreams,

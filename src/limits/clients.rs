@@ -1,0 +1,418 @@
+//! Client quotas: who a client is under the config, and whether its next
+//! request fits its requests-per-window and tokens-per-window.
+//!
+//! A configured client (`[clients.limits.<id>]`) has its own exact counter:
+//! no other client's traffic can move it. Every other client is counted on
+//! its own in one shared count-min estimator sized by `max_tracked_clients`,
+//! so memory stays bounded however many distinct ids arrive.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::clock::Clock;
+use super::rate::{Exceeded, Quota, QuotaState, RateLimiter, Refusal, Reservation, Usage};
+use super::RejectReason;
+use crate::config::{ClientsConfig, Mode};
+
+/// Rows of the estimator for unlisted clients.
+pub const CROWD_DEPTH: usize = 4;
+
+/// Longest client id accepted.
+pub const MAX_CLIENT_ID: usize = 256;
+
+/// Checks a client id: 1-256 bytes, visible ASCII or UTF-8, no control
+/// characters.
+pub fn check_client_id(id: &[u8]) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("is empty".into());
+    }
+    if id.len() > MAX_CLIENT_ID {
+        return Err(format!("is longer than {MAX_CLIENT_ID} bytes"));
+    }
+    let s = std::str::from_utf8(id).map_err(|_| "is not UTF-8".to_string())?;
+    if s.chars().any(|c| c.is_control()) {
+        return Err("contains control characters".into());
+    }
+    if s.trim() != s {
+        return Err("has leading or trailing spaces".into());
+    }
+    Ok(())
+}
+
+/// A configured client and its exact counter.
+pub struct ConfiguredClient {
+    pub id: String,
+    pub quota: Quota,
+    pub enabled: bool,
+    pub mode: Mode,
+    /// Whether the client must present one of its API keys (so nobody can
+    /// spend its quota by sending its id).
+    pub requires_key: bool,
+    limiter: Arc<RateLimiter>,
+}
+
+/// Every client policy and the limiter state behind them.
+pub struct ClientPolicies {
+    pub config: ClientsConfig,
+    clients: HashMap<String, Arc<ConfiguredClient>>,
+    api_keys: HashMap<[u8; 32], String>,
+    crowd: Option<Arc<RateLimiter>>,
+    hasher: ahash::RandomState,
+}
+
+impl std::fmt::Debug for ClientPolicies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientPolicies")
+            .field("clients", &self.clients.len())
+            .field("default", &self.config.default)
+            .finish()
+    }
+}
+
+/// The outcome of a quota decision.
+pub enum Decision {
+    /// The client is not limited (no policy, or `enabled = false`).
+    Unlimited,
+    /// Admitted and charged; the charge settles or refunds itself.
+    Admitted { charge: Charge, state: QuotaState },
+    /// Refused (or, in shadow mode, would have been).
+    Refused {
+        reason: RejectReason,
+        refusal: Refusal,
+        mode: Mode,
+    },
+}
+
+impl ClientPolicies {
+    /// Builds the policies, keeping the counters of `previous` for clients
+    /// whose limiter is unchanged (same window), so a rebuild never hands a
+    /// client a fresh quota.
+    pub fn build(
+        config: &ClientsConfig,
+        clock: Arc<dyn Clock>,
+        previous: Option<&ClientPolicies>,
+    ) -> Self {
+        let window_ms = config.window.as_millis() as u64;
+        let same_window = previous.is_some_and(|p| p.config.window == config.window);
+        let mut clients = HashMap::new();
+        let mut api_keys = HashMap::new();
+        for (id, l) in &config.limits {
+            let limiter = previous
+                .filter(|_| same_window)
+                .and_then(|p| p.clients.get(id))
+                .map(|c| c.limiter.clone())
+                .unwrap_or_else(|| Arc::new(RateLimiter::exact(window_ms, clock.clone())));
+            for k in &l.api_keys {
+                api_keys.insert(*k, id.clone());
+            }
+            clients.insert(
+                id.clone(),
+                Arc::new(ConfiguredClient {
+                    id: id.clone(),
+                    quota: l.quota,
+                    enabled: l.enabled,
+                    mode: l.mode,
+                    requires_key: !l.api_keys.is_empty(),
+                    limiter,
+                }),
+            );
+        }
+        let crowd = config.default.map(|_| {
+            previous
+                .filter(|p| {
+                    same_window && p.config.max_tracked_clients == config.max_tracked_clients
+                })
+                .and_then(|p| p.crowd.clone())
+                .unwrap_or_else(|| {
+                    Arc::new(RateLimiter::new(
+                        CROWD_DEPTH,
+                        config.max_tracked_clients,
+                        window_ms,
+                        clock.clone(),
+                    ))
+                })
+        });
+        ClientPolicies {
+            config: config.clone(),
+            clients,
+            api_keys,
+            crowd,
+            hasher: previous.map_or_else(ahash::RandomState::new, |p| p.hasher.clone()),
+        }
+    }
+
+    /// The client an API key (its SHA-256 digest) belongs to.
+    pub fn client_of_key(&self, digest: &[u8; 32]) -> Option<&str> {
+        self.api_keys.get(digest).map(String::as_str)
+    }
+
+    pub fn configured(&self, id: &str) -> Option<&Arc<ConfiguredClient>> {
+        self.clients.get(id)
+    }
+
+    /// The metric label for `id`: the id of a configured client, else
+    /// `other`, so label values stay bounded.
+    pub fn label<'a>(&self, id: &'a str) -> &'a str {
+        if self.clients.contains_key(id) {
+            id
+        } else {
+            "other"
+        }
+    }
+
+    /// Whether any client is limited at all (if not, the request path skips
+    /// identification).
+    pub fn any_limits(&self) -> bool {
+        self.crowd.is_some() || self.clients.values().any(|c| c.enabled)
+    }
+
+    /// The quota and limiter that apply to `id`.
+    fn policy(&self, id: &str) -> Option<(Quota, &Arc<RateLimiter>, u64, Mode)> {
+        match self.clients.get(id) {
+            Some(c) if !c.enabled => None,
+            Some(c) => Some((c.quota, &c.limiter, 0, c.mode)),
+            None => {
+                let q = self.config.default?;
+                let crowd = self.crowd.as_ref()?;
+                Some((q, crowd, self.hasher.hash_one(id), self.config.mode))
+            }
+        }
+    }
+
+    /// The quota of `id`, if it is limited.
+    pub fn quota_of(&self, id: &str) -> Option<Quota> {
+        self.policy(id).map(|p| p.0)
+    }
+
+    /// Checks and charges one request of `tokens` for `id`. A cost that can
+    /// never fit the client's TPM is refused as `estimate_too_large` before
+    /// the quota is looked at.
+    pub fn decide(&self, id: &str, tokens: u64) -> Decision {
+        let Some((quota, limiter, hash, mode)) = self.policy(id) else {
+            return Decision::Unlimited;
+        };
+        if quota.tpm.is_some_and(|t| tokens > t) {
+            return Decision::Refused {
+                reason: RejectReason::EstimateTooLarge,
+                refusal: Refusal {
+                    exceeded: Exceeded::Tokens,
+                    retry_after_ms: 0,
+                    state: limiter.peek(hash, quota),
+                },
+                mode,
+            };
+        }
+        match limiter.check_and_charge(hash, tokens, quota) {
+            Ok((reservation, state)) => Decision::Admitted {
+                charge: Charge {
+                    limiter: limiter.clone(),
+                    reservation,
+                    open: true,
+                },
+                state,
+            },
+            Err(refusal) => Decision::Refused {
+                reason: match refusal.exceeded {
+                    Exceeded::Requests => RejectReason::RpmExceeded,
+                    Exceeded::Tokens => RejectReason::TpmExceeded,
+                },
+                refusal,
+                mode,
+            },
+        }
+    }
+
+    /// Current usage of `id` against its quota, charging nothing.
+    pub fn peek(&self, id: &str) -> Option<QuotaState> {
+        let (quota, limiter, hash, _) = self.policy(id)?;
+        Some(limiter.peek(hash, quota))
+    }
+
+    /// Prepares the next window of every limiter. Off the request path.
+    pub fn rotate(&self) {
+        if let Some(c) = &self.crowd {
+            c.rotate();
+        }
+        for c in self.clients.values() {
+            c.limiter.rotate();
+        }
+    }
+
+    /// Bytes held by the counters.
+    pub fn memory_bytes(&self) -> usize {
+        self.crowd.as_ref().map_or(0, |c| c.memory_bytes())
+            + self
+                .clients
+                .values()
+                .map(|c| c.limiter.memory_bytes())
+                .sum::<usize>()
+    }
+}
+
+/// An admitted request's charge. Settled with the actual token count when
+/// the upstream reports it; refunded (its tokens) when dropped unsettled —
+/// a failed upstream request, a client gone before the response, a refusal
+/// further down the request path (which refunds the request too).
+pub struct Charge {
+    limiter: Arc<RateLimiter>,
+    reservation: Reservation,
+    open: bool,
+}
+
+impl Charge {
+    /// Tokens charged so far.
+    pub fn tokens(&self) -> u64 {
+        self.reservation.charged.tokens
+    }
+
+    /// Replaces the estimate with the actual count (or keeps the estimate
+    /// when no count was reported).
+    pub fn settle(mut self, actual_tokens: Option<u64>) {
+        if let Some(t) = actual_tokens {
+            self.limiter.settle_tokens(&mut self.reservation, t);
+        }
+        self.open = false;
+    }
+
+    /// Takes the whole charge back: the request was refused after all.
+    pub fn refund_all(mut self) {
+        self.limiter
+            .refund(&self.reservation, self.reservation.charged);
+        self.open = false;
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        if self.open {
+            let tokens = Usage {
+                requests: 0,
+                tokens: self.reservation.charged.tokens,
+            };
+            self.limiter.refund(&self.reservation, tokens);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ClientLimit;
+    use crate::limits::clock::ManualClock;
+
+    fn config() -> ClientsConfig {
+        let mut c = ClientsConfig {
+            default: Some(Quota {
+                rpm: Some(2),
+                tpm: Some(100),
+            }),
+            max_tracked_clients: 1024,
+            ..ClientsConfig::default()
+        };
+        c.limits.insert(
+            "gold".into(),
+            ClientLimit {
+                quota: Quota {
+                    rpm: Some(3),
+                    tpm: Some(1000),
+                },
+                enabled: true,
+                mode: Mode::Enforce,
+                api_keys: vec![[7; 32]],
+            },
+        );
+        c.limits.insert(
+            "free".into(),
+            ClientLimit {
+                quota: Quota::default(),
+                enabled: false,
+                mode: Mode::Enforce,
+                api_keys: vec![],
+            },
+        );
+        c
+    }
+
+    fn admitted(d: Decision) -> Charge {
+        match d {
+            Decision::Admitted { charge, .. } => charge,
+            _ => panic!("not admitted"),
+        }
+    }
+
+    #[test]
+    fn configured_unlisted_and_disabled_clients() {
+        let clock = ManualClock::new(1_000_000);
+        let p = ClientPolicies::build(&config(), clock, None);
+        for _ in 0..3 {
+            admitted(p.decide("gold", 10)).settle(None);
+        }
+        assert!(matches!(
+            p.decide("gold", 10),
+            Decision::Refused {
+                reason: RejectReason::RpmExceeded,
+                ..
+            }
+        ));
+        // Each unlisted client has the default on its own.
+        for id in ["a", "b", "c"] {
+            admitted(p.decide(id, 1)).settle(None);
+            admitted(p.decide(id, 1)).settle(None);
+            assert!(matches!(p.decide(id, 1), Decision::Refused { .. }));
+        }
+        assert!(matches!(p.decide("free", 1_000_000), Decision::Unlimited));
+        assert_eq!(p.client_of_key(&[7; 32]), Some("gold"));
+        assert_eq!(p.label("gold"), "gold");
+        assert_eq!(p.label("a"), "other");
+    }
+
+    #[test]
+    fn unsettled_charge_refunds_its_tokens_and_refund_all_everything() {
+        let clock = ManualClock::new(1_000_000);
+        let p = ClientPolicies::build(&config(), clock, None);
+        drop(admitted(p.decide("gold", 500)));
+        assert_eq!(
+            p.peek("gold").unwrap().used,
+            Usage {
+                requests: 1,
+                tokens: 0
+            }
+        );
+        admitted(p.decide("gold", 500)).refund_all();
+        assert_eq!(
+            p.peek("gold").unwrap().used,
+            Usage {
+                requests: 1,
+                tokens: 0
+            }
+        );
+        admitted(p.decide("gold", 500)).settle(Some(42));
+        assert_eq!(
+            p.peek("gold").unwrap().used,
+            Usage {
+                requests: 2,
+                tokens: 42
+            }
+        );
+    }
+
+    #[test]
+    fn rebuild_keeps_counters() {
+        let clock = ManualClock::new(1_000_000);
+        let p = ClientPolicies::build(&config(), clock.clone(), None);
+        admitted(p.decide("gold", 5)).settle(None);
+        admitted(p.decide("zed", 5)).settle(None);
+        let p2 = ClientPolicies::build(&config(), clock, Some(&p));
+        assert_eq!(p2.peek("gold").unwrap().used.requests, 1);
+        assert_eq!(p2.peek("zed").unwrap().used.requests, 1);
+    }
+
+    #[test]
+    fn client_ids() {
+        assert!(check_client_id(b"acme-1").is_ok());
+        assert!(check_client_id(b"").is_err());
+        assert!(check_client_id(b"a\nb").is_err());
+        assert!(check_client_id(&[b'a'; 257]).is_err());
+        assert!(check_client_id(&[0xff, 0xfe]).is_err());
+    }
+}

@@ -1,0 +1,225 @@
+//! Request-path parsing for client quotas: who the client is, and what the
+//! request costs in tokens.
+
+use std::net::IpAddr;
+
+use http::header::AUTHORIZATION;
+use pingora::http::RequestHeader;
+use sha2::{Digest, Sha256};
+
+use crate::config::MissingId;
+use crate::limits::clients::{check_client_id, ClientPolicies};
+use crate::limits::RejectReason;
+
+/// A refusal while reading the request: reason and message.
+pub type Refused = (RejectReason, String);
+
+/// The client id of a request:
+/// 1. `Authorization: Bearer <key>`, when API keys are configured: the
+///    key's client, or 401 `invalid_api_key`;
+/// 2. the `id_header` (one value, 1-256 bytes, no control characters, else
+///    400 `invalid_header`); a client that has API keys cannot be claimed
+///    this way (401);
+/// 3. else the peer address (`missing_id = "ip"`) or 400 `missing_header`.
+pub fn client_id(
+    req: &RequestHeader,
+    policies: &ClientPolicies,
+    peer: Option<IpAddr>,
+) -> Result<String, Refused> {
+    let cfg = &policies.config;
+    if let Some(key) = bearer(req) {
+        let digest: [u8; 32] = Sha256::digest(key).into();
+        match policies.client_of_key(&digest) {
+            Some(id) => return Ok(id.to_string()),
+            None if policies_have_keys(policies) => {
+                return Err((RejectReason::InvalidApiKey, "unknown API key".into()));
+            }
+            // No API keys configured: the header is the upstream's business.
+            None => {}
+        }
+    }
+    let mut values = req.headers.get_all(&cfg.id_header).iter();
+    if let Some(first) = values.next() {
+        if values.any(|v| v != first) {
+            return Err((
+                RejectReason::InvalidHeader,
+                format!("{} is repeated with different values", cfg.id_header),
+            ));
+        }
+        let raw = first.as_bytes();
+        if let Err(e) = check_client_id(raw) {
+            return Err((
+                RejectReason::InvalidHeader,
+                format!("{} {e}", cfg.id_header),
+            ));
+        }
+        let id = String::from_utf8_lossy(raw).into_owned();
+        if policies.configured(&id).is_some_and(|c| c.requires_key) {
+            return Err((
+                RejectReason::InvalidApiKey,
+                format!("client {id:?} must authenticate with its API key"),
+            ));
+        }
+        return Ok(id);
+    }
+    match (cfg.missing_id, peer) {
+        (MissingId::Ip, Some(ip)) => Ok(ip.to_string()),
+        (MissingId::Ip, None) => Ok("unknown".to_string()),
+        (MissingId::Reject, _) => Err((
+            RejectReason::MissingHeader,
+            format!("the {} header is required", cfg.id_header),
+        )),
+    }
+}
+
+fn policies_have_keys(p: &ClientPolicies) -> bool {
+    p.config.limits.values().any(|l| !l.api_keys.is_empty())
+}
+
+fn bearer(req: &RequestHeader) -> Option<&[u8]> {
+    let v = req.headers.get(AUTHORIZATION)?.as_bytes();
+    let (scheme, rest) = v.split_at(v.iter().position(|b| *b == b' ')?);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let key = rest.trim_ascii();
+    (!key.is_empty()).then_some(key)
+}
+
+/// The request's token cost from `header`: a non-negative integer, the same
+/// in every copy of the header; `default` when absent.
+pub fn token_cost(
+    req: &RequestHeader,
+    header: &http::HeaderName,
+    default: u64,
+) -> Result<u64, Refused> {
+    let mut cost: Option<u64> = None;
+    for v in req.headers.get_all(header) {
+        let bad = || {
+            (
+                RejectReason::InvalidHeader,
+                format!("{header} must be a non-negative integer"),
+            )
+        };
+        let s = v.to_str().map_err(|_| bad())?.trim();
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let n: u64 = s.parse().map_err(|_| {
+            (
+                RejectReason::InvalidHeader,
+                format!("{header} is too large"),
+            )
+        })?;
+        match cost {
+            Some(c) if c != n => {
+                return Err((
+                    RejectReason::InvalidHeader,
+                    format!("{header} is repeated with different values"),
+                ))
+            }
+            _ => cost = Some(n),
+        }
+    }
+    Ok(cost.unwrap_or(default))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ClientLimit, ClientsConfig, Mode};
+    use crate::limits::clock::ManualClock;
+    use crate::limits::rate::Quota;
+
+    fn req(headers: &[(&str, &[u8])]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn policies(missing: MissingId) -> ClientPolicies {
+        let mut c = ClientsConfig {
+            missing_id: missing,
+            ..ClientsConfig::default()
+        };
+        let digest: [u8; 32] = Sha256::digest(b"s3cret").into();
+        c.limits.insert(
+            "acme".into(),
+            ClientLimit {
+                quota: Quota::default(),
+                enabled: true,
+                mode: Mode::Enforce,
+                api_keys: vec![digest],
+            },
+        );
+        ClientPolicies::build(&c, ManualClock::new(0), None)
+    }
+
+    #[test]
+    fn identity_sources() {
+        let p = policies(MissingId::Ip);
+        let ip: Option<IpAddr> = Some("10.1.2.3".parse().unwrap());
+        let id = |h: &[(&str, &[u8])]| client_id(&req(h), &p, ip);
+        assert_eq!(id(&[("authorization", b"Bearer s3cret")]).unwrap(), "acme");
+        assert_eq!(
+            id(&[
+                ("authorization", b"bearer s3cret"),
+                ("x-client-id", b"other")
+            ])
+            .unwrap(),
+            "acme"
+        );
+        assert_eq!(
+            id(&[("authorization", b"Bearer nope")]).unwrap_err().0,
+            RejectReason::InvalidApiKey
+        );
+        assert_eq!(
+            id(&[("x-client-id", b"acme")]).unwrap_err().0,
+            RejectReason::InvalidApiKey
+        );
+        assert_eq!(id(&[("x-client-id", b"bob")]).unwrap(), "bob");
+        let long = vec![b'a'; 300];
+        assert_eq!(
+            id(&[("x-client-id", &long)]).unwrap_err().0,
+            RejectReason::InvalidHeader
+        );
+        assert_eq!(
+            id(&[("x-client-id", b"a"), ("x-client-id", b"b")])
+                .unwrap_err()
+                .0,
+            RejectReason::InvalidHeader
+        );
+        assert_eq!(id(&[]).unwrap(), "10.1.2.3");
+        let p = policies(MissingId::Reject);
+        assert_eq!(
+            client_id(&req(&[]), &p, ip).unwrap_err().0,
+            RejectReason::MissingHeader
+        );
+    }
+
+    #[test]
+    fn token_costs() {
+        let h = http::HeaderName::from_static("x-token-estimate");
+        let cost = |v: &[&[u8]]| {
+            let hs: Vec<(&str, &[u8])> = v.iter().map(|x| ("x-token-estimate", *x)).collect();
+            token_cost(&req(&hs), &h, 7)
+        };
+        assert_eq!(cost(&[]).unwrap(), 7);
+        assert_eq!(cost(&[b"120"]).unwrap(), 120);
+        assert_eq!(cost(&[b" 5 ", b"5"]).unwrap(), 5);
+        for bad in [
+            &b"-1"[..],
+            b"1.5",
+            b"1e3",
+            b"+3",
+            b"",
+            b"99999999999999999999999",
+            b"abc",
+        ] {
+            assert!(cost(&[bad]).is_err(), "{bad:?}");
+        }
+        assert!(cost(&[b"1", b"2"]).is_err());
+    }
+}
