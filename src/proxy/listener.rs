@@ -114,19 +114,13 @@ fn head_end(buf: &[u8], from: usize) -> Option<usize> {
         .position(|b| *b != b'\r' && *b != b'\n')
         .unwrap_or(buf.len());
     let from = from.max(start);
-    let mut i = from;
-    while i < buf.len() {
-        if buf[i] == b'\n' {
-            if buf.get(i + 1) == Some(&b'\n') {
-                return Some(i + 2);
-            }
-            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
-                return Some(i + 3);
-            }
-        }
-        i += 1;
-    }
-    None
+    memchr::memchr_iter(b'\n', &buf[from..])
+        .map(|i| i + from)
+        .find_map(|i| match (buf.get(i + 1), buf.get(i + 2)) {
+            (Some(b'\n'), _) => Some(i + 2),
+            (Some(b'\r'), Some(b'\n')) => Some(i + 3),
+            _ => None,
+        })
 }
 
 /// Answers a request the header guard refused and closes the connection.

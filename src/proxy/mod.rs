@@ -35,8 +35,6 @@ pub mod runtime;
 pub mod upstream;
 pub mod usage;
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
@@ -117,7 +115,7 @@ impl ProxyHttp for Gateway {
             );
             return respond::reject(session, ctx, RejectReason::NoRoute, &msg, None, &[]).await;
         };
-        ctx.route = Some(Arc::from(route.name.as_str()));
+        ctx.route = Some(route.name.clone());
         ctx.upstream = rt.upstreams.get(route.upstream).cloned();
 
         let policies = &rt.clients;

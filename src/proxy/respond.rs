@@ -57,7 +57,7 @@ async fn write(
     for (k, v) in extra {
         h.insert_header(*k, v.as_str())?;
     }
-    if reason.status().is_client_error() && reason != RejectReason::NoRoute {
+    if reason == RejectReason::BadRequest {
         // After a malformed request the connection's state is suspect.
         session.set_keepalive(None);
     }

@@ -13,7 +13,7 @@ pub struct Router {
 /// One route, as the request path sees it.
 #[derive(Debug)]
 pub struct Route {
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     pub host: Option<String>,
     pub path_prefix: String,
     /// Index into `Runtime::upstreams`.
@@ -25,7 +25,7 @@ impl Router {
         let mut routes: Vec<Route> = routes
             .iter()
             .map(|r| Route {
-                name: r.name.clone(),
+                name: std::sync::Arc::from(r.name.as_str()),
                 host: r.host.clone(),
                 path_prefix: r.path_prefix.clone(),
                 upstream: r.upstream,
@@ -96,7 +96,7 @@ mod tests {
             route("api-v2", None, "/api/v2", 2),
             route("host-root", Some("example.com"), "/", 3),
         ]);
-        let name = |h: Option<&str>, p: &str| r.resolve(h, p).map(|r| r.name.as_str());
+        let name = |h: Option<&str>, p: &str| r.resolve(h, p).map(|r| &*r.name);
         assert_eq!(name(None, "/"), Some("root"));
         assert_eq!(name(None, "/api/v1/x"), Some("api"));
         assert_eq!(name(None, "/api/v2/x"), Some("api-v2"));
