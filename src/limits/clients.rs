@@ -3,19 +3,19 @@
 //!
 //! A configured client (`[clients.limits.<id>]`) has its own exact counter:
 //! no other client's traffic can move it. Every other client is counted on
-//! its own in one shared count-min estimator sized by `max_tracked_clients`,
-//! so memory stays bounded however many distinct ids arrive.
+//! its own in one shared table sized by `max_tracked_clients` (exact up to
+//! that many clients a window, estimated by a count-min sketch beyond), so
+//! memory stays bounded however many distinct ids arrive.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::clock::Clock;
-use super::rate::{Exceeded, Quota, QuotaState, RateLimiter, Refusal, Reservation, Usage};
+use super::rate::{
+    Exceeded, Quota, QuotaState, RateLimiter, Refusal, Reservation, Shape, Usage,
+};
 use super::RejectReason;
 use crate::config::{ClientsConfig, Mode};
-
-/// Rows of the estimator for unlisted clients.
-pub const CROWD_DEPTH: usize = 4;
 
 /// Longest client id accepted.
 pub const MAX_CLIENT_ID: usize = 256;
@@ -125,8 +125,9 @@ impl ClientPolicies {
                 .and_then(|p| p.crowd.clone())
                 .unwrap_or_else(|| {
                     Arc::new(RateLimiter::new(
-                        CROWD_DEPTH,
-                        config.max_tracked_clients,
+                        Shape::Clients {
+                            capacity: config.max_tracked_clients,
+                        },
                         window_ms,
                         clock.clone(),
                     ))
