@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use floodgate::limits::clock::{Clock, ManualClock, SystemClock};
-use floodgate::limits::rate::{Quota, RateLimiter, Shape};
+use floodgate::limits::rate::{ClientTable, Quota, RateLimiter, Shape};
 
 const QUOTA: u64 = 10;
 
@@ -150,18 +150,25 @@ fn main() {
     } else {
         &[10_000, 100_000, 2_000_000]
     };
-    println!("## False 429s: every client sends exactly its quota ({QUOTA} requests) in one window\n");
+    println!(
+        "## False 429s: every client sends exactly its quota ({QUOTA} requests) in one window\n"
+    );
     println!("| estimator | distinct clients | requests | false 429s | clients refused | false-429 rate | tables (3 windows) | RSS growth | ns/decision |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &n in sizes {
         let rows = [
-            false_429(Shape::Clients { capacity: n }, "Floodgate table (capacity = clients)", n),
+            false_429(
+                Shape::Clients { capacity: n },
+                "Floodgate table (capacity = clients)",
+                n,
+            ),
             false_429(
                 Shape::Sketch {
                     depth: 4,
-                    width: (n * 3 / 4).next_power_of_two(),
+                    // At least the table's memory: 4 rows of 8-byte cells.
+                    width: (ClientTable::new(n).memory_bytes() / 32).next_power_of_two(),
                 },
-                "count-min 4 rows, same or more memory",
+                "count-min 4 rows, at least the table's memory",
                 n,
             ),
             false_429(

@@ -56,7 +56,8 @@ pub fn prepare(config: Config, opts: &RunOptions) -> Result<Prepared, String> {
     let conf = server_conf(&config);
     let clock: Arc<dyn crate::limits::clock::Clock> =
         Arc::new(crate::limits::clock::SystemClock::default());
-    let runtime = Runtime::build(config.clone(), clock, None).map_err(|e| e.to_string())?;
+    let hosts = Arc::new(crate::limits::connections::HostRegistry::new());
+    let runtime = Runtime::build(config.clone(), clock, hosts, None).map_err(|e| e.to_string())?;
     let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(runtime));
 
     let opt = Opt {
@@ -87,6 +88,17 @@ pub fn prepare(config: Config, opts: &RunOptions) -> Result<Prepared, String> {
         svc.add_tls_with_settings(&t.listen.to_string(), None, tls);
     }
     server.add_service(svc);
+
+    if let Some(fp) = &config.forward_proxy {
+        let proxy = pingora::proxy::http_proxy(
+            &server.configuration,
+            crate::proxy::forward::ForwardGateway::new(runtime.clone()),
+        );
+        let app = crate::proxy::forward::ForwardApp::new(proxy, runtime.clone());
+        let mut svc = Service::new("floodgate forward proxy".to_string(), app);
+        svc.add_tcp(&fp.listen.to_string());
+        server.add_service(svc);
+    }
 
     server.add_service(background_service(
         "health checks",

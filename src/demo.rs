@@ -6,6 +6,8 @@
 //! headers, the server's name), so a caller can see what the gateway
 //! forwarded. Query parameters shape the answer:
 //! - `delay_ms=N`: wait N ms before answering;
+//! - `GET /__stats`: requests received, in flight, and the most in flight
+//!   at once (not counted itself);
 //! - `status=N`: answer with status N;
 //! - `usage=N`: report `N` tokens used, OpenAI style (`usage.total_tokens`);
 //! - `usage_header=N`: report `N` tokens in an `x-usage-tokens` header;
@@ -128,6 +130,14 @@ async fn handle(
     name: Arc<str>,
     stats: Arc<DemoStats>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/__stats" {
+        let body = serde_json::json!({
+            "requests": stats.requests.load(Ordering::SeqCst),
+            "in_flight": stats.in_flight.load(Ordering::SeqCst),
+            "max_in_flight": stats.max_in_flight.load(Ordering::SeqCst),
+        });
+        return Ok(Response::new(Full::new(Bytes::from(body.to_string()))));
+    }
     let _guard = InFlight::enter(&stats);
     let query: BTreeMap<String, String> = req
         .uri()

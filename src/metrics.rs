@@ -6,7 +6,8 @@
 
 use once_cell::sync::Lazy;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// The label used for requests that matched no route.
@@ -32,6 +33,11 @@ pub struct Metrics {
     /// shadow-mode policy would have refused, by the code it would have
     /// answered.
     pub shadow_refusals_total: IntCounterVec,
+    /// `floodgate_upstream_connections{host}`: requests (reverse proxy) or
+    /// connections and tunnels (forward proxy) in flight to each host.
+    pub upstream_connections: IntGaugeVec,
+    /// `floodgate_upstream_connection_limit{host}`: each host's cap; 0 = none.
+    pub upstream_connection_limit: IntGaugeVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -69,6 +75,22 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["route", "outcome"],
     )?;
+    let upstream_connections = IntGaugeVec::new(
+        Opts::new(
+            "floodgate_upstream_connections",
+            "Requests or tunnels in flight to each upstream or destination host.",
+        ),
+        &["host"],
+    )?;
+    let upstream_connection_limit = IntGaugeVec::new(
+        Opts::new(
+            "floodgate_upstream_connection_limit",
+            "Connection cap of each upstream or destination host (0 = none).",
+        ),
+        &["host"],
+    )?;
+    registry.register(Box::new(upstream_connections.clone()))?;
+    registry.register(Box::new(upstream_connection_limit.clone()))?;
     registry.register(Box::new(tokens_total.clone()))?;
     registry.register(Box::new(shadow_refusals_total.clone()))?;
     registry.register(Box::new(requests_total.clone()))?;
@@ -81,6 +103,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ready,
         tokens_total,
         shadow_refusals_total,
+        upstream_connections,
+        upstream_connection_limit,
     })
 }
 
@@ -94,6 +118,22 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| match build() {
 /// The process-wide metrics.
 pub fn metrics() -> &'static Metrics {
     &METRICS
+}
+
+/// Publishes the host counters as gauges (called at scrape time, so the
+/// request path never touches a gauge).
+pub fn export_hosts(hosts: &[crate::limits::connections::HostInfo]) {
+    let m = metrics();
+    m.upstream_connections.reset();
+    m.upstream_connection_limit.reset();
+    for h in hosts {
+        m.upstream_connections
+            .with_label_values(&[h.host.as_str()])
+            .set(h.active as i64);
+        m.upstream_connection_limit
+            .with_label_values(&[h.host.as_str()])
+            .set(h.max_connections as i64);
+    }
 }
 
 /// The registry in Prometheus' text format.

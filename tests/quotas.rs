@@ -350,3 +350,47 @@ async fn quota_frees_as_the_window_passes() {
         assert_eq!(call(&c, &gw.url("/x"), &h).await.0, 200);
     }
 }
+
+#[tokio::test]
+async fn a_client_gone_before_the_response_is_refunded() {
+    let up = Upstream::start("a");
+    let gw = gateway(&up, "[clients]\n[clients.limits.t]\ntpm = 100\n");
+    let c = client();
+    let h = [("x-client-id", "t"), ("x-token-estimate", "100")];
+    // The client hangs up while the upstream is still working.
+    let url = gw.url("/x?delay_ms=1500");
+    let hung = tokio::spawn(async move {
+        reqwest::Client::builder()
+            .timeout(Duration::from_millis(600))
+            .build()
+            .unwrap()
+            .get(url)
+            .header("x-client-id", "t")
+            .header("x-token-estimate", "100")
+            .send()
+            .await
+    });
+    // While the upstream works, the 100 tokens are reserved.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (s, _, _) = call(
+        &c,
+        &gw.url("/x"),
+        &[("x-client-id", "t"), ("x-token-estimate", "1")],
+    )
+    .await;
+    assert_eq!(s, 429);
+    assert!(hung.await.unwrap().is_err(), "expected a client timeout");
+    // Once the gateway notices, the reservation comes back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, _, _) = call(&c, &gw.url("/x"), &h).await;
+        if s == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tokens never refunded"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,14 +1,15 @@
 //! The admin endpoint (axum) on `server.admin_listen`: `/health`, `/ready`,
-//! `/metrics`. Runs as a Pingora background service, off the request path.
+//! `/metrics`, and `/api/v1/hosts` (connection caps). Runs as a Pingora
+//! background service, off the request path.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::{Json, Router};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -29,6 +30,11 @@ pub fn router(state: AdminState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/api/v1/hosts", get(list_hosts))
+        .route(
+            "/api/v1/hosts/{host}",
+            put(put_host).delete(delete_host).get(get_host),
+        )
         .with_state(state)
 }
 
@@ -54,6 +60,7 @@ async fn ready(State(s): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
+    crate::metrics::export_hosts(&s.runtime.load().hosts.list());
     crate::metrics::metrics()
         .ready
         .set(i64::from(s.ready.load(Ordering::Acquire)));
@@ -61,6 +68,81 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         crate::metrics::render(),
     )
+}
+
+/// The admin API's answer to a bad call: JSON `{"error", "message"}`.
+fn api_error(status: StatusCode, error: &str, message: String) -> axum::response::Response {
+    (
+        status,
+        Json(serde_json::json!({ "error": error, "message": message })),
+    )
+        .into_response()
+}
+
+async fn list_hosts(State(s): State<AdminState>) -> impl IntoResponse {
+    Json(serde_json::json!({ "hosts": s.runtime.load().hosts.list() }))
+}
+
+async fn get_host(
+    State(s): State<AdminState>,
+    Path(host): Path<String>,
+) -> axum::response::Response {
+    let rt = s.runtime.load();
+    match rt.hosts.list().into_iter().find(|h| h.host == host) {
+        Some(h) => Json(h).into_response(),
+        None => api_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no host {host:?}"),
+        ),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostCap {
+    max_connections: u64,
+}
+
+/// `PUT /api/v1/hosts/{host}` with `{"max_connections": N}`: overrides the
+/// host's cap at once (0 = none), for running and future requests alike.
+async fn put_host(
+    State(s): State<AdminState>,
+    Path(host): Path<String>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    let cap: HostCap = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("expected {{\"max_connections\": N}} with N >= 0: {e}"),
+            )
+        }
+    };
+    let rt = s.runtime.load();
+    rt.hosts.set_override(&host, Some(cap.max_connections));
+    tracing::info!(host = %host, max_connections = cap.max_connections, "connection cap set through the admin API");
+    get_host(State(s.clone()), Path(host)).await
+}
+
+/// `DELETE /api/v1/hosts/{host}`: drops the override; the config's cap
+/// applies again.
+async fn delete_host(
+    State(s): State<AdminState>,
+    Path(host): Path<String>,
+) -> axum::response::Response {
+    let rt = s.runtime.load();
+    if !rt.hosts.set_override(&host, None) {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no host {host:?}"),
+        );
+    }
+    tracing::info!(host = %host, "connection cap override removed");
+    get_host(State(s.clone()), Path(host)).await
 }
 
 /// Serves the admin router on a listener bound before the server starts

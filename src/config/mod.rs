@@ -33,6 +33,18 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub clients: ClientsConfig,
+    pub forward_proxy: Option<ForwardProxyConfig>,
+}
+
+/// `[forward_proxy]`, when enabled.
+#[derive(Clone, Debug)]
+pub struct ForwardProxyConfig {
+    pub listen: SocketAddr,
+    pub default_max_connections: u64,
+    /// Caps by host key (`host`, or `host:port` for ports other than 80/443).
+    pub host_limits: std::collections::BTreeMap<String, u64>,
+    pub policy: crate::limits::destinations::DestinationPolicy,
+    pub connect_timeout: Duration,
 }
 
 /// How a refusal is applied.
@@ -133,6 +145,8 @@ pub struct UpstreamConfig {
     pub idle_timeout: Duration,
     pub health_check_interval: Duration,
     pub retries: usize,
+    /// Concurrent requests allowed to each backend host; 0 = no cap.
+    pub max_connections: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -192,7 +206,7 @@ pub fn parse(src: &str, base: &Path) -> Result<Config, ConfigErrors> {
     config.ok_or_else(|| d.finish())
 }
 
-const TOP_LEVEL_KEYS: &[&str] = &["server", "upstreams", "routes", "clients"];
+const TOP_LEVEL_KEYS: &[&str] = &["server", "upstreams", "routes", "clients", "forward_proxy"];
 
 /// Stage 1: decode each section, collecting unknown keys and type errors.
 fn decode(table: &toml::Table, d: &mut Diagnostics<'_>) -> RawConfig {
@@ -205,6 +219,9 @@ fn decode(table: &toml::Table, d: &mut Diagnostics<'_>) -> RawConfig {
     let mut raw = RawConfig::default();
     if let Some(v) = table.get("server") {
         raw.server = decode_value(v, &root.key("server"), d).unwrap_or_default();
+    }
+    if let Some(v) = table.get("forward_proxy") {
+        raw.forward_proxy = decode_value(v, &root.key("forward_proxy"), d);
     }
     if let Some(v) = table.get("clients") {
         raw.clients = decode_value(v, &root.key("clients"), d);
@@ -306,6 +323,10 @@ fn validate(raw: RawConfig, base: &Path, d: &mut Diagnostics<'_>) -> Option<Conf
         None => Some(ClientsConfig::default()),
         Some(c) => validate_clients(c, d),
     };
+    let forward_proxy = match raw.forward_proxy {
+        None => Some(None),
+        Some(f) => validate_forward_proxy(f, d),
+    };
     if d.has_errors() {
         return None;
     }
@@ -314,6 +335,7 @@ fn validate(raw: RawConfig, base: &Path, d: &mut Diagnostics<'_>) -> Option<Conf
         upstreams,
         routes,
         clients: clients?,
+        forward_proxy: forward_proxy?,
     })
 }
 
@@ -509,7 +531,16 @@ fn validate_upstream(
             None
         }
     };
+    let max_connections = match u.max_connections {
+        None => Some(0),
+        Some(n) if n >= 0 => Some(n as u64),
+        Some(_) => {
+            d.error(&p.key("max_connections"), "must be >= 0");
+            None
+        }
+    };
     Some(UpstreamConfig {
+        max_connections: max_connections?,
         name: name?,
         backends: backends?,
         tls: tls?,
@@ -696,6 +727,100 @@ fn validate_clients(c: RawClients, d: &mut Diagnostics<'_>) -> Option<ClientsCon
         default: default?,
         limits,
     })
+}
+
+fn validate_forward_proxy(
+    f: RawForwardProxy,
+    d: &mut Diagnostics<'_>,
+) -> Option<Option<ForwardProxyConfig>> {
+    use crate::limits::destinations::{DestinationPolicy, HostRule};
+    let p = KeyPath::root().key("forward_proxy");
+    let listen = match f.listen {
+        None => Some(SocketAddr::from(([127, 0, 0, 1], 3128))),
+        Some(a) => socket_addr(&a, &p.key("listen"), d),
+    };
+    let cap = |n: i64, path: &KeyPath, d: &mut Diagnostics<'_>| {
+        if n < 0 {
+            d.error(path, "must be >= 0");
+            return None;
+        }
+        Some(n as u64)
+    };
+    let default_max_connections = match f.default_max_connections {
+        None => Some(25),
+        Some(n) => cap(n, &p.key("default_max_connections"), d),
+    };
+    let mut host_limits = std::collections::BTreeMap::new();
+    for (h, n) in &f.host_limits {
+        let hp = p.key("host_limits").key(h);
+        if h.is_empty() || h.contains(['/', ' ']) {
+            d.error(
+                &hp,
+                "must be a host, or host:port for ports other than 80 and 443",
+            );
+        }
+        if let Some(n) = cap(*n, &hp, d) {
+            host_limits.insert(h.to_ascii_lowercase(), n);
+        }
+    }
+    let explicit = f.allow_hosts.is_some()
+        || f.deny_hosts.is_some()
+        || f.allow_ports.is_some()
+        || f.deny_ports.is_some();
+    let rules = |v: Option<Vec<String>>, key: &str, d: &mut Diagnostics<'_>| -> Vec<HostRule> {
+        v.unwrap_or_default()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match HostRule::parse(s) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    d.error(&p.key(key).index(i), e);
+                    None
+                }
+            })
+            .collect()
+    };
+    let ports = |v: Option<Vec<i64>>, key: &str, d: &mut Diagnostics<'_>| -> Vec<u16> {
+        v.unwrap_or_default()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| match u16::try_from(*n) {
+                Ok(port) if port > 0 => Some(port),
+                _ => {
+                    d.error(&p.key(key).index(i), "must be a port between 1 and 65535");
+                    None
+                }
+            })
+            .collect()
+    };
+    let policy = DestinationPolicy {
+        allow_hosts: rules(f.allow_hosts, "allow_hosts", d),
+        deny_hosts: rules(f.deny_hosts, "deny_hosts", d),
+        allow_ports: ports(f.allow_ports, "allow_ports", d),
+        deny_ports: ports(f.deny_ports, "deny_ports", d),
+        explicit,
+    };
+    let connect_timeout = duration_or(f.connect_timeout, "5s", &p.key("connect_timeout"), d);
+    if !f.enabled.unwrap_or(false) {
+        return Some(None);
+    }
+    if let Some(l) = listen {
+        if !l.ip().is_loopback() && !explicit {
+            d.error(
+                &p.key("listen"),
+                "a forward proxy on a non-loopback address needs an explicit destination \
+                 policy (allow_hosts, deny_hosts, allow_ports or deny_ports): an open proxy \
+                 reaches every private network behind it",
+            );
+        }
+    }
+    Some(Some(ForwardProxyConfig {
+        listen: listen?,
+        default_max_connections: default_max_connections?,
+        host_limits,
+        policy,
+        connect_timeout: connect_timeout?,
+    }))
 }
 
 // ---- value helpers: each records its own error and returns None on failure

@@ -20,6 +20,8 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     /// Client identity and per-client quotas.
     pub clients: Option<RawClients>,
+    /// The forward proxy (CONNECT and absolute-form requests).
+    pub forward_proxy: Option<RawForwardProxy>,
 }
 
 /// `[server]`
@@ -96,6 +98,8 @@ pub struct RawUpstream {
     pub health_check_interval: Option<String>,
     /// Further backends tried when connecting to one fails.
     pub retries: Option<i64>,
+    /// Concurrent requests allowed to each backend host; 0 = no cap.
+    pub max_connections: Option<i64>,
 }
 
 /// `[[routes]]`
@@ -162,4 +166,28 @@ pub struct RawClientLimit {
     pub mode: Option<String>,
     /// API keys of this client, as `"sha256:<64 hex digits>"`.
     pub api_keys: Vec<String>,
+}
+
+/// `[forward_proxy]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawForwardProxy {
+    /// Run the forward proxy.
+    pub enabled: Option<bool>,
+    /// Its own listener, `host:port`.
+    pub listen: Option<String>,
+    /// Cap of concurrent connections per destination host; 0 = none.
+    pub default_max_connections: Option<i64>,
+    /// Caps of single hosts (`host` for ports 80 and 443, else `host:port`).
+    pub host_limits: std::collections::BTreeMap<String, i64>,
+    /// Destinations allowed: names, `*.suffix` patterns, IPs or CIDR networks.
+    pub allow_hosts: Option<Vec<String>>,
+    /// Destinations refused; wins over `allow_hosts`.
+    pub deny_hosts: Option<Vec<String>>,
+    /// Destination ports allowed; absent: any.
+    pub allow_ports: Option<Vec<i64>>,
+    /// Destination ports refused.
+    pub deny_ports: Option<Vec<i64>>,
+    /// Time to connect to a destination.
+    pub connect_timeout: Option<String>,
 }

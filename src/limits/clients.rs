@@ -11,9 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::clock::Clock;
-use super::rate::{
-    Exceeded, Quota, QuotaState, RateLimiter, Refusal, Reservation, Shape, Usage,
-};
+use super::rate::{Exceeded, Quota, QuotaState, RateLimiter, Refusal, Reservation, Shape, Usage};
 use super::RejectReason;
 use crate::config::{ClientsConfig, Mode};
 

@@ -6,6 +6,8 @@
 
 pub mod clients;
 pub mod clock;
+pub mod connections;
+pub mod destinations;
 pub mod rate;
 pub mod rotation;
 

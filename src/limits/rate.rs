@@ -152,7 +152,6 @@ impl Sketch {
     }
 }
 
-
 /// Places probed for a client before it spills into the overflow sketch.
 const PROBES: usize = 32;
 /// Rows and width of the overflow sketch of a [`ClientTable`].

@@ -8,6 +8,7 @@ use super::runtime::Runtime;
 use super::upstream::Upstream;
 use super::usage::UsageScanner;
 use crate::limits::clients::Charge;
+use crate::limits::connections::HostSlot;
 use crate::limits::rate::QuotaState;
 use crate::limits::RejectReason;
 
@@ -42,6 +43,8 @@ pub struct RequestCtx {
     pub reported_tokens: Option<u64>,
     /// The upstream answered 5xx: the token charge is refunded.
     pub upstream_failed: bool,
+    /// The place this request holds under its backend host's cap.
+    pub slot: Option<HostSlot>,
 }
 
 impl RequestCtx {
@@ -62,7 +65,24 @@ impl RequestCtx {
             usage: None,
             reported_tokens: None,
             upstream_failed: false,
+            slot: None,
         }
+    }
+
+    /// The rate-limit headers for this request's client, if limited.
+    pub fn rate_limit_headers(&self) -> Vec<(&'static str, String)> {
+        self.quota_state
+            .as_ref()
+            .map(|s| super::headers::rate_limit_headers(s, None))
+            .unwrap_or_default()
+    }
+
+    /// The upstream response has ended: free the host slot and settle the
+    /// tokens now, not when Pingora drops the context after the client has
+    /// its last byte, so the client's next request sees the settled state.
+    pub fn upstream_done(&mut self) {
+        self.slot = None;
+        self.settle_tokens();
     }
 
     /// Settles the token charge once the upstream response has ended: the

@@ -1,4 +1,5 @@
-//! Background service: active health checks of every upstream's backends.
+//! Background service: active health checks of every upstream's backends
+//! (and, now and then, forgetting forward-proxy destinations no one uses).
 //!
 //! Runs off the request path and always checks the upstreams of the current
 //! runtime snapshot, so a reload that adds or changes backends is picked up
@@ -24,14 +25,32 @@ impl HealthChecks {
 }
 
 const TICK: Duration = Duration::from_millis(100);
+const SWEEP: Duration = Duration::from_secs(30);
 
 #[async_trait]
 impl BackgroundService for HealthChecks {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut last: HashMap<String, Instant> = HashMap::new();
+        let mut last_sweep = Instant::now();
         loop {
             let rt = self.runtime.load_full();
             let now = Instant::now();
+            if now.duration_since(last_sweep) >= SWEEP {
+                // Forget forward-proxy destinations nobody uses any more.
+                let keep = |h: &str| {
+                    rt.config
+                        .upstreams
+                        .iter()
+                        .any(|u| u.backends.iter().any(|b| b.to_string() == h))
+                        || rt
+                            .config
+                            .forward_proxy
+                            .as_ref()
+                            .is_some_and(|f| f.host_limits.contains_key(h))
+                };
+                rt.hosts.sweep(&keep);
+                last_sweep = now;
+            }
             let due: Vec<_> = rt
                 .upstreams
                 .iter()

@@ -123,12 +123,18 @@ fn head_end(buf: &[u8], from: usize) -> Option<usize> {
         })
 }
 
-/// Answers a request the header guard refused and closes the connection.
-async fn refuse(mut stream: Stream, reason: RejectReason, message: &str) {
+/// Answers a request the gateway refused before Pingora saw it, and closes
+/// the connection. `route` is the metric label.
+pub async fn refuse(mut stream: Stream, route: &str, reason: RejectReason, message: &str) {
     let body = reason.body(message);
     let status = reason.status();
+    let retry = if reason.needs_retry_after() {
+        "retry-after: 1\r\n"
+    } else {
+        ""
+    };
     let head = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{retry}connection: close\r\n\r\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         body.len()
@@ -139,9 +145,72 @@ async fn refuse(mut stream: Stream, reason: RejectReason, message: &str) {
     let _ = stream.shutdown().await;
     crate::metrics::metrics()
         .requests_total
-        .with_label_values(&[crate::metrics::NO_ROUTE_LABEL, reason.as_str()])
+        .with_label_values(&[route, reason.as_str()])
         .inc();
-    tracing::info!(target: "access", outcome = reason.as_str(), status = status.as_u16(), "{message}");
+    tracing::info!(target: "access", route = route, outcome = reason.as_str(), status = status.as_u16(), "{message}");
+}
+
+/// Reads the next request header on an HTTP/1 connection, under the limits
+/// of the current config; answers 408 or 431 itself. `None`: the connection
+/// is done.
+pub async fn next_head(
+    stream: &mut Option<Stream>,
+    runtime: &SharedRuntime,
+    first: bool,
+) -> Option<(BytesMut, HeadLimits)> {
+    let limits = {
+        let rt = runtime.load();
+        let s = &rt.config.server;
+        HeadLimits {
+            max_size: s.max_header_size,
+            timeout: s.header_timeout,
+            idle: s.keepalive_timeout,
+        }
+    };
+    let io = stream.as_mut()?;
+    let refused = match read_head(io, limits, first).await {
+        Head::Complete(buf) => return Some((buf, limits)),
+        Head::Closed => return None,
+        Head::TimedOut => (
+            RejectReason::RequestTimeout,
+            format!(
+                "the request header was not received within {:?}",
+                limits.timeout
+            ),
+        ),
+        Head::TooLarge => (
+            RejectReason::HeadersTooLarge,
+            format!("request headers are larger than {} bytes", limits.max_size),
+        ),
+    };
+    if let Some(io) = stream.take() {
+        refuse(io, crate::metrics::NO_ROUTE_LABEL, refused.0, &refused.1).await;
+    }
+    None
+}
+
+/// Hands a connection whose next request header has been read to Pingora's
+/// HTTP/1 handling; returns the connection when it may carry another
+/// request.
+pub async fn hand_to_pingora<P: HttpServerApp + Send + Sync + 'static>(
+    proxy: &Arc<P>,
+    stream: Stream,
+    head: BytesMut,
+    limits: HeadLimits,
+    settings: Option<HttpPersistentSettings>,
+    shutdown: &ShutdownWatch,
+) -> Option<(Stream, Option<HttpPersistentSettings>)> {
+    let mut session = ServerSession::new_http1(stream);
+    match settings {
+        Some(s) => s.apply_to_session(&mut session),
+        None => session.set_keepalive(Some(limits.idle.as_secs().max(1))),
+    }
+    if *shutdown.borrow() {
+        session.set_keepalive(None);
+    }
+    session.set_pipelined_prefix(head);
+    let reused = proxy.process_new_http(session, shutdown).await?;
+    Some(reused.consume())
 }
 
 #[async_trait]
@@ -154,48 +223,15 @@ impl ServerApp for EdgeApp {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.proxy.process_new(stream, shutdown).await;
         }
-        let mut stream = stream;
+        let mut stream = Some(stream);
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
         loop {
-            let limits = {
-                let rt = self.runtime.load();
-                let s = &rt.config.server;
-                HeadLimits {
-                    max_size: s.max_header_size,
-                    timeout: s.header_timeout,
-                    idle: s.keepalive_timeout,
-                }
-            };
-            let prefix = match read_head(&mut stream, limits, first).await {
-                Head::Complete(buf) => buf,
-                Head::Closed => return None,
-                Head::TimedOut => {
-                    let msg = format!(
-                        "the request header was not received within {:?}",
-                        limits.timeout
-                    );
-                    refuse(stream, RejectReason::RequestTimeout, &msg).await;
-                    return None;
-                }
-                Head::TooLarge => {
-                    let msg = format!("request headers are larger than {} bytes", limits.max_size);
-                    refuse(stream, RejectReason::HeadersTooLarge, &msg).await;
-                    return None;
-                }
-            };
-            let mut session = ServerSession::new_http1(stream);
-            match settings.take() {
-                Some(s) => s.apply_to_session(&mut session),
-                None => session.set_keepalive(Some(limits.idle.as_secs().max(1))),
-            }
-            if *shutdown.borrow() {
-                session.set_keepalive(None);
-            }
-            session.set_pipelined_prefix(prefix);
-            let reused = self.proxy.process_new_http(session, shutdown).await?;
-            let (s, st) = reused.consume();
-            stream = s;
+            let (head, limits) = next_head(&mut stream, &self.runtime, first).await?;
+            let io = stream.take()?;
+            let (io, st) =
+                hand_to_pingora(&self.proxy, io, head, limits, settings.take(), shutdown).await?;
+            stream = Some(io);
             settings = st;
             first = false;
         }

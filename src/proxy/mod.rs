@@ -6,16 +6,19 @@
 //!   2. identify client (API key | header | IP)      → 400/401
 //!   3. parse token cost (X-Token-Estimate)          → 400; 413 if it can never fit
 //!   4. reserve RPM and TPM (atomic check-and-add)   → 429 + rate-limit headers
-//!   (adaptive window and host caps plug in here, in order)
-//! upstream_peer            pick a healthy backend (round robin); a retry
-//!                          after a failed connect picks another one
+//!   (the adaptive window plugs in here)
+//!   6. pick a backend with room, take its host slot → 503 connection_limit
+//!      (a refusal at 6 refunds the reservation made at 4)
+//! upstream_peer            the peer of the chosen backend; a retry after a
+//!                          failed connect picks another one and moves the slot
 //! fail_to_connect          mark the backend tried, allow a retry
 //! upstream_request_filter  X-Forwarded-For/-Proto, X-Request-Id; strip
 //!                          hop-by-hop headers
 //! response_filter          X-Request-Id and rate-limit headers to the client;
 //!                          actual token usage from a response header
 //! response_body_filter     actual token usage from the body (JSON `usage`,
-//!                          last SSE event); settle the charge at its end
+//!                          last SSE event); at its end free the host slot
+//!                          and settle the charge
 //! fail_to_proxy            502 upstream_error / 504 upstream_timeout, JSON
 //! logging                  metrics and the access log
 //! ```
@@ -25,6 +28,7 @@
 //! itself in [`respond`], limits in [`crate::limits`].
 
 pub mod context;
+pub mod forward;
 pub mod headers;
 pub mod health;
 pub mod identity;
@@ -182,6 +186,35 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
+
+        // 6. Backend and its host slot.
+        let Some(upstream) = ctx.upstream.clone() else {
+            return Error::e_explain(InternalError, "route without upstream");
+        };
+        match upstream.acquire(&[]) {
+            Ok((addr, slot)) => {
+                ctx.backend = Some(addr);
+                ctx.slot = Some(slot);
+            }
+            Err(upstream::NoBackend::AtCap) => {
+                let msg = format!(
+                    "every backend of upstream {} is at its connection cap",
+                    upstream.name
+                );
+                let headers = ctx.rate_limit_headers();
+                return respond::reject(
+                    session,
+                    ctx,
+                    RejectReason::ConnectionLimit,
+                    &msg,
+                    Some(1),
+                    &headers,
+                )
+                .await;
+            }
+            // No backend at all: upstream_peer reports it as a 502.
+            Err(upstream::NoBackend::Exhausted) => {}
+        }
         Ok(false)
     }
 
@@ -194,17 +227,31 @@ impl ProxyHttp for Gateway {
         let Some(upstream) = ctx.upstream.clone() else {
             return Error::e_explain(InternalError, "no upstream chosen in request_filter");
         };
-        let Some(addr) = upstream.select(&ctx.failed_backends) else {
-            return Error::e_explain(
-                ConnectNoRoute,
-                format!("upstream {}: no backend left to try", upstream.name),
-            )
-            .map_err(|mut e: Box<Error>| {
-                e.esource = ErrorSource::Upstream;
-                e
-            });
+        let retry = ctx.backend.is_none_or(|b| ctx.failed_backends.contains(&b));
+        if retry {
+            // A retry: another backend, and the slot moves with it.
+            ctx.slot = None;
+            match upstream.acquire(&ctx.failed_backends) {
+                Ok((addr, slot)) => {
+                    ctx.backend = Some(addr);
+                    ctx.slot = Some(slot);
+                }
+                Err(why) => {
+                    if why == upstream::NoBackend::AtCap {
+                        ctx.reject = Some(RejectReason::ConnectionLimit);
+                    }
+                    let mut e = Error::explain(
+                        ConnectNoRoute,
+                        format!("upstream {}: no backend left to try", upstream.name),
+                    );
+                    e.esource = ErrorSource::Upstream;
+                    return Err(e);
+                }
+            }
+        }
+        let Some(addr) = ctx.backend else {
+            return Error::e_explain(InternalError, "no backend chosen");
         };
-        ctx.backend = Some(addr);
         Ok(Box::new(upstream.peer(addr)))
     }
 
@@ -296,7 +343,7 @@ impl ProxyHttp for Gateway {
             scanner.feed(b);
         }
         if end_of_stream {
-            ctx.settle_tokens();
+            ctx.upstream_done();
         }
         Ok(None)
     }

@@ -91,13 +91,16 @@ pub fn classify(e: &Error) -> Option<RejectReason> {
 /// `ProxyHttp::fail_to_proxy`: writes the JSON error for `e` if the client
 /// can still receive one.
 pub async fn fail_to_proxy(session: &mut Session, ctx: &mut RequestCtx, e: &Error) -> FailToProxy {
-    let reason = classify(e);
+    // A reason set on the way (a retry finding every backend at its cap)
+    // says more than the error's type.
+    let reason = ctx.reject.or_else(|| classify(e));
     if let Some(r) = reason {
         ctx.reject = Some(r);
     }
     let code = match reason {
         Some(r) if session.response_written().is_none() => {
             let msg = match r {
+                RejectReason::ConnectionLimit => "every other backend is at its connection cap",
                 RejectReason::UpstreamTimeout => "the upstream did not answer in time",
                 RejectReason::UpstreamError => "the upstream failed or is unreachable",
                 RejectReason::RequestTimeout => "the request was not received in time",
@@ -105,7 +108,8 @@ pub async fn fail_to_proxy(session: &mut Session, ctx: &mut RequestCtx, e: &Erro
             };
             // The request may not have been read to its end: close after.
             session.set_keepalive(None);
-            match write(session, ctx, r, msg, None, &[]).await {
+            let retry = r.needs_retry_after().then_some(1);
+            match write(session, ctx, r, msg, retry, &[]).await {
                 Ok(()) => r.status().as_u16(),
                 Err(_) => 0,
             }

@@ -13,6 +13,7 @@ use super::upstream::Upstream;
 use crate::config::{Config, ConfigError, ConfigErrors, KeyPath};
 use crate::limits::clients::ClientPolicies;
 use crate::limits::clock::Clock;
+use crate::limits::connections::HostRegistry;
 
 /// One immutable configuration, compiled for the request path.
 #[derive(Debug)]
@@ -24,6 +25,8 @@ pub struct Runtime {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Client policies and their counters.
     pub clients: ClientPolicies,
+    /// Connection counters of every host, shared by every runtime.
+    pub hosts: Arc<HostRegistry>,
 }
 
 /// The swappable handle every service shares.
@@ -36,12 +39,13 @@ impl Runtime {
     pub fn build(
         config: Config,
         clock: Arc<dyn Clock>,
+        hosts: Arc<HostRegistry>,
         previous: Option<&Runtime>,
     ) -> Result<Self, ConfigErrors> {
         let mut errors = Vec::new();
         let mut upstreams = Vec::new();
         for (i, u) in config.upstreams.iter().enumerate() {
-            match Upstream::build(u) {
+            match Upstream::build(u, &hosts) {
                 Ok(u) => upstreams.push(Arc::new(u)),
                 Err(message) => errors.push(ConfigError {
                     path: KeyPath::root().key("upstreams").index(i),
@@ -53,7 +57,13 @@ impl Runtime {
         if !errors.is_empty() {
             return Err(ConfigErrors { file: None, errors });
         }
+        if let Some(f) = &config.forward_proxy {
+            for (h, cap) in &f.host_limits {
+                hosts.configure(h, *cap);
+            }
+        }
         Ok(Runtime {
+            hosts,
             clients: ClientPolicies::build(&config.clients, clock, previous.map(|p| &p.clients)),
             router: Router::new(&config.routes),
             trusted_proxies: config.server.trusted_proxies.clone(),

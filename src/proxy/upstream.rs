@@ -13,6 +13,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::{parse_x509, WrappedX509};
 
 use crate::config::UpstreamConfig;
+use crate::limits::connections::{HostCounter, HostRegistry, HostSlot};
 
 /// One named pool of backends, as the request path sees it.
 pub struct Upstream {
@@ -30,6 +31,17 @@ pub struct Upstream {
     /// Separates this upstream's pooled connections from any other's, so
     /// two upstreams with different TLS trust never share a connection.
     pool_group: u64,
+    /// The connection counter of each backend host.
+    counters: Vec<(SocketAddr, Arc<HostCounter>)>,
+}
+
+/// Why no backend could be given to a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoBackend {
+    /// Every backend not yet tried is at its connection cap.
+    AtCap,
+    /// Every backend has been tried.
+    Exhausted,
 }
 
 struct PeerTls {
@@ -49,7 +61,7 @@ impl std::fmt::Debug for Upstream {
 impl Upstream {
     /// Builds the pool. Reads the CA file, so it runs off the request path
     /// (at start and on reload).
-    pub fn build(c: &UpstreamConfig) -> Result<Self, String> {
+    pub fn build(c: &UpstreamConfig, hosts: &HostRegistry) -> Result<Self, String> {
         let backends = c.backends.iter().map(|a| a.to_string());
         let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(backends)
             .map_err(|e| format!("upstream {}: backends: {e}", c.name))?;
@@ -74,7 +86,13 @@ impl Upstream {
                 },
             }),
         };
+        let counters = c
+            .backends
+            .iter()
+            .map(|a| (*a, hosts.configure(&a.to_string(), c.max_connections)))
+            .collect();
         Ok(Upstream {
+            counters,
             name: c.name.clone(),
             lb,
             tls,
@@ -93,20 +111,50 @@ impl Upstream {
         })
     }
 
-    /// The next healthy backend in round-robin order, skipping those that
-    /// already failed for this request. Falls back to an unhealthy backend
-    /// not yet tried when every backend is marked down, so that a health
-    /// check lagging behind a recovery never refuses traffic on its own.
-    pub fn select(&self, exclude: &[SocketAddr]) -> Option<SocketAddr> {
-        let fresh = |b: &Backend| match b.addr.as_inet() {
-            Some(a) => !exclude.contains(a),
-            None => false,
-        };
+    /// The next backend (round robin, healthy first, skipping `exclude`)
+    /// that has room under its connection cap, with its slot taken.
+    pub fn acquire(&self, exclude: &[SocketAddr]) -> Result<(SocketAddr, HostSlot), NoBackend> {
+        let slot: std::cell::RefCell<Option<HostSlot>> = Default::default();
+        let any_fresh = std::cell::Cell::new(false);
         let n = self.backend_count().max(1);
-        self.lb
-            .select_with(b"", n * 2, |b, healthy| healthy && fresh(b))
-            .or_else(|| self.lb.select_with(b"", n * 2, |b, _| fresh(b)))
-            .and_then(|b| b.addr.as_inet().copied())
+        for healthy_only in [true, false] {
+            let chosen = self.lb.select_with(b"", n * 2, |b, healthy| {
+                let Some(addr) = b.addr.as_inet() else {
+                    return false;
+                };
+                if exclude.contains(addr) || (healthy_only && !healthy) {
+                    return false;
+                }
+                any_fresh.set(true);
+                match self.counter(*addr).map(|c| c.try_acquire()) {
+                    Some(Some(s)) => {
+                        *slot.borrow_mut() = Some(s);
+                        true
+                    }
+                    Some(None) => false,
+                    // Not a configured backend (cannot happen): no cap.
+                    None => true,
+                }
+            });
+            if let Some(addr) = chosen.and_then(|b| b.addr.as_inet().copied()) {
+                if let Some(s) = slot.into_inner() {
+                    return Ok((addr, s));
+                }
+                return Err(NoBackend::Exhausted);
+            }
+        }
+        Err(if any_fresh.get() {
+            NoBackend::AtCap
+        } else {
+            NoBackend::Exhausted
+        })
+    }
+
+    fn counter(&self, addr: SocketAddr) -> Option<&Arc<HostCounter>> {
+        self.counters
+            .iter()
+            .find(|(a, _)| *a == addr)
+            .map(|(_, c)| c)
     }
 
     pub fn backend_count(&self) -> usize {
