@@ -105,6 +105,10 @@ pub fn prepare(config: Config, opts: &RunOptions) -> Result<Prepared, String> {
         HealthChecks::new(runtime.clone()),
     ));
     server.add_service(background_service(
+        "backpressure monitor",
+        crate::monitor::Monitor::new(runtime.clone()),
+    ));
+    server.add_service(background_service(
         "window rotation",
         crate::limits::rotation::Rotation::new(runtime.clone()),
     ));

@@ -8,6 +8,8 @@
 //! - `delay_ms=N`: wait N ms before answering;
 //! - `GET /__stats`: requests received, in flight, and the most in flight
 //!   at once (not counted itself);
+//! - `GET /metrics`: a `demo_load` gauge for Prometheus, set with
+//!   `GET /__set?load=X`;
 //! - `status=N`: answer with status N;
 //! - `usage=N`: report `N` tokens used, OpenAI style (`usage.total_tokens`);
 //! - `usage_header=N`: report `N` tokens in an `x-usage-tokens` header;
@@ -40,6 +42,8 @@ pub struct DemoStats {
     pub in_flight: AtomicU64,
     /// The most requests ever answered at once.
     pub max_in_flight: AtomicU64,
+    /// The `demo_load` gauge served on `/metrics` (f64 bits).
+    pub load: AtomicU64,
 }
 
 /// Serves until the task is dropped; each connection on its own task. With
@@ -130,6 +134,29 @@ async fn handle(
     name: Arc<str>,
     stats: Arc<DemoStats>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/metrics" {
+        // A gauge a test (or a demo) moves with /__set?load=X, for
+        // Prometheus to scrape and the adaptive window to react to.
+        let load = f64::from_bits(stats.load.load(Ordering::SeqCst));
+        let body = format!(
+            "# HELP demo_load A load signal set through /__set?load=X.\n# TYPE demo_load gauge\ndemo_load {load}\n# TYPE demo_requests_total counter\ndemo_requests_total {}\n",
+            stats.requests.load(Ordering::SeqCst)
+        );
+        return Ok(Response::new(Full::new(Bytes::from(body))));
+    }
+    if req.uri().path() == "/__set" {
+        let load = req
+            .uri()
+            .query()
+            .and_then(|q| q.strip_prefix("load="))
+            .and_then(|v| v.parse::<f64>().ok());
+        let mut resp = Response::new(Full::new(Bytes::from("{}")));
+        match load {
+            Some(v) => stats.load.store(v.to_bits(), Ordering::SeqCst),
+            None => *resp.status_mut() = hyper::StatusCode::BAD_REQUEST,
+        }
+        return Ok(resp);
+    }
     if req.uri().path() == "/__stats" {
         let body = serde_json::json!({
             "requests": stats.requests.load(Ordering::SeqCst),

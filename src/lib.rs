@@ -10,4 +10,5 @@ pub mod demo;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod monitor;
 pub mod proxy;

@@ -6,8 +6,8 @@
 
 use once_cell::sync::Lazy;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The label used for requests that matched no route.
@@ -38,6 +38,19 @@ pub struct Metrics {
     pub upstream_connections: IntGaugeVec,
     /// `floodgate_upstream_connection_limit{host}`: each host's cap; 0 = none.
     pub upstream_connection_limit: IntGaugeVec,
+    /// `floodgate_backpressure_window{scope}`: the adaptive window;
+    /// `scope` is `global` or an upstream name.
+    pub backpressure_window: IntGaugeVec,
+    /// `floodgate_backpressure_inflight{scope}`: requests holding a slot.
+    pub backpressure_inflight: IntGaugeVec,
+    /// `floodgate_backpressure_queue_length{scope}`: requests waiting.
+    pub backpressure_queue_length: IntGaugeVec,
+    /// `floodgate_backpressure_query_value{scope, query}`: each query's
+    /// last good reading.
+    pub backpressure_query_value: GaugeVec,
+    /// `floodgate_backpressure_monitor_errors_total{scope, query}`: failed
+    /// readings (unreachable, timeout, not one number).
+    pub backpressure_monitor_errors_total: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -89,6 +102,38 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["host"],
     )?;
+    let gauge = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["scope"]);
+    let backpressure_window = gauge(
+        "floodgate_backpressure_window",
+        "The adaptive concurrency window (scope: global or an upstream).",
+    )?;
+    let backpressure_inflight = gauge(
+        "floodgate_backpressure_inflight",
+        "Requests holding a slot of the adaptive window.",
+    )?;
+    let backpressure_queue_length = gauge(
+        "floodgate_backpressure_queue_length",
+        "Requests waiting for a slot of the adaptive window.",
+    )?;
+    let backpressure_query_value = GaugeVec::new(
+        Opts::new(
+            "floodgate_backpressure_query_value",
+            "Last good reading of each backpressure query.",
+        ),
+        &["scope", "query"],
+    )?;
+    let backpressure_monitor_errors_total = IntCounterVec::new(
+        Opts::new(
+            "floodgate_backpressure_monitor_errors_total",
+            "Backpressure query readings that failed.",
+        ),
+        &["scope", "query"],
+    )?;
+    registry.register(Box::new(backpressure_window.clone()))?;
+    registry.register(Box::new(backpressure_inflight.clone()))?;
+    registry.register(Box::new(backpressure_queue_length.clone()))?;
+    registry.register(Box::new(backpressure_query_value.clone()))?;
+    registry.register(Box::new(backpressure_monitor_errors_total.clone()))?;
     registry.register(Box::new(upstream_connections.clone()))?;
     registry.register(Box::new(upstream_connection_limit.clone()))?;
     registry.register(Box::new(tokens_total.clone()))?;
@@ -105,6 +150,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         shadow_refusals_total,
         upstream_connections,
         upstream_connection_limit,
+        backpressure_window,
+        backpressure_inflight,
+        backpressure_queue_length,
+        backpressure_query_value,
+        backpressure_monitor_errors_total,
     })
 }
 
@@ -133,6 +183,34 @@ pub fn export_hosts(hosts: &[crate::limits::connections::HostInfo]) {
         m.upstream_connection_limit
             .with_label_values(&[h.host.as_str()])
             .set(h.max_connections as i64);
+    }
+}
+
+/// Publishes the adaptive windows as gauges (at scrape time).
+pub fn export_backpressure(scopes: &[(String, crate::limits::adaptive::Snapshot)]) {
+    let m = metrics();
+    m.backpressure_window.reset();
+    m.backpressure_inflight.reset();
+    m.backpressure_queue_length.reset();
+    m.backpressure_query_value.reset();
+    for (scope, s) in scopes {
+        let l = [scope.as_str()];
+        m.backpressure_window
+            .with_label_values(&l)
+            .set(s.window as i64);
+        m.backpressure_inflight
+            .with_label_values(&l)
+            .set(s.inflight as i64);
+        m.backpressure_queue_length
+            .with_label_values(&l)
+            .set(s.queue_length as i64);
+        for q in &s.signals {
+            if let Some(v) = q.value {
+                m.backpressure_query_value
+                    .with_label_values(&[scope.as_str(), q.name.as_str()])
+                    .set(v);
+            }
+        }
     }
 }
 

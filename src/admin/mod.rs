@@ -30,6 +30,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/api/v1/backpressure", get(backpressure))
         .route("/api/v1/hosts", get(list_hosts))
         .route(
             "/api/v1/hosts/{host}",
@@ -60,7 +61,14 @@ async fn ready(State(s): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
-    crate::metrics::export_hosts(&s.runtime.load().hosts.list());
+    let rt = s.runtime.load();
+    crate::metrics::export_hosts(&rt.hosts.list());
+    let scopes: Vec<_> = rt
+        .adaptive_scopes()
+        .into_iter()
+        .map(|sc| (sc.name.clone(), sc.controller.snapshot()))
+        .collect();
+    crate::metrics::export_backpressure(&scopes);
     crate::metrics::metrics()
         .ready
         .set(i64::from(s.ready.load(Ordering::Acquire)));
@@ -77,6 +85,33 @@ fn api_error(status: StatusCode, error: &str, message: String) -> axum::response
         Json(serde_json::json!({ "error": error, "message": message })),
     )
         .into_response()
+}
+
+/// `GET /api/v1/backpressure`: the gateway-wide window at the top level
+/// (`enabled: false` when there is none), each upstream's under `upstreams`.
+async fn backpressure(State(s): State<AdminState>) -> impl IntoResponse {
+    let rt = s.runtime.load();
+    let mut out = match &rt.adaptive {
+        Some(sc) => {
+            let mut v = serde_json::to_value(sc.controller.snapshot()).unwrap_or_default();
+            v["enabled"] = true.into();
+            v
+        }
+        None => serde_json::json!({ "enabled": false }),
+    };
+    let upstreams: serde_json::Map<String, serde_json::Value> = rt
+        .upstreams
+        .iter()
+        .filter_map(|u| u.adaptive.as_ref())
+        .map(|sc| {
+            (
+                sc.name.clone(),
+                serde_json::to_value(sc.controller.snapshot()).unwrap_or_default(),
+            )
+        })
+        .collect();
+    out["upstreams"] = upstreams.into();
+    Json(out)
 }
 
 async fn list_hosts(State(s): State<AdminState>) -> impl IntoResponse {

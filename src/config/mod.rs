@@ -34,6 +34,32 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub clients: ClientsConfig,
     pub forward_proxy: Option<ForwardProxyConfig>,
+    /// The gateway-wide adaptive window, when enabled.
+    pub backpressure: Option<BackpressureConfig>,
+}
+
+/// `[backpressure]` (or an upstream's), when enabled.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackpressureConfig {
+    pub prometheus: PrometheusUrl,
+    pub interval: Duration,
+    pub query_timeout: Duration,
+    pub adaptive: crate::limits::adaptive::AdaptiveConfig,
+}
+
+/// Where Prometheus' HTTP API is: `http://host:port[/prefix]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrometheusUrl {
+    pub host: String,
+    pub port: u16,
+    /// Path prefix before `/api/v1/query` (no trailing slash).
+    pub prefix: String,
+}
+
+impl std::fmt::Display for PrometheusUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http://{}:{}{}", self.host, self.port, self.prefix)
+    }
 }
 
 /// `[forward_proxy]`, when enabled.
@@ -147,6 +173,8 @@ pub struct UpstreamConfig {
     pub retries: usize,
     /// Concurrent requests allowed to each backend host; 0 = no cap.
     pub max_connections: u64,
+    /// This upstream's own adaptive window.
+    pub backpressure: Option<BackpressureConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -206,7 +234,14 @@ pub fn parse(src: &str, base: &Path) -> Result<Config, ConfigErrors> {
     config.ok_or_else(|| d.finish())
 }
 
-const TOP_LEVEL_KEYS: &[&str] = &["server", "upstreams", "routes", "clients", "forward_proxy"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "server",
+    "upstreams",
+    "routes",
+    "clients",
+    "forward_proxy",
+    "backpressure",
+];
 
 /// Stage 1: decode each section, collecting unknown keys and type errors.
 fn decode(table: &toml::Table, d: &mut Diagnostics<'_>) -> RawConfig {
@@ -219,6 +254,9 @@ fn decode(table: &toml::Table, d: &mut Diagnostics<'_>) -> RawConfig {
     let mut raw = RawConfig::default();
     if let Some(v) = table.get("server") {
         raw.server = decode_value(v, &root.key("server"), d).unwrap_or_default();
+    }
+    if let Some(v) = table.get("backpressure") {
+        raw.backpressure = decode_value(v, &root.key("backpressure"), d);
     }
     if let Some(v) = table.get("forward_proxy") {
         raw.forward_proxy = decode_value(v, &root.key("forward_proxy"), d);
@@ -327,6 +365,10 @@ fn validate(raw: RawConfig, base: &Path, d: &mut Diagnostics<'_>) -> Option<Conf
         None => Some(None),
         Some(f) => validate_forward_proxy(f, d),
     };
+    let backpressure = match raw.backpressure {
+        None => Some(None),
+        Some(b) => validate_backpressure(b, &KeyPath::root().key("backpressure"), false, d),
+    };
     if d.has_errors() {
         return None;
     }
@@ -336,6 +378,7 @@ fn validate(raw: RawConfig, base: &Path, d: &mut Diagnostics<'_>) -> Option<Conf
         routes,
         clients: clients?,
         forward_proxy: forward_proxy?,
+        backpressure: backpressure?,
     })
 }
 
@@ -539,7 +582,12 @@ fn validate_upstream(
             None
         }
     };
+    let backpressure = match u.backpressure {
+        None => Some(None),
+        Some(b) => validate_backpressure(b, &p.key("backpressure"), true, d),
+    };
     Some(UpstreamConfig {
+        backpressure: backpressure?,
         max_connections: max_connections?,
         name: name?,
         backends: backends?,
@@ -820,6 +868,187 @@ fn validate_forward_proxy(
         host_limits,
         policy,
         connect_timeout: connect_timeout?,
+    }))
+}
+
+/// `[backpressure]`; `enabled` defaults to false for the global table (as
+/// the contract says) and to true for an upstream's own table.
+fn validate_backpressure(
+    b: RawBackpressure,
+    p: &KeyPath,
+    default_enabled: bool,
+    d: &mut Diagnostics<'_>,
+) -> Option<Option<BackpressureConfig>> {
+    use crate::limits::adaptive::{AdaptiveConfig, OnStale, SignalConfig};
+    let prometheus = match b.prometheus_url.as_deref() {
+        None => Some(PrometheusUrl {
+            host: "127.0.0.1".into(),
+            port: 9090,
+            prefix: String::new(),
+        }),
+        Some(u) => {
+            let parsed = u.strip_prefix("http://").and_then(|rest| {
+                let (hostport, prefix) = match rest.find('/') {
+                    Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+                    None => (rest, ""),
+                };
+                let (host, port) = match hostport.rsplit_once(':') {
+                    Some((h, p)) => (h, p.parse::<u16>().ok()?),
+                    None => (hostport, 80),
+                };
+                (!host.is_empty()).then(|| PrometheusUrl {
+                    host: host.trim_matches(['[', ']']).to_string(),
+                    port,
+                    prefix: prefix.to_string(),
+                })
+            });
+            if parsed.is_none() {
+                d.error(
+                    &p.key("prometheus_url"),
+                    format!("{u:?} is not an http://host:port URL"),
+                );
+            }
+            parsed
+        }
+    };
+    let interval = duration_or(b.interval, "5s", &p.key("interval"), d);
+    if interval.is_some_and(|i| i < Duration::from_millis(100)) {
+        d.error(&p.key("interval"), "must be at least 100ms");
+    }
+    let query_timeout = match (b.query_timeout, interval) {
+        (Some(t), _) => duration_or(Some(t), "1s", &p.key("query_timeout"), d),
+        (None, Some(i)) => Some(i / 2),
+        (None, None) => None,
+    };
+    if let (Some(t), Some(i)) = (query_timeout, interval) {
+        if t >= i {
+            d.error(&p.key("query_timeout"), "must be shorter than interval");
+        }
+    }
+    let stale_after = match (b.stale_after, interval) {
+        (Some(t), _) => duration_or(Some(t), "15s", &p.key("stale_after"), d),
+        (None, Some(i)) => Some(i * 3),
+        (None, None) => None,
+    };
+    let count = |v: Option<i64>, default: u64, key: &str, d: &mut Diagnostics<'_>| match v {
+        None => Some(default),
+        Some(n) if n >= 1 => Some(n as u64),
+        Some(_) => {
+            d.error(&p.key(key), "must be >= 1");
+            None
+        }
+    };
+    let min_window = count(b.min_window, 10, "min_window", d);
+    let max_window = count(b.max_window, 1000, "max_window", d);
+    if let (Some(lo), Some(hi)) = (min_window, max_window) {
+        if lo > hi {
+            d.error(&p.key("min_window"), "must be <= max_window");
+        }
+    }
+    let initial_window = match b.initial_window {
+        None => max_window,
+        Some(n) => {
+            let v = count(Some(n), 1, "initial_window", d);
+            if let (Some(v), Some(lo), Some(hi)) = (v, min_window, max_window) {
+                if v < lo || v > hi {
+                    d.error(
+                        &p.key("initial_window"),
+                        "must be within [min_window, max_window]",
+                    );
+                }
+            }
+            v
+        }
+    };
+    let increase = count(b.increase, 1, "increase", d);
+    let backoff = match b.backoff {
+        None => Some(0.5),
+        Some(x) if x > 0.0 && x < 1.0 => Some(x),
+        Some(_) => {
+            d.error(&p.key("backoff"), "must be between 0 and 1 (exclusive)");
+            None
+        }
+    };
+    let critical_reserve = match b.critical_reserve {
+        None => Some(0.0),
+        Some(x) if (0.0..1.0).contains(&x) => Some(x),
+        Some(_) => {
+            d.error(&p.key("critical_reserve"), "must be in [0, 1)");
+            None
+        }
+    };
+    let on_stale = match b.on_stale.as_deref() {
+        None | Some("hold") => Some(OnStale::Hold),
+        Some("open") => Some(OnStale::Open),
+        Some("close") => Some(OnStale::Close),
+        Some(o) => {
+            d.error(
+                &p.key("on_stale"),
+                format!("{o:?}: must be \"hold\", \"open\" or \"close\""),
+            );
+            None
+        }
+    };
+    let queue_timeout = duration_or(b.queue_timeout, "0s", &p.key("queue_timeout"), d);
+    let max_queue = match b.max_queue {
+        None => Some(if queue_timeout.is_some_and(|q| !q.is_zero()) {
+            100
+        } else {
+            0
+        }),
+        Some(n) if n >= 0 => Some(n as usize),
+        Some(_) => {
+            d.error(&p.key("max_queue"), "must be >= 0");
+            None
+        }
+    };
+    let jitter = duration_or(b.jitter, "0s", &p.key("jitter"), d);
+    let mut signals = Vec::new();
+    let mut names = HashSet::new();
+    for (i, q) in b.queries.into_iter().enumerate() {
+        let qp = p.key("queries").index(i);
+        let name = q.name.unwrap_or_else(|| format!("q{i}"));
+        if !names.insert(name.clone()) {
+            d.error(&qp.key("name"), format!("duplicate query name {name:?}"));
+        }
+        let query = required(q.query, &qp.key("query"), d);
+        let warning = required(q.warning, &qp.key("warning"), d);
+        let emergency = required(q.emergency, &qp.key("emergency"), d);
+        if let (Some(w), Some(e)) = (warning, emergency) {
+            if !(w.is_finite() && e.is_finite()) || w > e {
+                d.error(&qp.key("warning"), "must be a number <= emergency");
+            }
+        }
+        if let (Some(query), Some(warning), Some(emergency)) = (query, warning, emergency) {
+            signals.push(SignalConfig {
+                name,
+                query,
+                warning,
+                emergency,
+            });
+        }
+    }
+    if !b.enabled.unwrap_or(default_enabled) {
+        return Some(None);
+    }
+    Some(Some(BackpressureConfig {
+        prometheus: prometheus?,
+        interval: interval?,
+        query_timeout: query_timeout?,
+        adaptive: AdaptiveConfig {
+            min_window: min_window?,
+            max_window: max_window?,
+            initial_window: initial_window?,
+            increase: increase?,
+            backoff: backoff?,
+            stale_after: stale_after?,
+            on_stale: on_stale?,
+            queue_timeout: queue_timeout?,
+            max_queue: max_queue?,
+            critical_reserve: critical_reserve?,
+            jitter: jitter?,
+            signals,
+        },
     }))
 }
 

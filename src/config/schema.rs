@@ -22,6 +22,8 @@ pub struct RawConfig {
     pub clients: Option<RawClients>,
     /// The forward proxy (CONNECT and absolute-form requests).
     pub forward_proxy: Option<RawForwardProxy>,
+    /// The gateway-wide adaptive concurrency window.
+    pub backpressure: Option<RawBackpressure>,
 }
 
 /// `[server]`
@@ -100,6 +102,8 @@ pub struct RawUpstream {
     pub retries: Option<i64>,
     /// Concurrent requests allowed to each backend host; 0 = no cap.
     pub max_connections: Option<i64>,
+    /// This upstream's own adaptive concurrency window.
+    pub backpressure: Option<RawBackpressure>,
 }
 
 /// `[[routes]]`
@@ -190,4 +194,56 @@ pub struct RawForwardProxy {
     pub deny_ports: Option<Vec<i64>>,
     /// Time to connect to a destination.
     pub connect_timeout: Option<String>,
+}
+
+/// `[backpressure]` and `[upstreams.backpressure]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawBackpressure {
+    /// Run this window (default true when the table is present).
+    pub enabled: Option<bool>,
+    /// Prometheus' base URL (`http://host:port`).
+    pub prometheus_url: Option<String>,
+    /// Time between two readings of every query.
+    pub interval: Option<String>,
+    /// Time a query may take (default: half the interval).
+    pub query_timeout: Option<String>,
+    /// Floor of the window.
+    pub min_window: Option<i64>,
+    /// Ceiling of the window.
+    pub max_window: Option<i64>,
+    /// Window at start (default: `max_window`).
+    pub initial_window: Option<i64>,
+    /// Growth per completed request while all signals are clear.
+    pub increase: Option<i64>,
+    /// Factor applied at an emergency reading.
+    pub backoff: Option<f64>,
+    /// Age after which a reading no longer counts (default 3 × interval).
+    pub stale_after: Option<String>,
+    /// `"hold"`, `"open"` or `"close"` once every reading is stale.
+    pub on_stale: Option<String>,
+    /// Longest wait for a slot in the queue; 0 = no queue.
+    pub queue_timeout: Option<String>,
+    /// Requests allowed to wait at once.
+    pub max_queue: Option<i64>,
+    /// Random delay up to this before forwarding (not for critical requests).
+    pub jitter: Option<String>,
+    /// Share of the window only critical requests may use (0 to 1).
+    pub critical_reserve: Option<f64>,
+    /// The signals.
+    pub queries: Vec<RawQuery>,
+}
+
+/// `[[backpressure.queries]]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawQuery {
+    /// Label in metrics and the admin API (default `q<index>`).
+    pub name: Option<String>,
+    /// PromQL yielding one number.
+    pub query: Option<String>,
+    /// At or above: the window stops growing and is cut gently.
+    pub warning: Option<f64>,
+    /// At or above: the window is cut by `backoff`.
+    pub emergency: Option<f64>,
 }

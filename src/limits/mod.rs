@@ -4,6 +4,7 @@
 //! [`RejectReason::as_str`] is at once the `error` code in the JSON body and
 //! the `outcome` label of `floodgate_requests_total`: one name, one place.
 
+pub mod adaptive;
 pub mod clients;
 pub mod clock;
 pub mod connections;

@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::runtime::Runtime;
 use super::upstream::Upstream;
 use super::usage::UsageScanner;
+use crate::limits::adaptive::AdaptivePermit;
 use crate::limits::clients::Charge;
 use crate::limits::connections::HostSlot;
 use crate::limits::rate::QuotaState;
@@ -45,6 +46,8 @@ pub struct RequestCtx {
     pub upstream_failed: bool,
     /// The place this request holds under its backend host's cap.
     pub slot: Option<HostSlot>,
+    /// Its places in the adaptive windows (gateway-wide, upstream).
+    pub permits: Vec<AdaptivePermit>,
 }
 
 impl RequestCtx {
@@ -66,6 +69,7 @@ impl RequestCtx {
             reported_tokens: None,
             upstream_failed: false,
             slot: None,
+            permits: Vec::new(),
         }
     }
 
@@ -82,6 +86,13 @@ impl RequestCtx {
     /// its last byte, so the client's next request sees the settled state.
     pub fn upstream_done(&mut self) {
         self.slot = None;
+        // A completed request may widen the windows; a failed one may not.
+        let failed = self.upstream_failed;
+        for p in self.permits.drain(..) {
+            if !failed {
+                p.complete();
+            }
+        }
         self.settle_tokens();
     }
 

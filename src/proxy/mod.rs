@@ -6,7 +6,9 @@
 //!   2. identify client (API key | header | IP)      → 400/401
 //!   3. parse token cost (X-Token-Estimate)          → 400; 413 if it can never fit
 //!   4. reserve RPM and TPM (atomic check-and-add)   → 429 + rate-limit headers
-//!   (the adaptive window plugs in here)
+//!   5. take a slot in the adaptive windows (gateway-wide, then the
+//!      upstream's), waiting in a bounded queue if so configured
+//!                                                   → 503 backpressure
 //!   6. pick a backend with room, take its host slot → 503 connection_limit
 //!      (a refusal at 6 refunds the reservation made at 4)
 //! upstream_peer            the peer of the chosen backend; a retry after a
@@ -27,6 +29,7 @@
 //! [`routing`], header rules in [`headers`], responses the gateway writes
 //! itself in [`respond`], limits in [`crate::limits`].
 
+pub mod adaptive;
 pub mod context;
 pub mod forward;
 pub mod headers;
@@ -187,10 +190,37 @@ impl ProxyHttp for Gateway {
             }
         }
 
-        // 6. Backend and its host slot.
         let Some(upstream) = ctx.upstream.clone() else {
             return Error::e_explain(InternalError, "route without upstream");
         };
+
+        // 5. Adaptive windows.
+        let scopes = rt.adaptive.iter().chain(upstream.adaptive.iter());
+        for scope in scopes {
+            match adaptive::admit(session, scope).await? {
+                Some(permit) => ctx.permits.push(permit),
+                None => {
+                    let msg = format!(
+                        "the {} concurrency window is full ({} requests)",
+                        scope.name,
+                        scope.controller.window()
+                    );
+                    let headers = ctx.rate_limit_headers();
+                    let retry = Some(scope.config.interval.as_secs().max(1));
+                    return respond::reject(
+                        session,
+                        ctx,
+                        RejectReason::Backpressure,
+                        &msg,
+                        retry,
+                        &headers,
+                    )
+                    .await;
+                }
+            }
+        }
+
+        // 6. Backend and its host slot.
         match upstream.acquire(&[]) {
             Ok((addr, slot)) => {
                 ctx.backend = Some(addr);

@@ -10,7 +10,8 @@ use arc_swap::ArcSwap;
 
 use super::routing::Router;
 use super::upstream::Upstream;
-use crate::config::{Config, ConfigError, ConfigErrors, KeyPath};
+use crate::config::{BackpressureConfig, Config, ConfigError, ConfigErrors, KeyPath};
+use crate::limits::adaptive::Controller;
 use crate::limits::clients::ClientPolicies;
 use crate::limits::clock::Clock;
 use crate::limits::connections::HostRegistry;
@@ -27,6 +28,37 @@ pub struct Runtime {
     pub clients: ClientPolicies,
     /// Connection counters of every host, shared by every runtime.
     pub hosts: Arc<HostRegistry>,
+    /// The gateway-wide adaptive window.
+    pub adaptive: Option<AdaptiveScope>,
+}
+
+/// One adaptive window: the gateway-wide one (`global`) or an upstream's.
+#[derive(Clone, Debug)]
+pub struct AdaptiveScope {
+    pub name: String,
+    pub config: BackpressureConfig,
+    pub controller: Arc<Controller>,
+}
+
+impl AdaptiveScope {
+    /// The scope for `config`, keeping `previous`'s controller (and so its
+    /// window and in-flight count) when its settings are unchanged.
+    fn build(
+        name: &str,
+        config: &BackpressureConfig,
+        clock: &Arc<dyn Clock>,
+        previous: Option<&AdaptiveScope>,
+    ) -> Self {
+        let controller = previous
+            .filter(|p| p.config == *config)
+            .map(|p| p.controller.clone())
+            .unwrap_or_else(|| Controller::new(config.adaptive.clone(), clock.clone()));
+        AdaptiveScope {
+            name: name.to_string(),
+            config: config.clone(),
+            controller,
+        }
+    }
 }
 
 /// The swappable handle every service shares.
@@ -45,7 +77,13 @@ impl Runtime {
         let mut errors = Vec::new();
         let mut upstreams = Vec::new();
         for (i, u) in config.upstreams.iter().enumerate() {
-            match Upstream::build(u, &hosts) {
+            let adaptive = u.backpressure.as_ref().map(|b| {
+                let prev = previous
+                    .and_then(|p| p.upstreams.iter().find(|x| x.name == u.name))
+                    .and_then(|x| x.adaptive.as_ref());
+                AdaptiveScope::build(&u.name, b, &clock, prev)
+            });
+            match Upstream::build(u, &hosts, adaptive) {
                 Ok(u) => upstreams.push(Arc::new(u)),
                 Err(message) => errors.push(ConfigError {
                     path: KeyPath::root().key("upstreams").index(i),
@@ -62,7 +100,12 @@ impl Runtime {
                 hosts.configure(h, *cap);
             }
         }
+        let adaptive = config.backpressure.as_ref().map(|b| {
+            let prev = previous.and_then(|p| p.adaptive.as_ref());
+            AdaptiveScope::build("global", b, &clock, prev)
+        });
         Ok(Runtime {
+            adaptive,
             hosts,
             clients: ClientPolicies::build(&config.clients, clock, previous.map(|p| &p.clients)),
             router: Router::new(&config.routes),
@@ -70,6 +113,15 @@ impl Runtime {
             upstreams,
             config: Arc::new(config),
         })
+    }
+
+    /// Every adaptive window: the gateway-wide one, then the upstreams'.
+    pub fn adaptive_scopes(&self) -> Vec<AdaptiveScope> {
+        self.adaptive
+            .iter()
+            .chain(self.upstreams.iter().filter_map(|u| u.adaptive.as_ref()))
+            .cloned()
+            .collect()
     }
 
     /// Whether `ip` is a configured trusted proxy.

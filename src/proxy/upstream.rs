@@ -14,6 +14,7 @@ use pingora::utils::tls::{parse_x509, WrappedX509};
 
 use crate::config::UpstreamConfig;
 use crate::limits::connections::{HostCounter, HostRegistry, HostSlot};
+use crate::proxy::runtime::AdaptiveScope;
 
 /// One named pool of backends, as the request path sees it.
 pub struct Upstream {
@@ -33,6 +34,8 @@ pub struct Upstream {
     pool_group: u64,
     /// The connection counter of each backend host.
     counters: Vec<(SocketAddr, Arc<HostCounter>)>,
+    /// This upstream's own adaptive window.
+    pub adaptive: Option<AdaptiveScope>,
 }
 
 /// Why no backend could be given to a request.
@@ -61,7 +64,11 @@ impl std::fmt::Debug for Upstream {
 impl Upstream {
     /// Builds the pool. Reads the CA file, so it runs off the request path
     /// (at start and on reload).
-    pub fn build(c: &UpstreamConfig, hosts: &HostRegistry) -> Result<Self, String> {
+    pub fn build(
+        c: &UpstreamConfig,
+        hosts: &HostRegistry,
+        adaptive: Option<AdaptiveScope>,
+    ) -> Result<Self, String> {
         let backends = c.backends.iter().map(|a| a.to_string());
         let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(backends)
             .map_err(|e| format!("upstream {}: backends: {e}", c.name))?;
@@ -92,6 +99,7 @@ impl Upstream {
             .map(|a| (*a, hosts.configure(&a.to_string(), c.max_connections)))
             .collect();
         Ok(Upstream {
+            adaptive,
             counters,
             name: c.name.clone(),
             lb,
