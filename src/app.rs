@@ -10,8 +10,11 @@ use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 use pingora::services::listening::Service;
 
+use std::path::Path;
+
 use crate::admin::{AdminService, AdminState};
 use crate::config::Config;
+use crate::control::{Control, State};
 use crate::proxy::health::HealthChecks;
 use crate::proxy::listener::EdgeApp;
 use crate::proxy::{Gateway, Runtime, SharedRuntime};
@@ -44,6 +47,25 @@ fn server_conf(c: &Config) -> ServerConf {
     conf
 }
 
+/// The admin bearer token, from the variable `admin_token_env` names. An
+/// admin endpoint off loopback refuses to start without one.
+fn admin_token(config: &Config) -> Result<Option<String>, String> {
+    let token = config
+        .server
+        .admin_token_env
+        .as_ref()
+        .and_then(|name| std::env::var(name).ok())
+        .filter(|t| !t.is_empty());
+    if token.is_none() && !config.server.admin_listen.ip().is_loopback() {
+        return Err(format!(
+            "server.admin_listen {} is not a loopback address: set server.admin_token_env to \
+             the name of an environment variable holding the admin token, and set that variable",
+            config.server.admin_listen
+        ));
+    }
+    Ok(token)
+}
+
 /// Everything `run` needs, built and checked before any listener opens.
 pub struct Prepared {
     pub server: Server,
@@ -52,13 +74,31 @@ pub struct Prepared {
 
 /// Builds the server. Binds the admin port here, so that a port in use is a
 /// start-up error with a clear message.
-pub fn prepare(config: Config, opts: &RunOptions) -> Result<Prepared, String> {
+pub fn prepare(config: Config, path: &Path, opts: &RunOptions) -> Result<Prepared, String> {
+    // Before any listener opens: SIGHUP reloads instead of killing.
+    let sighup = crate::watcher::install_sighup().map_err(|e| format!("SIGHUP handler: {e}"))?;
+    let token = admin_token(&config)?;
+    let state = match &config.server.state_file {
+        Some(f) => State::load(f).map_err(|e| crate::control::state_error(f, e).to_string())?,
+        None => State::default(),
+    };
     let conf = server_conf(&config);
     let clock: Arc<dyn crate::limits::clock::Clock> =
         Arc::new(crate::limits::clock::SystemClock::default());
     let hosts = Arc::new(crate::limits::connections::HostRegistry::new());
-    let runtime = Runtime::build(config.clone(), clock, hosts, None).map_err(|e| e.to_string())?;
+    let effective = crate::control::effective(&config, &state);
+    let runtime = Runtime::build(effective.clone(), clock.clone(), hosts.clone(), None)
+        .map_err(|e| e.to_string())?;
     let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(runtime));
+    let control = Arc::new(Control::new(
+        path.to_path_buf(),
+        config,
+        state,
+        runtime.clone(),
+        clock,
+        hosts,
+    ));
+    let config = effective;
 
     let opt = Opt {
         upgrade: opts.upgrade,
@@ -113,14 +153,33 @@ pub fn prepare(config: Config, opts: &RunOptions) -> Result<Prepared, String> {
         crate::limits::rotation::Rotation::new(runtime.clone()),
     ));
 
-    let admin = std::net::TcpListener::bind(config.server.admin_listen)
-        .and_then(|l| l.set_nonblocking(true).map(|_| l))
-        .map_err(|e| format!("server.admin_listen {}: {e}", config.server.admin_listen))?;
+    server.add_service(background_service(
+        "config watcher",
+        crate::watcher::ConfigWatcher::new(control.clone(), sighup),
+    ));
+
+    let addr = config.server.admin_listen;
+    let admin = match std::net::TcpListener::bind(addr) {
+        Ok(l) => {
+            l.set_nonblocking(true)
+                .map_err(|e| format!("server.admin_listen {addr}: {e}"))?;
+            Some(l)
+        }
+        // Upgrading: the old process still holds the port until it starts
+        // shutting down; the admin service binds as soon as it is free.
+        Err(e) if opts.upgrade && e.kind() == std::io::ErrorKind::AddrInUse => None,
+        Err(e) => return Err(format!("server.admin_listen {addr}: {e}")),
+    };
     let state = AdminState {
         runtime: runtime.clone(),
         ready: Arc::new(AtomicBool::new(false)),
+        control,
+        token,
     };
-    server.add_service(background_service("admin", AdminService::new(admin, state)));
+    server.add_service(background_service(
+        "admin",
+        AdminService::new(addr, admin, state),
+    ));
 
     Ok(Prepared { server, runtime })
 }

@@ -6,9 +6,11 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod monitor;
 pub mod proxy;
+pub mod watcher;

@@ -90,7 +90,7 @@ fn main() -> ExitCode {
         upgrade: cli.upgrade,
         daemon: cli.daemon,
     };
-    let prepared = match app::prepare(config, &opts) {
+    let prepared = match app::prepare(config, &cli.conf, &opts) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("floodgate: {e}");

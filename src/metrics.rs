@@ -51,6 +51,8 @@ pub struct Metrics {
     /// `floodgate_backpressure_monitor_errors_total{scope, query}`: failed
     /// readings (unreachable, timeout, not one number).
     pub backpressure_monitor_errors_total: IntCounterVec,
+    /// `floodgate_config_reloads_total{result}`: `success` or `rejected`.
+    pub config_reloads_total: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -129,6 +131,17 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["scope", "query"],
     )?;
+    let config_reloads_total = IntCounterVec::new(
+        Opts::new(
+            "floodgate_config_reloads_total",
+            "Config reloads by result (success, or rejected: the old config kept serving).",
+        ),
+        &["result"],
+    )?;
+    for r in ["success", "rejected"] {
+        config_reloads_total.with_label_values(&[r]);
+    }
+    registry.register(Box::new(config_reloads_total.clone()))?;
     registry.register(Box::new(backpressure_window.clone()))?;
     registry.register(Box::new(backpressure_inflight.clone()))?;
     registry.register(Box::new(backpressure_queue_length.clone()))?;
@@ -155,6 +168,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         backpressure_queue_length,
         backpressure_query_value,
         backpressure_monitor_errors_total,
+        config_reloads_total,
     })
 }
 

@@ -150,6 +150,9 @@ pub struct ServerConfig {
     pub upgrade_sock: PathBuf,
     pub pid_file: PathBuf,
     pub access_log: bool,
+    pub admin_token_env: Option<String>,
+    pub state_file: Option<PathBuf>,
+    pub watch_config: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -485,6 +488,9 @@ fn validate_server(s: RawServer, base: &Path, d: &mut Diagnostics<'_>) -> Option
         upgrade_sock,
         pid_file,
         access_log: s.access_log.unwrap_or(true),
+        admin_token_env: s.admin_token_env,
+        state_file: s.state_file.map(|f| base.join(f)),
+        watch_config: s.watch_config.unwrap_or(true),
     })
 }
 

@@ -56,6 +56,12 @@ pub struct RawServer {
     pub pid_file: Option<String>,
     /// One access-log line per request.
     pub access_log: Option<bool>,
+    /// Environment variable holding the bearer token for mutating admin calls.
+    pub admin_token_env: Option<String>,
+    /// Where changes made through the admin API persist.
+    pub state_file: Option<String>,
+    /// Watch the config file and reload when it changes.
+    pub watch_config: Option<bool>,
 }
 
 /// `[[server.tls]]`

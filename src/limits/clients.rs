@@ -8,6 +8,7 @@
 //! memory stays bounded however many distinct ids arrive.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::clock::Clock;
@@ -37,6 +38,52 @@ pub fn check_client_id(id: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// What a configured client did, for the admin API. Kept across reloads
+/// with the client's counter.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    /// Requests the quotas admitted.
+    pub admitted: AtomicU64,
+    pub rpm_exceeded: AtomicU64,
+    pub tpm_exceeded: AtomicU64,
+    pub estimate_too_large: AtomicU64,
+    /// Refusals shadow mode let through.
+    pub shadow_refusals: AtomicU64,
+    /// Tokens charged after settlement.
+    pub tokens: AtomicU64,
+}
+
+impl ClientStats {
+    fn count(&self, d: &Decision) {
+        let c = match d {
+            Decision::Unlimited | Decision::Admitted { .. } => &self.admitted,
+            Decision::Refused {
+                mode: Mode::Shadow, ..
+            } => &self.shadow_refusals,
+            Decision::Refused { reason, .. } => match reason {
+                RejectReason::RpmExceeded => &self.rpm_exceeded,
+                RejectReason::TpmExceeded => &self.tpm_exceeded,
+                _ => &self.estimate_too_large,
+            },
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "requests": g(&self.admitted),
+            "refusals": {
+                "rpm_exceeded": g(&self.rpm_exceeded),
+                "tpm_exceeded": g(&self.tpm_exceeded),
+                "estimate_too_large": g(&self.estimate_too_large),
+            },
+            "shadow_refusals": g(&self.shadow_refusals),
+            "tokens": g(&self.tokens),
+        })
+    }
+}
+
 /// A configured client and its exact counter.
 pub struct ConfiguredClient {
     pub id: String,
@@ -46,6 +93,7 @@ pub struct ConfiguredClient {
     /// Whether the client must present one of its API keys (so nobody can
     /// spend its quota by sending its id).
     pub requires_key: bool,
+    pub stats: Arc<ClientStats>,
     limiter: Arc<RateLimiter>,
 }
 
@@ -95,11 +143,12 @@ impl ClientPolicies {
         let mut clients = HashMap::new();
         let mut api_keys = HashMap::new();
         for (id, l) in &config.limits {
-            let limiter = previous
+            let prev = previous.and_then(|p| p.clients.get(id));
+            let limiter = prev
                 .filter(|_| same_window)
-                .and_then(|p| p.clients.get(id))
                 .map(|c| c.limiter.clone())
                 .unwrap_or_else(|| Arc::new(RateLimiter::exact(window_ms, clock.clone())));
+            let stats = prev.map(|c| c.stats.clone()).unwrap_or_default();
             for k in &l.api_keys {
                 api_keys.insert(*k, id.clone());
             }
@@ -111,6 +160,7 @@ impl ClientPolicies {
                     enabled: l.enabled,
                     mode: l.mode,
                     requires_key: !l.api_keys.is_empty(),
+                    stats,
                     limiter,
                 }),
             );
@@ -147,6 +197,11 @@ impl ClientPolicies {
 
     pub fn configured(&self, id: &str) -> Option<&Arc<ConfiguredClient>> {
         self.clients.get(id)
+    }
+
+    /// Every configured client.
+    pub fn all_configured(&self) -> impl Iterator<Item = &Arc<ConfiguredClient>> {
+        self.clients.values()
     }
 
     /// The metric label for `id`: the id of a configured client, else
@@ -187,6 +242,15 @@ impl ClientPolicies {
     /// never fit the client's TPM is refused as `estimate_too_large` before
     /// the quota is looked at.
     pub fn decide(&self, id: &str, tokens: u64) -> Decision {
+        let stats = self.clients.get(id).map(|c| c.stats.clone());
+        let d = self.decide_inner(id, tokens, stats.clone());
+        if let Some(s) = &stats {
+            s.count(&d);
+        }
+        d
+    }
+
+    fn decide_inner(&self, id: &str, tokens: u64, stats: Option<Arc<ClientStats>>) -> Decision {
         let Some((quota, limiter, hash, mode)) = self.policy(id) else {
             return Decision::Unlimited;
         };
@@ -207,6 +271,7 @@ impl ClientPolicies {
                     limiter: limiter.clone(),
                     reservation,
                     open: true,
+                    stats,
                 },
                 state,
             },
@@ -256,6 +321,7 @@ pub struct Charge {
     limiter: Arc<RateLimiter>,
     reservation: Reservation,
     open: bool,
+    stats: Option<Arc<ClientStats>>,
 }
 
 impl Charge {
@@ -269,6 +335,10 @@ impl Charge {
     pub fn settle(mut self, actual_tokens: Option<u64>) {
         if let Some(t) = actual_tokens {
             self.limiter.settle_tokens(&mut self.reservation, t);
+        }
+        if let Some(s) = &self.stats {
+            s.tokens
+                .fetch_add(self.reservation.charged.tokens, Ordering::Relaxed);
         }
         self.open = false;
     }

@@ -408,6 +408,31 @@ impl QuotaState {
     pub fn tokens_remaining(&self) -> Option<u64> {
         self.quota.tpm.map(|l| l.saturating_sub(self.used.tokens))
     }
+
+    /// The limited quotas: (which, limit, remaining).
+    pub fn dimensions(&self) -> Vec<(Exceeded, u64, u64)> {
+        let mut v = Vec::with_capacity(2);
+        if let (Some(l), Some(r)) = (self.quota.rpm, self.requests_remaining()) {
+            v.push((Exceeded::Requests, l, r));
+        }
+        if let (Some(l), Some(r)) = (self.quota.tpm, self.tokens_remaining()) {
+            v.push((Exceeded::Tokens, l, r));
+        }
+        v
+    }
+
+    /// The quota to report: the one that refused, else the one closest to
+    /// exhaustion (smallest remaining share).
+    pub fn tightest(&self, refused: Option<Exceeded>) -> Option<(Exceeded, u64, u64)> {
+        let dims = self.dimensions();
+        match refused {
+            Some(r) => dims.into_iter().find(|d| d.0 == r),
+            // remaining/limit compared as r·L' < r'·L.
+            None => dims.into_iter().min_by(|a, b| {
+                (a.2 as u128 * b.1.max(1) as u128).cmp(&(b.2 as u128 * a.1.max(1) as u128))
+            }),
+        }
+    }
 }
 
 /// A refusal: which quota, and how long until enough of it frees.

@@ -114,44 +114,26 @@ pub fn rate_limit_headers(
 ) -> Vec<(&'static str, String)> {
     let w = state.window_ms.div_ceil(1000).max(1);
     let t = state.reset_ms.div_ceil(1000);
-    let dims = [
-        (
-            Exceeded::Requests,
-            "requests",
-            state.quota.rpm,
-            state.requests_remaining(),
-        ),
-        (
-            Exceeded::Tokens,
-            "tokens",
-            state.quota.tpm,
-            state.tokens_remaining(),
-        ),
-    ];
-    let limited = dims
-        .iter()
-        .filter_map(|(which, name, limit, left)| Some((*which, *name, (*limit)?, (*left)?)));
     let mut out = Vec::with_capacity(5);
-    let chosen = match refused {
-        Some(r) => limited.clone().find(|d| d.0 == r),
-        // Smallest remaining fraction: left/limit compared as left·L' < left'·L.
-        None => limited.clone().min_by(|a, b| {
-            (a.3 as u128 * b.2.max(1) as u128).cmp(&(b.3 as u128 * a.2.max(1) as u128))
-        }),
-    };
-    if let Some((_, _, limit, left)) = chosen {
+    if let Some((_, limit, left)) = state.tightest(refused) {
         out.push(("x-ratelimit-limit", limit.to_string()));
         out.push(("x-ratelimit-remaining", left.to_string()));
         out.push(("x-ratelimit-reset", t.to_string()));
     }
-    let policy: Vec<String> = limited
-        .clone()
-        .map(|(_, name, limit, _)| format!("\"{name}\";q={limit};w={w}"))
-        .collect();
-    let current: Vec<String> = limited
-        .map(|(_, name, _, left)| format!("\"{name}\";r={left};t={t}"))
-        .collect();
-    if !policy.is_empty() {
+    let dims = state.dimensions();
+    let name = |d: Exceeded| match d {
+        Exceeded::Requests => "requests",
+        Exceeded::Tokens => "tokens",
+    };
+    if !dims.is_empty() {
+        let policy: Vec<String> = dims
+            .iter()
+            .map(|(d, limit, _)| format!("\"{}\";q={limit};w={w}", name(*d)))
+            .collect();
+        let current: Vec<String> = dims
+            .iter()
+            .map(|(d, _, left)| format!("\"{}\";r={left};t={t}", name(*d)))
+            .collect();
         out.push(("ratelimit-policy", policy.join(", ")));
         out.push(("ratelimit", current.join(", ")));
     }

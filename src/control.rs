@@ -1,0 +1,436 @@
+//! Live control: reloads and the admin API's lasting changes.
+//!
+//! A reload (the config file changed, SIGHUP, or `POST /api/v1/reload`)
+//! parses and validates the file off the request path and builds a new
+//! runtime from it, carrying limiter state over; only then is the snapshot
+//! swapped. A bad file changes nothing: the old config keeps serving, every
+//! error is logged, and `floodgate_config_reloads_total{result="rejected"}`
+//! counts it. What cannot change without a restart (listeners, threads) is
+//! reported as "restart required" while the rest applies.
+//!
+//! Changes made through the admin API (client limits, host caps) are
+//! overrides layered over the file: a reload keeps them, and they are
+//! written to `[server] state_file` (atomically) so a restart keeps them too.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{self, ClientLimit, Config, ConfigError, ConfigErrors, KeyPath};
+use crate::limits::clock::Clock;
+use crate::limits::connections::HostRegistry;
+use crate::limits::rate::{Quota, MAX_RPM, MAX_TPM};
+use crate::proxy::{Runtime, SharedRuntime};
+
+/// A client's limits set through the admin API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientOverride {
+    /// Requests per window; absent: the default's.
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    /// Tokens per window; absent: the default's.
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    /// `false`: not limited.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Everything the admin API changed; the content of `state_file`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    #[serde(default)]
+    pub clients: BTreeMap<String, ClientOverride>,
+    /// Host caps by host.
+    #[serde(default)]
+    pub hosts: BTreeMap<String, u64>,
+}
+
+impl State {
+    /// Reads a state file; a missing file is an empty state.
+    pub fn load(path: &Path) -> Result<State, String> {
+        match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| format!("state file {}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(e) => Err(format!("state file {}: {e}", path.display())),
+        }
+    }
+
+    /// Writes the file atomically: a temporary file, then a rename.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("tmp");
+        let data = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(&tmp, data)?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
+/// The file's config with the API's client overrides layered on top.
+pub fn effective(base: &Config, state: &State) -> Config {
+    let mut c = base.clone();
+    let default = c.clients.default.unwrap_or_default();
+    for (id, o) in &state.clients {
+        let file = base.clients.limits.get(id);
+        c.clients.limits.insert(
+            id.clone(),
+            ClientLimit {
+                quota: Quota {
+                    rpm: o.rpm.or(default.rpm),
+                    tpm: o.tpm.or(default.tpm),
+                },
+                enabled: o.enabled,
+                mode: file.map_or(base.clients.mode, |f| f.mode),
+                api_keys: file.map(|f| f.api_keys.clone()).unwrap_or_default(),
+            },
+        );
+    }
+    c
+}
+
+/// What a successful reload changed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReloadReport {
+    /// Keys whose new values apply only after a restart.
+    pub restart_required: Vec<String>,
+}
+
+/// A client as the admin API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClientRecord {
+    pub id: String,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub enabled: bool,
+    /// `file` or `api`.
+    pub source: &'static str,
+}
+
+struct Inner {
+    /// The last good config read from the file.
+    base: Config,
+    state: State,
+}
+
+/// The one place that changes the running configuration.
+pub struct Control {
+    path: PathBuf,
+    runtime: SharedRuntime,
+    clock: Arc<dyn Clock>,
+    hosts: Arc<HostRegistry>,
+    inner: Mutex<Inner>,
+}
+
+impl Control {
+    pub fn new(
+        path: PathBuf,
+        base: Config,
+        state: State,
+        runtime: SharedRuntime,
+        clock: Arc<dyn Clock>,
+        hosts: Arc<HostRegistry>,
+    ) -> Self {
+        for (h, cap) in &state.hosts {
+            hosts.set_override(h, Some(*cap));
+        }
+        Control {
+            path,
+            runtime,
+            clock,
+            hosts,
+            inner: Mutex::new(Inner { base, state }),
+        }
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the config file is watched for changes.
+    pub fn watch_enabled(&self) -> bool {
+        self.runtime.load().config.server.watch_config
+    }
+
+    pub fn runtime(&self) -> &SharedRuntime {
+        &self.runtime
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Re-reads the config file and swaps in a runtime built from it.
+    pub fn reload(&self, trigger: &str) -> Result<ReloadReport, ConfigErrors> {
+        let result = self.try_reload();
+        let m = &crate::metrics::metrics().config_reloads_total;
+        match &result {
+            Ok(r) => {
+                m.with_label_values(&["success"]).inc();
+                tracing::info!(
+                    target: "reload",
+                    trigger,
+                    restart_required = ?r.restart_required,
+                    "config reloaded from {}",
+                    self.path.display()
+                );
+                for k in &r.restart_required {
+                    tracing::warn!(target: "reload", "{k} changed: restart required for it to apply");
+                }
+            }
+            Err(e) => {
+                m.with_label_values(&["rejected"]).inc();
+                for err in &e.errors {
+                    tracing::error!(target: "reload", trigger, "config rejected, old config kept: {err}");
+                }
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self) -> Result<ReloadReport, ConfigErrors> {
+        let base = config::load(&self.path)?;
+        let mut inner = self.lock();
+        let current = self.runtime.load_full();
+        let next = self.build(&base, &inner.state, &current)?;
+        let report = ReloadReport {
+            restart_required: restart_required(&current.config, &next.config),
+        };
+        self.runtime.store(Arc::new(next));
+        inner.base = base;
+        Ok(report)
+    }
+
+    fn build(
+        &self,
+        base: &Config,
+        state: &State,
+        current: &Runtime,
+    ) -> Result<Runtime, ConfigErrors> {
+        let cfg = effective(base, state);
+        Runtime::build(cfg, self.clock.clone(), self.hosts.clone(), Some(current)).map_err(
+            |mut e| {
+                e.file = Some(self.path.display().to_string());
+                e
+            },
+        )
+    }
+
+    /// Applies a state change: rebuild, swap, persist. On failure nothing
+    /// changes.
+    fn change(&self, f: impl FnOnce(&mut State)) -> Result<(), String> {
+        let mut inner = self.lock();
+        let mut state = inner.state.clone();
+        f(&mut state);
+        let current = self.runtime.load_full();
+        let next = self
+            .build(&inner.base, &state, &current)
+            .map_err(|e| e.to_string())?;
+        self.persist(&current.config, &state)?;
+        self.runtime.store(Arc::new(next));
+        inner.state = state;
+        Ok(())
+    }
+
+    fn persist(&self, config: &Config, state: &State) -> Result<(), String> {
+        match &config.server.state_file {
+            Some(path) => state
+                .save(path)
+                .map_err(|e| format!("cannot write state file {}: {e}", path.display())),
+            None => Ok(()),
+        }
+    }
+
+    /// Every client the config or the API defines.
+    pub fn clients(&self) -> Vec<ClientRecord> {
+        let inner = self.lock();
+        let rt = self.runtime.load();
+        let mut out: Vec<ClientRecord> = rt
+            .config
+            .clients
+            .limits
+            .iter()
+            .map(|(id, l)| ClientRecord {
+                id: id.clone(),
+                rpm: l.quota.rpm,
+                tpm: l.quota.tpm,
+                enabled: l.enabled,
+                source: if inner.state.clients.contains_key(id) {
+                    "api"
+                } else {
+                    "file"
+                },
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    pub fn client(&self, id: &str) -> Option<ClientRecord> {
+        self.clients().into_iter().find(|c| c.id == id)
+    }
+
+    /// Creates or replaces an API override for `id`.
+    pub fn put_client(&self, id: &str, o: ClientOverride) -> Result<(), String> {
+        crate::limits::clients::check_client_id(id.as_bytes())
+            .map_err(|e| format!("client id {e}"))?;
+        if o.rpm.is_some_and(|r| r > MAX_RPM) {
+            return Err(format!("rpm must be at most {MAX_RPM}"));
+        }
+        if o.tpm.is_some_and(|t| t > MAX_TPM) {
+            return Err(format!("tpm must be at most {MAX_TPM}"));
+        }
+        self.change(|s| {
+            s.clients.insert(id.to_string(), o);
+        })
+    }
+
+    /// Removes `id`'s API override; the file's value applies again.
+    /// `Ok(false)`: there was none.
+    pub fn delete_client(&self, id: &str) -> Result<bool, String> {
+        if !self.lock().state.clients.contains_key(id) {
+            return Ok(false);
+        }
+        self.change(|s| {
+            s.clients.remove(id);
+        })?;
+        Ok(true)
+    }
+
+    /// Sets (`Some`) or removes (`None`) an API cap for `host`.
+    pub fn set_host_cap(&self, host: &str, cap: Option<u64>) -> Result<bool, String> {
+        let known = self.hosts.set_override(host, cap);
+        if known {
+            let mut inner = self.lock();
+            let mut state = inner.state.clone();
+            match cap {
+                Some(c) => state.hosts.insert(host.to_string(), c),
+                None => state.hosts.remove(host),
+            };
+            self.persist(&self.runtime.load().config, &state)?;
+            inner.state = state;
+        }
+        Ok(known)
+    }
+}
+
+/// Keys whose change needs a restart: listeners, threads, process settings.
+fn restart_required(old: &Config, new: &Config) -> Vec<String> {
+    let (o, n) = (&old.server, &new.server);
+    let mut v = Vec::new();
+    let mut check = |key: &str, same: bool| {
+        if !same {
+            v.push(key.to_string());
+        }
+    };
+    check("server.listen", o.listen == n.listen);
+    let tls = |c: &Config| {
+        c.server
+            .tls
+            .iter()
+            .map(|t| (t.listen, t.cert_file.clone(), t.key_file.clone(), t.http2))
+            .collect::<Vec<_>>()
+    };
+    check("server.tls", tls(old) == tls(new));
+    check("server.threads", o.threads == n.threads);
+    check("server.admin_listen", o.admin_listen == n.admin_listen);
+    check(
+        "server.admin_token_env",
+        o.admin_token_env == n.admin_token_env,
+    );
+    check("server.upgrade_sock", o.upgrade_sock == n.upgrade_sock);
+    check("server.pid_file", o.pid_file == n.pid_file);
+    check("server.grace_period", o.grace_period == n.grace_period);
+    check(
+        "server.upstream_keepalive_pool_size",
+        o.upstream_keepalive_pool_size == n.upstream_keepalive_pool_size,
+    );
+    check(
+        "forward_proxy.listen",
+        old.forward_proxy.as_ref().map(|f| f.listen)
+            == new.forward_proxy.as_ref().map(|f| f.listen),
+    );
+    v
+}
+
+/// The config errors of a state file that cannot be read.
+pub fn state_error(path: &Path, message: String) -> ConfigErrors {
+    ConfigErrors {
+        file: Some(path.display().to_string()),
+        errors: vec![ConfigError {
+            path: KeyPath::root().key("server").key("state_file"),
+            line: None,
+            message,
+        }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_layer_over_the_file() {
+        let base = config::parse(
+            "[[upstreams]]\nname = \"a\"\nbackends = [\"127.0.0.1:1\"]\n[[routes]]\nupstream = \"a\"\n[clients]\ndefault = { rpm = 10, tpm = 100 }\n[clients.limits.x]\nrpm = 5\nmode = \"shadow\"\n",
+            Path::new("."),
+        )
+        .unwrap();
+        let mut state = State::default();
+        state.clients.insert(
+            "x".into(),
+            ClientOverride {
+                rpm: Some(50),
+                tpm: None,
+                enabled: true,
+            },
+        );
+        state.clients.insert(
+            "new".into(),
+            ClientOverride {
+                rpm: None,
+                tpm: Some(7),
+                enabled: false,
+            },
+        );
+        let c = effective(&base, &state);
+        let x = &c.clients.limits["x"];
+        assert_eq!(
+            x.quota,
+            Quota {
+                rpm: Some(50),
+                tpm: Some(100)
+            }
+        );
+        assert_eq!(x.mode, crate::config::Mode::Shadow);
+        let n = &c.clients.limits["new"];
+        assert_eq!(
+            n.quota,
+            Quota {
+                rpm: Some(10),
+                tpm: Some(7)
+            }
+        );
+        assert!(!n.enabled);
+    }
+
+    #[test]
+    fn state_file_round_trips_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        assert_eq!(State::load(&p).unwrap(), State::default());
+        let mut s = State::default();
+        s.hosts.insert("h:1".into(), 3);
+        s.save(&p).unwrap();
+        assert_eq!(State::load(&p).unwrap(), s);
+        assert!(!p.with_extension("tmp").exists());
+        std::fs::write(&p, "{not json").unwrap();
+        assert!(State::load(&p).is_err());
+    }
+}
