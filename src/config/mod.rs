@@ -632,9 +632,14 @@ fn validate_route(
         let idx = upstreams.iter().position(|x| x.name == u);
         if idx.is_none() {
             let known: Vec<_> = upstreams.iter().map(|x| x.name.as_str()).collect();
+            let defined = if known.is_empty() {
+                "no valid upstream is defined".to_string()
+            } else {
+                format!("defined: {}", known.join(", "))
+            };
             d.error(
                 &p.key("upstream"),
-                format!("unknown upstream {u:?} (defined: {})", known.join(", ")),
+                format!("unknown upstream {u:?} ({defined})"),
             );
         }
         idx

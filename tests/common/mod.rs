@@ -30,9 +30,18 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(args: &[&str], log: PathBuf) -> Proc {
-        let err = File::create(&log).expect("create log file");
+        Self::spawn_env(args, &[], log)
+    }
+
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Proc {
+        let err = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("create log file");
         let child = Command::new(BIN)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -158,27 +167,54 @@ impl Gateway {
     }
 
     pub fn start_with_args(server_extra: &str, rest: &str, args: &[&str]) -> Gateway {
+        Self::start_full(server_extra, rest, args, &[])
+    }
+
+    pub fn start_full(
+        server_extra: &str,
+        rest: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let text = format!(
-            "[server]\nlisten = [\"{addr}\"]\nadmin_listen = \"{admin}\"\nthreads = 1\ngrace_period = \"1s\"\n{server_extra}\n\n{rest}\n"
-        );
         let conf = dir.path().join("floodgate.toml");
-        std::fs::write(&conf, text).expect("write config");
-        let conf_s = conf.display().to_string();
-        let mut all = vec!["--conf", conf_s.as_str()];
-        all.extend_from_slice(args);
-        let mut proc = Proc::spawn(&all, dir.path().join("gateway.log"));
-        wait_for_port(admin, &mut proc, "floodgate admin");
-        wait_for_port(addr, &mut proc, "floodgate proxy");
-        Gateway {
+        let mut gw = Gateway {
             addr,
             admin,
-            proc,
+            proc: Proc::spawn(&["--version"], dir.path().join("version.log")),
             dir,
             conf,
-        }
+        };
+        gw.write_config(server_extra, rest);
+        gw.proc = gw.spawn(args, env);
+        gw
+    }
+
+    /// Writes the config file (same listeners) without reloading anything.
+    pub fn write_config(&self, server_extra: &str, rest: &str) {
+        let (addr, admin) = (self.addr, self.admin);
+        let grace = if server_extra.contains("grace_period") {
+            ""
+        } else {
+            "grace_period = \"1s\"\n"
+        };
+        let text = format!(
+            "[server]\nlisten = [\"{addr}\"]\nadmin_listen = \"{admin}\"\nthreads = 1\n{grace}{server_extra}\n\n{rest}\n"
+        );
+        std::fs::write(&self.conf, text).expect("write config");
+    }
+
+    /// Starts another gateway process on this config (e.g. `--upgrade`).
+    pub fn spawn(&self, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let conf_s = self.conf.display().to_string();
+        let mut all = vec!["--conf", conf_s.as_str()];
+        all.extend_from_slice(args);
+        let mut proc = Proc::spawn_env(&all, env, self.dir.path().join("gateway.log"));
+        wait_for_port(self.admin, &mut proc, "floodgate admin");
+        wait_for_port(self.addr, &mut proc, "floodgate proxy");
+        proc
     }
 
     pub fn url(&self, path: &str) -> String {
