@@ -48,6 +48,13 @@ pub struct Metrics {
     /// `floodgate_backpressure_query_value{scope, query}`: each query's
     /// last good reading.
     pub backpressure_query_value: GaugeVec,
+    /// `floodgate_backpressure_query_threshold{scope, query, level}`: each
+    /// query's `warning` and `emergency` thresholds, for dashboards.
+    pub backpressure_query_threshold: GaugeVec,
+    /// `floodgate_backpressure_min_window{scope}` and `_max_window{scope}`:
+    /// the window's bounds (alerts compare the window with its floor).
+    pub backpressure_min_window: IntGaugeVec,
+    pub backpressure_max_window: IntGaugeVec,
     /// `floodgate_backpressure_monitor_errors_total{scope, query}`: failed
     /// readings (unreachable, timeout, not one number).
     pub backpressure_monitor_errors_total: IntCounterVec,
@@ -124,6 +131,24 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["scope", "query"],
     )?;
+    let backpressure_query_threshold = GaugeVec::new(
+        Opts::new(
+            "floodgate_backpressure_query_threshold",
+            "Warning and emergency thresholds of each backpressure query.",
+        ),
+        &["scope", "query", "level"],
+    )?;
+    let backpressure_min_window = gauge(
+        "floodgate_backpressure_min_window",
+        "Floor of the adaptive window.",
+    )?;
+    let backpressure_max_window = gauge(
+        "floodgate_backpressure_max_window",
+        "Ceiling of the adaptive window.",
+    )?;
+    registry.register(Box::new(backpressure_query_threshold.clone()))?;
+    registry.register(Box::new(backpressure_min_window.clone()))?;
+    registry.register(Box::new(backpressure_max_window.clone()))?;
     let backpressure_monitor_errors_total = IntCounterVec::new(
         Opts::new(
             "floodgate_backpressure_monitor_errors_total",
@@ -167,6 +192,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
         backpressure_inflight,
         backpressure_queue_length,
         backpressure_query_value,
+        backpressure_query_threshold,
+        backpressure_min_window,
+        backpressure_max_window,
         backpressure_monitor_errors_total,
         config_reloads_total,
     })
@@ -207,8 +235,17 @@ pub fn export_backpressure(scopes: &[(String, crate::limits::adaptive::Snapshot)
     m.backpressure_inflight.reset();
     m.backpressure_queue_length.reset();
     m.backpressure_query_value.reset();
+    m.backpressure_query_threshold.reset();
+    m.backpressure_min_window.reset();
+    m.backpressure_max_window.reset();
     for (scope, s) in scopes {
         let l = [scope.as_str()];
+        m.backpressure_min_window
+            .with_label_values(&l)
+            .set(s.min_window as i64);
+        m.backpressure_max_window
+            .with_label_values(&l)
+            .set(s.max_window as i64);
         m.backpressure_window
             .with_label_values(&l)
             .set(s.window as i64);
@@ -219,6 +256,11 @@ pub fn export_backpressure(scopes: &[(String, crate::limits::adaptive::Snapshot)
             .with_label_values(&l)
             .set(s.queue_length as i64);
         for q in &s.signals {
+            for (level, v) in [("warning", q.warning), ("emergency", q.emergency)] {
+                m.backpressure_query_threshold
+                    .with_label_values(&[scope.as_str(), q.name.as_str(), level])
+                    .set(v);
+            }
             if let Some(v) = q.value {
                 m.backpressure_query_value
                     .with_label_values(&[scope.as_str(), q.name.as_str()])

@@ -73,12 +73,12 @@ async fn read_scope(scope: AdaptiveScope) {
         }
     });
     let results = futures::future::join_all(reads).await;
+    let errors = &crate::metrics::metrics().backpressure_monitor_errors_total;
     for (i, (sig, r)) in cfg.adaptive.signals.iter().zip(results).enumerate() {
+        // Present at 0 from the first reading on, so rates and alerts see it.
+        let counter = errors.with_label_values(&[scope.name.as_str(), sig.name.as_str()]);
         if let Err(e) = &r {
-            crate::metrics::metrics()
-                .backpressure_monitor_errors_total
-                .with_label_values(&[scope.name.as_str(), sig.name.as_str()])
-                .inc();
+            counter.inc();
             tracing::warn!(
                 target: "monitor",
                 scope = %scope.name,

@@ -341,9 +341,13 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(targets: &[SocketAddr], interval: &str) -> Prometheus {
+        Self::start_on(free_port(), targets, interval)
+    }
+
+    pub fn start_on(port: u16, targets: &[SocketAddr], interval: &str) -> Prometheus {
         let bin = require("prometheus", "prometheus");
         let dir = tempfile::tempdir().expect("tempdir");
-        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let list: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
         let conf = dir.path().join("prometheus.yml");
         std::fs::write(

@@ -1,0 +1,30 @@
+# Floodgate: build with the Rust toolchain (and cmake, which Pingora's zlib
+# build needs), run on a slim image as a non-root user.
+#   docker build -t floodgate .
+#   docker run -v $PWD/conf/docker.toml:/etc/floodgate/floodgate.toml:ro -p 8080:8080 floodgate
+FROM rust:1-bookworm AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends cmake \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY benches ./benches
+COPY examples ./examples
+RUN cargo build --release --bin floodgate
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /var/lib/floodgate --create-home floodgate
+COPY --from=build /src/target/release/floodgate /usr/local/bin/floodgate
+# The config lives here; mount your own over it.
+COPY conf/floodgate.toml /etc/floodgate/floodgate.toml
+USER floodgate
+WORKDIR /var/lib/floodgate
+EXPOSE 8080 9091
+HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
+  CMD ["floodgate", "health", "--admin", "127.0.0.1:9091"]
+ENTRYPOINT ["floodgate"]
+CMD ["--conf", "/etc/floodgate/floodgate.toml"]
