@@ -6,6 +6,8 @@
 //! headers, the server's name), so a caller can see what the gateway
 //! forwarded. Query parameters shape the answer:
 //! - `delay_ms=N`: wait N ms before answering;
+//! - `work_ms=N`: wait N ms for every request in flight (latency that grows
+//!   with concurrency);
 //! - `GET /__stats`: requests received, in flight, and the most in flight
 //!   at once (not counted itself);
 //! - `GET /metrics`: a `demo_load` gauge for Prometheus, set with
@@ -139,8 +141,9 @@ async fn handle(
         // Prometheus to scrape and the adaptive window to react to.
         let load = f64::from_bits(stats.load.load(Ordering::SeqCst));
         let body = format!(
-            "# HELP demo_load A load signal set through /__set?load=X.\n# TYPE demo_load gauge\ndemo_load {load}\n# TYPE demo_requests_total counter\ndemo_requests_total {}\n",
-            stats.requests.load(Ordering::SeqCst)
+            "# HELP demo_load A load signal set through /__set?load=X.\n# TYPE demo_load gauge\ndemo_load {load}\n# TYPE demo_requests_total counter\ndemo_requests_total {}\n# TYPE demo_inflight gauge\ndemo_inflight {}\n",
+            stats.requests.load(Ordering::SeqCst),
+            stats.in_flight.load(Ordering::SeqCst)
         );
         return Ok(Response::new(Full::new(Bytes::from(body))));
     }
@@ -191,6 +194,13 @@ async fn handle(
     };
     if let Some(ms) = query.get("delay_ms").and_then(|v| v.parse::<u64>().ok()) {
         tokio::time::sleep(Duration::from_millis(ms.min(120_000))).await;
+    }
+    // A backend whose latency grows with its concurrency: `work_ms` per
+    // request in flight (so its throughput tops out at 1000/work_ms per
+    // second, and latency climbs past any timeout under enough load).
+    if let Some(ms) = query.get("work_ms").and_then(|v| v.parse::<f64>().ok()) {
+        let inflight = stats.in_flight.load(Ordering::SeqCst) as f64;
+        tokio::time::sleep(Duration::from_secs_f64((ms * inflight / 1000.0).min(120.0))).await;
     }
     let status = query
         .get("status")

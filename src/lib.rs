@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod limits;
+pub mod load;
 pub mod logging;
 pub mod metrics;
 pub mod monitor;

@@ -971,7 +971,14 @@ fn validate_backpressure(
             v
         }
     };
-    let increase = count(b.increase, 1, "increase", d);
+    let increase = match b.increase {
+        None => Some(1.0),
+        Some(x) if x.is_finite() && x >= 0.001 => Some(x),
+        Some(_) => {
+            d.error(&p.key("increase"), "must be a number >= 0.001");
+            None
+        }
+    };
     let backoff = match b.backoff {
         None => Some(0.5),
         Some(x) if x > 0.0 && x < 1.0 => Some(x),

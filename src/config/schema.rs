@@ -220,8 +220,9 @@ pub struct RawBackpressure {
     pub max_window: Option<i64>,
     /// Window at start (default: `max_window`).
     pub initial_window: Option<i64>,
-    /// Growth per completed request while all signals are clear.
-    pub increase: Option<i64>,
+    /// Growth per completed request while all signals are clear (may be a
+    /// fraction).
+    pub increase: Option<f64>,
     /// Factor applied at an emergency reading.
     pub backoff: Option<f64>,
     /// Age after which a reading no longer counts (default 3 × interval).

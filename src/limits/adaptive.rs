@@ -69,7 +69,9 @@ pub struct AdaptiveConfig {
     pub min_window: u64,
     pub max_window: u64,
     pub initial_window: u64,
-    pub increase: u64,
+    /// Growth per completed request; may be a fraction (0.1: one slot per
+    /// ten completions).
+    pub increase: f64,
     pub backoff: f64,
     pub stale_after: Duration,
     pub on_stale: OnStale,
@@ -86,7 +88,7 @@ impl Default for AdaptiveConfig {
             min_window: 10,
             max_window: 1000,
             initial_window: 1000,
-            increase: 1,
+            increase: 1.0,
             backoff: 0.5,
             stale_after: Duration::from_secs(15),
             on_stale: OnStale::Hold,
@@ -159,7 +161,8 @@ struct Waiter {
 /// An AIMD concurrency window and its queue.
 pub struct Controller {
     cfg: AdaptiveConfig,
-    window: AtomicU64,
+    /// The window in thousandths, so that a fractional `increase` adds up.
+    window_milli: AtomicU64,
     inflight: AtomicU64,
     /// Whether completed requests may grow the window now.
     growing: AtomicBool,
@@ -184,7 +187,7 @@ impl Controller {
         let w = cfg.initial_window.clamp(cfg.min_window, cfg.max_window);
         let born_ms = clock.now_ms();
         Arc::new(Controller {
-            window: AtomicU64::new(w),
+            window_milli: AtomicU64::new(w * 1000),
             inflight: AtomicU64::new(0),
             // No reading yet: hold until the first one (or staleness) speaks.
             growing: AtomicBool::new(cfg.signals.is_empty()),
@@ -202,7 +205,7 @@ impl Controller {
     }
 
     pub fn window(&self) -> u64 {
-        self.window.load(Ordering::Acquire)
+        self.window_milli.load(Ordering::Acquire) / 1000
     }
 
     pub fn inflight(&self) -> u64 {
@@ -317,10 +320,13 @@ impl Controller {
             let w = self.window();
             // Only a window in use grows.
             if before * 2 >= w && w < self.cfg.max_window {
-                let grown = (w + self.cfg.increase).min(self.cfg.max_window);
+                let step = (self.cfg.increase * 1000.0).round().max(1.0) as u64;
+                let ceiling = self.cfg.max_window * 1000;
                 let _ = self
-                    .window
-                    .compare_exchange(w, grown, Ordering::AcqRel, Ordering::Acquire);
+                    .window_milli
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |m| {
+                        Some((m + step).min(ceiling))
+                    });
             }
         }
         self.wake();
@@ -391,9 +397,10 @@ impl Controller {
         let min = self.cfg.min_window;
         let cut = |factor: f64| {
             let _ = self
-                .window
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-                    Some(((w as f64 * factor).floor() as u64).max(min))
+                .window_milli
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |m| {
+                    let w = ((m / 1000) as f64 * factor).floor() as u64;
+                    Some(w.max(min) * 1000)
                 });
         };
         let grow = if emergency {
@@ -407,7 +414,7 @@ impl Controller {
                 OnStale::Hold => false,
                 OnStale::Open => true,
                 OnStale::Close => {
-                    self.window.store(min, Ordering::Release);
+                    self.window_milli.store(min * 1000, Ordering::Release);
                     false
                 }
             }
@@ -595,6 +602,26 @@ mod tests {
         // A permit dropped without completing does not grow the window.
         c.record(0, Ok(0.9));
         c.evaluate();
+        assert_eq!(c.window(), 5);
+    }
+
+    #[test]
+    fn fractional_increase_adds_up() {
+        let clock = ManualClock::new(0);
+        let mut config = cfg(2, 100);
+        config.initial_window = 4;
+        config.increase = 0.25;
+        let c = Controller::new(config, clock);
+        c.record(0, Ok(0.0));
+        c.evaluate();
+        for _ in 0..4 {
+            let a = c.try_acquire(false).unwrap();
+            let b = c.try_acquire(false).unwrap();
+            a.complete();
+            b.complete();
+        }
+        // Four completions while the window was in use (two of four in
+        // flight) at 0.25 each: one more slot.
         assert_eq!(c.window(), 5);
     }
 

@@ -1,0 +1,180 @@
+//! The cost of each limiter decision, without a socket:
+//!
+//!   cargo bench --bench limits -- --quick
+//!
+//! - quota check-and-charge for a configured client (exact counter) and an
+//!   unlisted one (the shared table), also with 2 M clients tracked;
+//! - a host slot taken and given back;
+//! - an adaptive-window admission;
+//! - each of those contended by two threads;
+//! - one window rotation of a table sized for 2 M clients (off the request
+//!   path, in the background).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use floodgate::config::{ClientLimit, ClientsConfig, Mode};
+use floodgate::limits::adaptive::{AdaptiveConfig, Controller};
+use floodgate::limits::clients::{ClientPolicies, Decision};
+use floodgate::limits::clock::{Clock, ManualClock, SystemClock};
+use floodgate::limits::connections::HostRegistry;
+use floodgate::limits::rate::{Quota, RateLimiter, Shape};
+
+fn policies(capacity: usize) -> ClientPolicies {
+    let mut c = ClientsConfig {
+        default: Some(Quota {
+            rpm: Some(1 << 23),
+            tpm: Some(1 << 39),
+        }),
+        max_tracked_clients: capacity,
+        ..ClientsConfig::default()
+    };
+    c.limits.insert(
+        "gold".into(),
+        ClientLimit {
+            quota: Quota {
+                rpm: Some(1 << 23),
+                tpm: Some(1 << 39),
+            },
+            enabled: true,
+            mode: Mode::Enforce,
+            api_keys: vec![],
+        },
+    );
+    ClientPolicies::build(&c, Arc::new(SystemClock::default()), None)
+}
+
+fn decide(p: &ClientPolicies, id: &str) {
+    if let Decision::Admitted { charge, .. } = p.decide(id, 10) {
+        charge.settle(None);
+    }
+}
+
+/// Runs `f` on `threads` threads at once, `iters` times each; the time of
+/// the slowest thread.
+fn contended(threads: usize, iters: u64, f: impl Fn(u64) + Sync) -> Duration {
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let f = &f;
+            s.spawn(move || {
+                for i in 0..iters {
+                    f(i * threads as u64 + t as u64);
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
+fn quotas(c: &mut Criterion) {
+    let mut g = c.benchmark_group("quota");
+    let small = policies(100_000);
+    let ids: Vec<String> = (0..100_000).map(|i| format!("client-{i}")).collect();
+    g.bench_function("configured client", |b| b.iter(|| decide(&small, "gold")));
+    let mut i = 0usize;
+    g.bench_function("unlisted client (100 k tracked)", |b| {
+        b.iter(|| {
+            i = (i + 1) % ids.len();
+            decide(&small, &ids[i])
+        })
+    });
+    {
+        let threads = 2usize;
+        g.bench_with_input(
+            BenchmarkId::new("configured client, contended", threads),
+            &threads,
+            |b, &t| b.iter_custom(|iters| contended(t, iters, |_| decide(&small, "gold"))),
+        );
+        g.bench_with_input(
+            BenchmarkId::new("unlisted clients, contended", threads),
+            &threads,
+            |b, &t| {
+                b.iter_custom(|iters| {
+                    contended(t, iters, |k| decide(&small, &ids[k as usize % ids.len()]))
+                })
+            },
+        );
+    }
+    // Two million clients in the current window.
+    let big = policies(2_000_000);
+    let big_ids: Vec<String> = (0..2_000_000).map(|i| format!("client-{i}")).collect();
+    for id in &big_ids {
+        decide(&big, id);
+    }
+    let mut j = 0usize;
+    g.bench_function("unlisted client (2 M tracked)", |b| {
+        b.iter(|| {
+            j = (j + 7919) % big_ids.len();
+            decide(&big, &big_ids[j])
+        })
+    });
+    g.finish();
+}
+
+fn rotation(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rotation");
+    g.sample_size(10);
+    let clock = ManualClock::new(1_000_000);
+    let l = RateLimiter::new(
+        Shape::Clients {
+            capacity: 2_000_000,
+        },
+        1000,
+        clock.clone() as Arc<dyn Clock>,
+    );
+    g.bench_function("one window, table for 2 M clients", |b| {
+        b.iter(|| {
+            clock.advance(1000);
+            l.rotate();
+        })
+    });
+    g.finish();
+}
+
+fn connections(c: &mut Criterion) {
+    let mut g = c.benchmark_group("connections");
+    let r = HostRegistry::new();
+    let host = r.configure("10.0.0.1:8000", 1_000_000);
+    g.bench_function("slot acquire + release", |b| {
+        b.iter(|| drop(host.try_acquire()))
+    });
+    g.bench_function("slot acquire + release, 2 threads", |b| {
+        b.iter_custom(|iters| contended(2, iters, |_| drop(host.try_acquire())))
+    });
+    g.finish();
+}
+
+fn adaptive(c: &mut Criterion) {
+    let mut g = c.benchmark_group("adaptive");
+    let ctl = Controller::new(
+        AdaptiveConfig {
+            min_window: 10,
+            max_window: 1_000_000,
+            initial_window: 1_000_000,
+            ..AdaptiveConfig::default()
+        },
+        Arc::new(SystemClock::default()),
+    );
+    g.bench_function("admit + complete", |b| {
+        b.iter(|| {
+            if let Some(p) = ctl.try_acquire(false) {
+                p.complete();
+            }
+        })
+    });
+    g.bench_function("admit + complete, 2 threads", |b| {
+        b.iter_custom(|iters| {
+            contended(2, iters, |_| {
+                if let Some(p) = ctl.try_acquire(false) {
+                    p.complete();
+                }
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, quotas, connections, adaptive, rotation);
+criterion_main!(benches);
