@@ -100,7 +100,7 @@ pub struct ConfiguredClient {
 /// Every client policy and the limiter state behind them.
 pub struct ClientPolicies {
     pub config: ClientsConfig,
-    clients: HashMap<String, Arc<ConfiguredClient>>,
+    clients: HashMap<String, Arc<ConfiguredClient>, ahash::RandomState>,
     api_keys: HashMap<[u8; 32], String>,
     crowd: Option<Arc<RateLimiter>>,
     hasher: ahash::RandomState,
@@ -140,7 +140,7 @@ impl ClientPolicies {
     ) -> Self {
         let window_ms = config.window.as_millis() as u64;
         let same_window = previous.is_some_and(|p| p.config.window == config.window);
-        let mut clients = HashMap::new();
+        let mut clients = HashMap::with_hasher(ahash::RandomState::new());
         let mut api_keys = HashMap::new();
         for (id, l) in &config.limits {
             let prev = previous.and_then(|p| p.clients.get(id));
@@ -222,7 +222,15 @@ impl ClientPolicies {
 
     /// The quota and limiter that apply to `id`.
     fn policy(&self, id: &str) -> Option<(Quota, &Arc<RateLimiter>, u64, Mode)> {
-        match self.clients.get(id) {
+        self.policy_of(id, self.clients.get(id))
+    }
+
+    fn policy_of<'a>(
+        &'a self,
+        id: &str,
+        configured: Option<&'a Arc<ConfiguredClient>>,
+    ) -> Option<(Quota, &'a Arc<RateLimiter>, u64, Mode)> {
+        match configured {
             Some(c) if !c.enabled => None,
             Some(c) => Some((c.quota, &c.limiter, 0, c.mode)),
             None => {
@@ -242,18 +250,24 @@ impl ClientPolicies {
     /// never fit the client's TPM is refused as `estimate_too_large` before
     /// the quota is looked at.
     pub fn decide(&self, id: &str, tokens: u64) -> Decision {
-        let stats = self.clients.get(id).map(|c| c.stats.clone());
-        let d = self.decide_inner(id, tokens, stats.clone());
-        if let Some(s) = &stats {
-            s.count(&d);
+        let configured = self.clients.get(id);
+        let d = self.decide_inner(id, tokens, configured);
+        if let Some(c) = configured {
+            c.stats.count(&d);
         }
         d
     }
 
-    fn decide_inner(&self, id: &str, tokens: u64, stats: Option<Arc<ClientStats>>) -> Decision {
-        let Some((quota, limiter, hash, mode)) = self.policy(id) else {
+    fn decide_inner(
+        &self,
+        id: &str,
+        tokens: u64,
+        configured: Option<&Arc<ConfiguredClient>>,
+    ) -> Decision {
+        let Some((quota, limiter, hash, mode)) = self.policy_of(id, configured) else {
             return Decision::Unlimited;
         };
+        let stats = configured.map(|c| c.stats.clone());
         if quota.tpm.is_some_and(|t| tokens > t) {
             return Decision::Refused {
                 reason: RejectReason::EstimateTooLarge,

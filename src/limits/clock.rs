@@ -21,8 +21,15 @@ impl Clock for SystemClock {
         let wall = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let prev = self.last.fetch_max(wall, Ordering::Relaxed);
-        prev.max(wall)
+        // Written at most once a millisecond, so threads do not fight over
+        // the cache line.
+        let prev = self.last.load(Ordering::Relaxed);
+        if wall > prev {
+            self.last.fetch_max(wall, Ordering::Relaxed);
+            wall
+        } else {
+            prev
+        }
     }
 }
 
