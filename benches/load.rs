@@ -447,7 +447,7 @@ fn svg_chart(title: &str, series: &[Series], y_label: &str) -> String {
         .fold(1.0f64, f64::max)
         * 1.1;
     let mut out = format!("<figure><figcaption>{title}</figcaption><svg viewBox=\"0 0 {w} {h}\" width=\"{w}\" height=\"{h}\"><rect x=\"{pad}\" y=\"10\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#ccc\"/>", w - pad - 10.0, h - pad - 10.0);
-    out.push_str(&format!("<text x=\"4\" y=\"20\" font-size=\"10\">{ymax:.0}</text><text x=\"4\" y=\"{}\" font-size=\"10\">0</text><text x=\"{}\" y=\"{}\" font-size=\"10\">{xmax:.0} s</text><text x=\"{pad}\" y=\"{}\" font-size=\"10\">{y_label}</text>", h - pad, w - 50.0, h - 25.0, h - 8.0));
+    out.push_str(&format!("<text x=\"4\" y=\"20\" font-size=\"10\">{ymax:.0}</text><text x=\"4\" y=\"{}\" font-size=\"10\">0</text><text x=\"{}\" y=\"{}\" font-size=\"10\">{xmax:.0} s</text><text x=\"4\" y=\"32\" font-size=\"10\">{y_label}</text>", h - pad, w - 50.0, h - 25.0));
     for (i, (name, color, pts)) in series.iter().enumerate() {
         let d: Vec<String> = pts
             .iter()

@@ -375,7 +375,9 @@ fn summarize(
     };
     let latency = percentiles(&|s| s.status != 0);
     let latency_ok = percentiles(&|s| s.status != 0 && s.status < 400);
-    let secs = seconds.ceil() as usize;
+    // Whole seconds; the last moments of the run join the last second
+    // rather than make a nearly empty bucket.
+    let secs = seconds.floor() as usize;
     let mut buckets: Vec<(TimelinePoint, Vec<u32>)> = (0..secs.max(1))
         .map(|i| {
             (
