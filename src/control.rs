@@ -158,9 +158,6 @@ impl Control {
         self.runtime.load().config.server.watch_config
     }
 
-    pub fn runtime(&self) -> &SharedRuntime {
-        &self.runtime
-    }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())

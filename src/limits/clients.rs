@@ -241,11 +241,6 @@ impl ClientPolicies {
         }
     }
 
-    /// The quota of `id`, if it is limited.
-    pub fn quota_of(&self, id: &str) -> Option<Quota> {
-        self.policy(id).map(|p| p.0)
-    }
-
     /// Checks and charges one request of `tokens` for `id`. A cost that can
     /// never fit the client's TPM is refused as `estimate_too_large` before
     /// the quota is looked at.

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use pingora::lb::health_check::TcpHealthCheck;
 use pingora::lb::selection::RoundRobin;
-use pingora::lb::{Backend, LoadBalancer};
-use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
+use pingora::lb::LoadBalancer;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::{parse_x509, WrappedX509};
 
@@ -167,16 +166,6 @@ impl Upstream {
 
     pub fn backend_count(&self) -> usize {
         self.lb.backends().get_backend().len()
-    }
-
-    /// Whether health checking currently counts `addr` as up.
-    pub fn is_healthy(&self, addr: SocketAddr) -> bool {
-        let b = Backend {
-            addr: PeerAddr::Inet(addr),
-            weight: 1,
-            ext: Default::default(),
-        };
-        self.lb.backends().ready(&b)
     }
 
     /// The peer a request to `addr` connects through; Pingora pools the
