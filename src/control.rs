@@ -158,7 +158,6 @@ impl Control {
         self.runtime.load().config.server.watch_config
     }
 
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }

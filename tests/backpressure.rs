@@ -280,3 +280,57 @@ async fn queue_admits_waiters_and_times_out_the_rest() {
     assert_eq!(s["upstreams"]["api"]["inflight"], 0, "{s}");
     assert_eq!(s["upstreams"]["api"]["queue_length"], 0, "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn critical_requests_use_the_reserve_and_skip_jitter() {
+    let up = Upstream::start("a");
+    let rest = upstream_toml(
+        "api",
+        &[up.addr],
+        "[upstreams.backpressure]\nmin_window = 2\nmax_window = 2\ncritical_reserve = 0.5\njitter = \"200ms\"",
+    ) + &route_toml("main", "/", "api");
+    let gw = Gateway::start("", &rest);
+    let c = client();
+    // One normal request fills the normal share (half of 2).
+    let hold = {
+        let (c, url) = (c.clone(), gw.url("/x?delay_ms=1500"));
+        tokio::spawn(async move { c.get(url).send().await.unwrap().status().as_u16() })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, _, v) = get_json(&c, &gw.url("/x")).await;
+    assert_eq!(
+        (status, v["error"].as_str().unwrap()),
+        (503, "backpressure")
+    );
+    // A critical one draws on the reserve.
+    let r = c
+        .get(gw.url("/x"))
+        .header("x-request-criticality", "critical")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(hold.await.unwrap(), 200);
+
+    // Jitter delays normal requests by up to 200 ms each, never critical ones.
+    let timed = |critical: bool| {
+        let (c, url) = (c.clone(), gw.url("/x"));
+        async move {
+            let started = Instant::now();
+            for _ in 0..10 {
+                let mut r = c.get(&url);
+                if critical {
+                    r = r.header("x-request-criticality", "critical");
+                }
+                assert_eq!(r.send().await.unwrap().status(), 200);
+            }
+            started.elapsed()
+        }
+    };
+    let normal = timed(false).await;
+    let critical = timed(true).await;
+    // Ten uniform draws in [0, 200 ms] sum to ~1 s; under 300 ms is
+    // vanishingly unlikely. Critical requests wait for nothing.
+    assert!(normal >= Duration::from_millis(300), "{normal:?}");
+    assert!(critical < normal, "{critical:?} vs {normal:?}");
+}
