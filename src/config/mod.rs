@@ -194,6 +194,8 @@ pub struct RouteConfig {
     pub path_prefix: String,
     /// Index into `Config::upstreams`.
     pub upstream: usize,
+    /// Largest request body accepted; `None`: no limit.
+    pub max_body_size: Option<usize>,
 }
 
 /// Reads and validates the file at `path`.
@@ -644,11 +646,16 @@ fn validate_route(
         }
         idx
     });
+    let max_body_size = match &r.max_body_size {
+        None => Some(None),
+        Some(v) => byte_size(v, &p.key("max_body_size"), d).map(Some),
+    };
     Some(RouteConfig {
         name: name?,
         host,
         path_prefix,
         upstream: upstream?,
+        max_body_size: max_body_size?,
     })
 }
 

@@ -124,6 +124,8 @@ pub struct RawRoute {
     pub path_prefix: Option<String>,
     /// Name of the upstream serving this route.
     pub upstream: Option<String>,
+    /// Largest request body accepted, bytes or `"10MiB"`; 413 beyond.
+    pub max_body_size: Option<toml::Value>,
 }
 
 /// `[clients]`

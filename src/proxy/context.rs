@@ -48,6 +48,9 @@ pub struct RequestCtx {
     pub slot: Option<HostSlot>,
     /// Its places in the adaptive windows (gateway-wide, upstream).
     pub permits: Vec<AdaptivePermit>,
+    /// The route's body limit, and the body bytes seen so far.
+    pub max_body_size: Option<usize>,
+    pub body_bytes: usize,
 }
 
 impl RequestCtx {
@@ -70,6 +73,8 @@ impl RequestCtx {
             upstream_failed: false,
             slot: None,
             permits: Vec::new(),
+            max_body_size: None,
+            body_bytes: 0,
         }
     }
 

@@ -3,6 +3,7 @@
 //! ```text
 //! request_filter
 //!   1. resolve route (host, path prefix)            → 404 no_route
+//!      declared body over the route's limit        → 413 body_too_large
 //!   2. identify client (API key | header | IP)      → 400/401
 //!   3. parse token cost (X-Token-Estimate)          → 400; 413 if it can never fit
 //!   4. reserve RPM and TPM (atomic check-and-add)   → 429 + rate-limit headers
@@ -11,6 +12,7 @@
 //!                                                   → 503 backpressure
 //!   6. pick a backend with room, take its host slot → 503 connection_limit
 //!      (a refusal at 6 refunds the reservation made at 4)
+//! request_body_filter      count a streamed body against the route's limit → 413
 //! upstream_peer            the peer of the chosen backend; a retry after a
 //!                          failed connect picks another one and moves the slot
 //! fail_to_connect          mark the backend tried, allow a retry
@@ -124,6 +126,23 @@ impl ProxyHttp for Gateway {
         };
         ctx.route = Some(route.name.clone());
         ctx.upstream = rt.upstreams.get(route.upstream).cloned();
+        ctx.max_body_size = route.max_body_size;
+        // A declared body over the route's limit is refused before any of
+        // it is read; a chunked one is counted in request_body_filter.
+        let declared = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        if let (Some(limit), Some(len)) = (route.max_body_size, declared) {
+            if len > limit {
+                let msg = format!(
+                    "the request body ({len} bytes) is over this route's limit of {limit} bytes"
+                );
+                return respond::reject(session, ctx, RejectReason::BodyTooLarge, &msg, None, &[])
+                    .await;
+            }
+        }
 
         let policies = &rt.clients;
         if policies.any_limits() {
@@ -246,6 +265,28 @@ impl ProxyHttp for Gateway {
             Err(upstream::NoBackend::Exhausted) => {}
         }
         Ok(false)
+    }
+
+    /// Runs for each chunk of the request body on its way upstream: enforces
+    /// the route's body limit on bodies without a declared length.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(limit), Some(b)) = (ctx.max_body_size, body.as_ref()) {
+            ctx.body_bytes += b.len();
+            if ctx.body_bytes > limit {
+                ctx.reject = Some(RejectReason::BodyTooLarge);
+                return Error::e_explain(
+                    HTTPStatus(413),
+                    format!("request body over the route's limit of {limit} bytes"),
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Runs before each connection attempt: the backend for this attempt.

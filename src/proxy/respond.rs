@@ -101,6 +101,7 @@ pub async fn fail_to_proxy(session: &mut Session, ctx: &mut RequestCtx, e: &Erro
         Some(r) if session.response_written().is_none() => {
             let msg = match r {
                 RejectReason::ConnectionLimit => "every other backend is at its connection cap",
+                RejectReason::BodyTooLarge => "the request body is over this route's limit",
                 RejectReason::UpstreamTimeout => "the upstream did not answer in time",
                 RejectReason::UpstreamError => "the upstream failed or is unreachable",
                 RejectReason::RequestTimeout => "the request was not received in time",

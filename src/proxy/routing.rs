@@ -18,6 +18,8 @@ pub struct Route {
     pub path_prefix: String,
     /// Index into `Runtime::upstreams`.
     pub upstream: usize,
+    /// Largest request body accepted.
+    pub max_body_size: Option<usize>,
 }
 
 impl Router {
@@ -29,6 +31,7 @@ impl Router {
                 host: r.host.clone(),
                 path_prefix: r.path_prefix.clone(),
                 upstream: r.upstream,
+                max_body_size: r.max_body_size,
             })
             .collect();
         routes.sort_by(|a, b| {
@@ -85,6 +88,7 @@ mod tests {
             host: host.map(Into::into),
             path_prefix: prefix.into(),
             upstream: up,
+            max_body_size: None,
         }
     }
 
