@@ -278,8 +278,10 @@ async fn failed_upstream_requests_refund_their_tokens() {
     let (s, _, _) = call(&c, &gw.url("/x?status=500"), &h).await;
     assert_eq!(s, 500);
     // Upstream unreachable: refunded.
-    let (s, _, v) = call(&c, &gw.url("/dead"), &h).await;
+    let (s, hd, v) = call(&c, &gw.url("/dead"), &h).await;
     assert_eq!((s, v["error"].as_str().unwrap()), (502, "upstream_error"));
+    // Even the gateway's error answer tells a limited client its quotas.
+    assert_eq!(hd["x-ratelimit-limit"], "100");
     // So the whole 100 is still there.
     let (s, _, _) = call(&c, &gw.url("/x"), &h).await;
     assert_eq!(s, 200);

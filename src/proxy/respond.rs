@@ -110,7 +110,9 @@ pub async fn fail_to_proxy(session: &mut Session, ctx: &mut RequestCtx, e: &Erro
             // The request may not have been read to its end: close after.
             session.set_keepalive(None);
             let retry = r.needs_retry_after().then_some(1);
-            match write(session, ctx, r, msg, retry, &[]).await {
+            // A limited client hears about its quotas on every answer.
+            let headers = ctx.rate_limit_headers();
+            match write(session, ctx, r, msg, retry, &headers).await {
                 Ok(()) => r.status().as_u16(),
                 Err(_) => 0,
             }
