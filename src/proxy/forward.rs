@@ -121,7 +121,7 @@ async fn admit(
 
 impl ForwardApp {
     /// Runs one CONNECT tunnel to its end.
-    async fn tunnel(&self, mut client: Stream, head: BytesMut, shutdown: &ShutdownWatch) {
+    async fn tunnel(&self, mut client: Stream, head: BytesMut) {
         let started = Instant::now();
         let rt = self.runtime.load_full();
         let Some(fp) = rt.config.forward_proxy.as_ref() else {
@@ -188,11 +188,12 @@ impl ForwardApp {
         m.requests_total
             .with_label_values(&[FORWARD_ROUTE, crate::metrics::OUTCOME_ALLOWED])
             .inc();
-        let mut shutdown = shutdown.clone();
-        let (up, down) = tokio::select! {
-            r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => r.unwrap_or((0, 0)),
-            _ = shutdown.changed() => (0, 0),
-        };
+        // A tunnel lives until either side closes. On shutdown or upgrade it
+        // is drained like a request: it may finish within the grace period,
+        // after which the process ends and takes it along.
+        let (up, down) = tokio::io::copy_bidirectional(&mut client, &mut upstream)
+            .await
+            .unwrap_or((0, 0));
         drop(slot);
         m.request_duration_seconds
             .with_label_values(&[FORWARD_ROUTE])
@@ -237,7 +238,7 @@ impl ServerApp for ForwardApp {
             let (head, limits) = next_head(&mut stream, &self.runtime, first).await?;
             let io = stream.take()?;
             if is_connect(&head) {
-                self.tunnel(io, head, shutdown).await;
+                self.tunnel(io, head).await;
                 return None;
             }
             let (io, st) =
