@@ -275,6 +275,11 @@ impl ProxyHttp for ForwardGateway {
         RequestCtx::new()
     }
 
+    /// Runs once at start: no downstream modules. Pingora's default adds a
+    /// (disabled) response-compression module that every request would
+    /// still pass through; the gateway never compresses.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     /// Runs before anything goes to the destination: the target must be
     /// absolute-form `http://`, allowed by the policy, and under its cap.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {

@@ -107,6 +107,11 @@ impl ProxyHttp for Gateway {
         RequestCtx::new()
     }
 
+    /// Runs once at start: no downstream modules. Pingora's default adds a
+    /// (disabled) response-compression module that every request would
+    /// still pass through; the gateway never compresses.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     /// Runs once per request, before anything goes upstream: decides whether
     /// the request may pass. `Ok(true)` means the gateway answered itself.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
