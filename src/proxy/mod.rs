@@ -1,7 +1,7 @@
 //! The gateway: Pingora's `ProxyHttp`, in the order Pingora runs its phases.
 //!
 //! ```text
-//! request_filter
+//! request_filter           the phases of [`phases`], in order:
 //!   1. resolve route (host, path prefix)            → 404 no_route
 //!      declared body over the route's limit        → 413 body_too_large
 //!   2. identify client (API key | header | IP)      → 400/401
@@ -11,7 +11,7 @@
 //!      upstream's), waiting in a bounded queue if so configured
 //!                                                   → 503 backpressure
 //!   6. pick a backend with room, take its host slot → 503 connection_limit
-//!      (a refusal at 6 refunds the reservation made at 4)
+//!      (a refusal at 5 or 6 refunds the reservation made at 4)
 //! request_body_filter      count a streamed body against the route's limit → 413
 //! upstream_peer            the peer of the chosen backend; a retry after a
 //!                          failed connect picks another one and moves the slot
@@ -38,6 +38,7 @@ pub mod headers;
 pub mod health;
 pub mod identity;
 pub mod listener;
+pub mod phases;
 pub mod respond;
 pub mod routing;
 pub mod runtime;
@@ -50,30 +51,9 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::Peer;
 
-use crate::config::Mode;
-use crate::limits::clients::Decision;
 use crate::limits::RejectReason;
 pub use context::RequestCtx;
 pub use runtime::{Runtime, SharedRuntime};
-
-/// The message of a quota refusal.
-fn quota_message(reason: RejectReason, r: &crate::limits::rate::Refusal, cost: u64) -> String {
-    let q = r.state.quota;
-    match reason {
-        RejectReason::EstimateTooLarge => format!(
-            "a token estimate of {cost} can never fit the client's limit of {} tokens per window",
-            q.tpm.unwrap_or(0)
-        ),
-        RejectReason::RpmExceeded => format!(
-            "over the limit of {} requests per window",
-            q.rpm.unwrap_or(0)
-        ),
-        _ => format!(
-            "{cost} more tokens would exceed the limit of {} tokens per window",
-            q.tpm.unwrap_or(0)
-        ),
-    }
-}
 
 /// The reverse proxy. Holds only the shared runtime handle; every request
 /// loads one snapshot of it.
@@ -118,156 +98,19 @@ impl ProxyHttp for Gateway {
         let rt = self.runtime.load_full();
         ctx.runtime = Some(rt.clone());
         ctx.request_id = headers::request_id(session.req_header());
-
-        // 1. Route.
-        let req = session.req_header();
-        let Some(route) = rt.router.resolve(headers::host(req), req.uri.path()) else {
-            let msg = format!(
-                "no route for host {:?} and path {:?}",
-                headers::host(req).unwrap_or(""),
-                req.uri.path()
-            );
-            return respond::reject(session, ctx, RejectReason::NoRoute, &msg, None, &[]).await;
-        };
-        ctx.route = Some(route.name.clone());
-        ctx.upstream = rt.upstreams.get(route.upstream).cloned();
-        ctx.max_body_size = route.max_body_size;
-        // A declared body over the route's limit is refused before any of
-        // it is read; a chunked one is counted in request_body_filter.
-        let declared = req
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<usize>().ok());
-        if let (Some(limit), Some(len)) = (route.max_body_size, declared) {
-            if len > limit {
-                let msg = format!(
-                    "the request body ({len} bytes) is over this route's limit of {limit} bytes"
-                );
-                return respond::reject(session, ctx, RejectReason::BodyTooLarge, &msg, None, &[])
-                    .await;
-            }
+        // The phases in order; the first refusal answers the request (and
+        // refunds whatever an earlier phase charged).
+        if let Some(r) = phases::route(session, ctx, &rt) {
+            return respond::refuse(session, ctx, r).await;
         }
-
-        let policies = &rt.clients;
-        if policies.any_limits() {
-            // 2. Client.
-            let req = session.req_header();
-            let id = match identity::client_id(req, policies, peer_ip(session)) {
-                Ok(id) => id,
-                Err((reason, msg)) => {
-                    return respond::reject(session, ctx, reason, &msg, None, &[]).await
-                }
-            };
-            // 3. Token cost.
-            let c = &policies.config;
-            let cost = match identity::token_cost(req, &c.token_header, c.default_tokens) {
-                Ok(n) => n,
-                Err((reason, msg)) => {
-                    return respond::reject(session, ctx, reason, &msg, None, &[]).await
-                }
-            };
-            // 4. Quotas.
-            let decision = policies.decide(&id, cost);
-            ctx.client_id = Some(id);
-            match decision {
-                Decision::Unlimited => {}
-                Decision::Admitted { charge, state } => {
-                    ctx.charge = Some(charge);
-                    ctx.quota_state = Some(state);
-                }
-                Decision::Refused {
-                    reason,
-                    refusal,
-                    mode: Mode::Enforce,
-                } => {
-                    let headers =
-                        headers::rate_limit_headers(&refusal.state, Some(refusal.exceeded));
-                    let msg = quota_message(reason, &refusal, cost);
-                    let retry = reason
-                        .needs_retry_after()
-                        .then(|| refusal.retry_after_ms.div_ceil(1000));
-                    return respond::reject(session, ctx, reason, &msg, retry, &headers).await;
-                }
-                Decision::Refused {
-                    reason,
-                    refusal,
-                    mode: Mode::Shadow,
-                } => {
-                    // Shadow mode: count and log what would have happened,
-                    // let the request pass uncharged.
-                    crate::metrics::metrics()
-                        .shadow_refusals_total
-                        .with_label_values(&[ctx.route_label(), reason.as_str()])
-                        .inc();
-                    tracing::info!(
-                        target: "shadow",
-                        request_id = %ctx.request_id,
-                        client = ctx.client_id.as_deref().unwrap_or(""),
-                        outcome = reason.as_str(),
-                        "shadow mode: would refuse: {}",
-                        quota_message(reason, &refusal, cost)
-                    );
-                    ctx.shadow = Some(reason);
-                    ctx.quota_state = Some(refusal.state);
-                }
-            }
+        if let Some(r) = phases::client_quotas(session, ctx, &rt) {
+            return respond::refuse(session, ctx, r).await;
         }
-
-        let Some(upstream) = ctx.upstream.clone() else {
-            return Error::e_explain(InternalError, "route without upstream");
-        };
-
-        // 5. Adaptive windows.
-        let scopes = rt.adaptive.iter().chain(upstream.adaptive.iter());
-        for scope in scopes {
-            match adaptive::admit(session, scope).await? {
-                Some(permit) => ctx.permits.push(permit),
-                None => {
-                    let msg = format!(
-                        "the {} concurrency window is full ({} requests)",
-                        scope.name,
-                        scope.controller.window()
-                    );
-                    let headers = ctx.rate_limit_headers();
-                    let retry = Some(scope.config.interval.as_secs().max(1));
-                    return respond::reject(
-                        session,
-                        ctx,
-                        RejectReason::Backpressure,
-                        &msg,
-                        retry,
-                        &headers,
-                    )
-                    .await;
-                }
-            }
+        if let Some(r) = phases::adaptive_windows(session, ctx, &rt).await? {
+            return respond::refuse(session, ctx, r).await;
         }
-
-        // 6. Backend and its host slot.
-        match upstream.acquire(&[]) {
-            Ok((addr, slot)) => {
-                ctx.backend = Some(addr);
-                ctx.slot = Some(slot);
-            }
-            Err(upstream::NoBackend::AtCap) => {
-                let msg = format!(
-                    "every backend of upstream {} is at its connection cap",
-                    upstream.name
-                );
-                let headers = ctx.rate_limit_headers();
-                return respond::reject(
-                    session,
-                    ctx,
-                    RejectReason::ConnectionLimit,
-                    &msg,
-                    Some(1),
-                    &headers,
-                )
-                .await;
-            }
-            // No backend at all: upstream_peer reports it as a 502.
-            Err(upstream::NoBackend::Exhausted) => {}
+        if let Some(r) = phases::backend_slot(ctx) {
+            return respond::refuse(session, ctx, r).await;
         }
         Ok(false)
     }

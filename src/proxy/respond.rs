@@ -11,6 +11,50 @@ use super::context::RequestCtx;
 use super::headers::X_REQUEST_ID;
 use crate::limits::RejectReason;
 
+/// A refusal decided on the request path: everything the answer needs.
+pub struct Refusal {
+    pub reason: RejectReason,
+    pub message: String,
+    /// Seconds for `Retry-After` (every 429 and 503 gets one; 1 if unset).
+    pub retry_after: Option<u64>,
+    /// Extra headers (the rate-limit headers of a limited client).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Refusal {
+    pub fn new(reason: RejectReason, message: impl Into<String>) -> Self {
+        Refusal {
+            reason,
+            message: message.into(),
+            retry_after: None,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    pub fn headers(mut self, h: Vec<(&'static str, String)>) -> Self {
+        self.headers = h;
+        self
+    }
+}
+
+/// [`reject`] for a [`Refusal`].
+pub async fn refuse(session: &mut Session, ctx: &mut RequestCtx, r: Refusal) -> Result<bool> {
+    reject(
+        session,
+        ctx,
+        r.reason,
+        &r.message,
+        r.retry_after,
+        &r.headers,
+    )
+    .await
+}
+
 /// Answers the request with `reason` and ends its processing: records the
 /// reason on the context and returns `Ok(true)` for `request_filter` to pass
 /// on. A refusal is an outcome, not an error.

@@ -1,0 +1,200 @@
+//! The phases of `request_filter`, in the order they run. Each one either
+//! records what it decided on the request's context and lets the request
+//! go on (`None`), or returns the [`Refusal`] to answer with.
+//!
+//! ```text
+//! 1. route            host and longest path prefix      → 404 no_route
+//!                     declared body over the route's limit → 413 body_too_large
+//! 2. client           API key | id header | peer address → 400 / 401
+//! 3. token cost       X-Token-Estimate                  → 400; 413 if it can never fit
+//! 4. quotas           RPM and TPM, one check-and-add    → 429 + rate-limit headers
+//! 5. adaptive windows gateway-wide, then the upstream's → 503 backpressure (after the queue)
+//! 6. backend slot     a backend with room under its cap → 503 connection_limit
+//! ```
+//!
+//! The decisions themselves live in `crate::limits`; these functions read
+//! the request and write the context.
+
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+use super::respond::Refusal;
+use super::runtime::Runtime;
+use super::{adaptive, headers, identity, upstream, RequestCtx};
+use crate::config::Mode;
+use crate::limits::clients::Decision;
+use crate::limits::rate;
+use crate::limits::RejectReason;
+
+/// 1. The route, its upstream and its body limit.
+pub fn route(session: &Session, ctx: &mut RequestCtx, rt: &Runtime) -> Option<Refusal> {
+    let req = session.req_header();
+    let host = headers::host(req);
+    let Some(route) = rt.router.resolve(host, req.uri.path()) else {
+        let msg = format!(
+            "no route for host {:?} and path {:?}",
+            host.unwrap_or(""),
+            req.uri.path()
+        );
+        return Some(Refusal::new(RejectReason::NoRoute, msg));
+    };
+    ctx.route = Some(route.name.clone());
+    ctx.upstream = rt.upstreams.get(route.upstream).cloned();
+    ctx.max_body_size = route.max_body_size;
+    // A declared body over the limit is refused before any of it is read; a
+    // streamed one is counted in request_body_filter.
+    let declared = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    match (route.max_body_size, declared) {
+        (Some(limit), Some(len)) if len > limit => Some(Refusal::new(
+            RejectReason::BodyTooLarge,
+            format!("the request body ({len} bytes) is over this route's limit of {limit} bytes"),
+        )),
+        _ => None,
+    }
+}
+
+/// 2-4. Who the client is, what the request costs, and whether its quotas
+/// admit it (charging them if so).
+pub fn client_quotas(session: &Session, ctx: &mut RequestCtx, rt: &Runtime) -> Option<Refusal> {
+    let policies = &rt.clients;
+    if !policies.any_limits() {
+        return None;
+    }
+    let req = session.req_header();
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let id = match identity::client_id(req, policies, peer) {
+        Ok(id) => id,
+        Err((reason, msg)) => return Some(Refusal::new(reason, msg)),
+    };
+    let c = &policies.config;
+    let cost = match identity::token_cost(req, &c.token_header, c.default_tokens) {
+        Ok(n) => n,
+        Err((reason, msg)) => return Some(Refusal::new(reason, msg)),
+    };
+    let decision = policies.decide(&id, cost);
+    ctx.client_id = Some(id);
+    match decision {
+        Decision::Unlimited => None,
+        Decision::Admitted { charge, state } => {
+            ctx.charge = Some(charge);
+            ctx.quota_state = Some(state);
+            None
+        }
+        Decision::Refused {
+            reason,
+            refusal,
+            mode: Mode::Enforce,
+        } => {
+            let mut r = Refusal::new(reason, quota_message(reason, &refusal, cost)).headers(
+                headers::rate_limit_headers(&refusal.state, Some(refusal.exceeded)),
+            );
+            if reason.needs_retry_after() {
+                r = r.retry_after(refusal.retry_after_ms.div_ceil(1000));
+            }
+            Some(r)
+        }
+        Decision::Refused {
+            reason,
+            refusal,
+            mode: Mode::Shadow,
+        } => {
+            // Shadow mode: count and log what would have happened, let the
+            // request pass uncharged.
+            crate::metrics::metrics()
+                .shadow_refusals_total
+                .with_label_values(&[ctx.route_label(), reason.as_str()])
+                .inc();
+            tracing::info!(
+                target: "shadow",
+                request_id = %ctx.request_id,
+                client = ctx.client_id.as_deref().unwrap_or(""),
+                outcome = reason.as_str(),
+                "shadow mode: would refuse: {}",
+                quota_message(reason, &refusal, cost)
+            );
+            ctx.shadow = Some(reason);
+            ctx.quota_state = Some(refusal.state);
+            None
+        }
+    }
+}
+
+/// The message of a quota refusal.
+fn quota_message(reason: RejectReason, r: &rate::Refusal, cost: u64) -> String {
+    let q = r.state.quota;
+    match reason {
+        RejectReason::EstimateTooLarge => format!(
+            "a token estimate of {cost} can never fit the client's limit of {} tokens per window",
+            q.tpm.unwrap_or(0)
+        ),
+        RejectReason::RpmExceeded => format!(
+            "over the limit of {} requests per window",
+            q.rpm.unwrap_or(0)
+        ),
+        _ => format!(
+            "{cost} more tokens would exceed the limit of {} tokens per window",
+            q.tpm.unwrap_or(0)
+        ),
+    }
+}
+
+/// 5. A slot in the gateway-wide window, then in the upstream's own.
+pub async fn adaptive_windows(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    rt: &Runtime,
+) -> Result<Option<Refusal>> {
+    let Some(upstream) = ctx.upstream.clone() else {
+        return Error::e_explain(InternalError, "route without upstream");
+    };
+    for scope in rt.adaptive.iter().chain(upstream.adaptive.iter()) {
+        match adaptive::admit(session, scope).await? {
+            Some(permit) => ctx.permits.push(permit),
+            None => {
+                let msg = format!(
+                    "the {} concurrency window is full ({} requests)",
+                    scope.name,
+                    scope.controller.window()
+                );
+                return Ok(Some(
+                    Refusal::new(RejectReason::Backpressure, msg)
+                        .retry_after(scope.config.interval.as_secs().max(1))
+                        .headers(ctx.rate_limit_headers()),
+                ));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// 6. A backend with room under its connection cap, and its slot.
+pub fn backend_slot(ctx: &mut RequestCtx) -> Option<Refusal> {
+    let upstream = ctx.upstream.clone()?;
+    match upstream.acquire(&[]) {
+        Ok((addr, slot)) => {
+            ctx.backend = Some(addr);
+            ctx.slot = Some(slot);
+            None
+        }
+        Err(upstream::NoBackend::AtCap) => Some(
+            Refusal::new(
+                RejectReason::ConnectionLimit,
+                format!(
+                    "every backend of upstream {} is at its connection cap",
+                    upstream.name
+                ),
+            )
+            .retry_after(1)
+            .headers(ctx.rate_limit_headers()),
+        ),
+        // No backend at all: upstream_peer reports it as a 502.
+        Err(upstream::NoBackend::Exhausted) => None,
+    }
+}
