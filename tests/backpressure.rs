@@ -135,14 +135,10 @@ async fn window_follows_the_signal() {
         m.contains("floodgate_backpressure_query_value{query=\"load\",scope=\"global\"} 0.1"),
         "{m}"
     );
-    let refusals: f64 = m
-        .lines()
-        .find(|l| {
-            l.starts_with("floodgate_requests_total{outcome=\"backpressure\",route=\"main\"}")
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let refusals = metric(
+        &m,
+        "floodgate_requests_total{outcome=\"backpressure\",route=\"main\"}",
+    );
     assert!(refusals >= 4.0, "{m}");
 }
 
@@ -174,16 +170,10 @@ async fn prometheus_down_keeps_the_gateway_serving() {
     );
     assert_eq!(s["window"], 20, "hold keeps the window");
     let m = gw.metrics().await;
-    let errors = m
-        .lines()
-        .find(|l| {
-            l.starts_with(
-                "floodgate_backpressure_monitor_errors_total{query=\"load\",scope=\"global\"}",
-            )
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let errors = metric(
+        &m,
+        "floodgate_backpressure_monitor_errors_total{query=\"load\",scope=\"global\"}",
+    );
     assert!(errors >= 1.0, "{m}");
     let (status, _, _) = get_json(&c, &gw.url("/x")).await;
     assert_eq!(status, 200);

@@ -43,14 +43,6 @@ async fn reload(gw: &Gateway) -> (u16, serde_json::Value) {
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn every_reload_trigger_and_a_bad_file_kept_out() {
     let a = Upstream::start("a");
@@ -299,14 +291,7 @@ async fn admin_api_crud_auth_validation_and_persistence() {
         (v["rpm"].as_u64(), v["source"].as_str()),
         (Some(1), Some("api"))
     );
-    let list: serde_json::Value = c
-        .get(gw.admin_url("/api/v1/clients"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: serde_json::Value = json_at(&c, &gw.admin_url("/api/v1/clients")).await;
     let ids: Vec<_> = list["clients"]
         .as_array()
         .unwrap()
@@ -343,28 +328,14 @@ async fn admin_api_crud_auth_validation_and_persistence() {
     assert_eq!(call("filed").await, 429);
 
     // Stats.
-    let s: serde_json::Value = c
-        .get(gw.admin_url("/api/v1/clients/filed/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let s: serde_json::Value = json_at(&c, &gw.admin_url("/api/v1/clients/filed/stats")).await;
     assert_eq!(s["stats"]["requests"], 1, "{s}");
     assert_eq!(s["stats"]["refusals"]["rpm_exceeded"], 1, "{s}");
     assert_eq!(s["usage"]["requests_used"], 1, "{s}");
     // Counted when the request's logging phase ends, just after the answer.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let s: serde_json::Value = c
-            .get(gw.admin_url("/api/v1/stats"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let s: serde_json::Value = json_at(&c, &gw.admin_url("/api/v1/stats")).await;
         if s["by_outcome"]["rpm_exceeded"] == 1 {
             assert_eq!(s["clients"]["filed"]["requests"], 1, "{s}");
             break;
@@ -382,14 +353,7 @@ async fn admin_api_crud_auth_validation_and_persistence() {
             .status(),
         200
     );
-    let v: serde_json::Value = c
-        .get(gw.admin_url("/api/v1/clients/filed"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: serde_json::Value = json_at(&c, &gw.admin_url("/api/v1/clients/filed")).await;
     assert_eq!(v["source"], "api");
 
     // Host caps set through the API persist too.
@@ -414,27 +378,13 @@ async fn admin_api_crud_auth_validation_and_persistence() {
     // A fresh client: the old one's pooled connections died with the process.
     let c = client();
     let auth = |r: reqwest::RequestBuilder| r.header("authorization", "Bearer s3cret");
-    let v: serde_json::Value = c
-        .get(gw.admin_url("/api/v1/clients/filed"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: serde_json::Value = json_at(&c, &gw.admin_url("/api/v1/clients/filed")).await;
     assert_eq!(
         (v["rpm"].as_u64(), v["source"].as_str()),
         (Some(1), Some("api")),
         "{v}"
     );
-    let v: serde_json::Value = c
-        .get(gw.admin_url(&format!("/api/v1/hosts/{host}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: serde_json::Value = json_at(&c, &gw.admin_url(&format!("/api/v1/hosts/{host}"))).await;
     assert_eq!(v["max_connections"], 7, "{v}");
 
     // DELETE falls back to the file's value.
@@ -443,14 +393,7 @@ async fn admin_api_crud_auth_validation_and_persistence() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let v: serde_json::Value = c
-        .get(gw.admin_url("/api/v1/clients/filed"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: serde_json::Value = json_at(&c, &gw.admin_url("/api/v1/clients/filed")).await;
     assert_eq!(
         (v["rpm"].as_u64(), v["source"].as_str()),
         (Some(5), Some("file"))

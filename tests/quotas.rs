@@ -38,14 +38,6 @@ async fn call(
     (status, h, v)
 }
 
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn configured_client_gets_exactly_its_quota() {
     let up = Upstream::start("a");

@@ -276,6 +276,26 @@ pub async fn get_json(
     (status, headers, v)
 }
 
+/// The value of the first metric line starting with `prefix` (0 if none).
+pub fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// GET `url` with `c` and parse the body as JSON.
+pub async fn json_at(c: &reqwest::Client, url: &str) -> serde_json::Value {
+    c.get(url)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON body")
+}
+
 /// A CA and certificates it signs, written to files in `dir`.
 pub struct TestCa {
     pub ca_file: PathBuf,
