@@ -52,31 +52,6 @@ async fn upstream_stats(up: &Upstream) -> serde_json::Value {
         .unwrap()
 }
 
-/// Fires `n` concurrent GETs; returns the statuses and `error` codes.
-async fn burst(url: &str, n: usize) -> Vec<(u16, String, Option<String>)> {
-    let c = client();
-    let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            let (c, url) = (c.clone(), url.to_string());
-            tokio::spawn(async move {
-                let r = c.get(url).send().await.unwrap();
-                let status = r.status().as_u16();
-                let retry = r
-                    .headers()
-                    .get("retry-after")
-                    .map(|v| v.to_str().unwrap().to_string());
-                let v: serde_json::Value = r.json().await.unwrap_or_default();
-                (status, v["error"].as_str().unwrap_or("").to_string(), retry)
-            })
-        })
-        .collect();
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await.unwrap());
-    }
-    out
-}
-
 #[tokio::test]
 async fn reverse_proxy_cap_admits_exactly_the_cap() {
     let up = Upstream::start("slow");

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
-use pingora::apps::{HttpPersistentSettings, ServerApp};
+use pingora::apps::ServerApp;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::protocols::Stream;
@@ -30,7 +30,7 @@ use pingora::proxy::{FailToProxy, HttpProxy, ProxyHttp, Session};
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
 
-use super::listener::{hand_to_pingora, next_head, refuse};
+use super::listener::{refuse, serve_http1};
 use super::{headers, respond, RequestCtx, Runtime, SharedRuntime};
 use crate::config::ForwardProxyConfig;
 use crate::limits::connections::HostSlot;
@@ -231,22 +231,13 @@ impl ServerApp for ForwardApp {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let mut stream = Some(stream);
-        let mut settings: Option<HttpPersistentSettings> = None;
-        let mut first = true;
-        loop {
-            let (head, limits) = next_head(&mut stream, &self.runtime, first).await?;
-            let io = stream.take()?;
-            if is_connect(&head) {
-                self.tunnel(io, head).await;
-                return None;
-            }
-            let (io, st) =
-                hand_to_pingora(&self.proxy, io, head, limits, settings.take(), shutdown).await?;
-            stream = Some(io);
-            settings = st;
-            first = false;
+        // A CONNECT becomes a tunnel; anything else goes to Pingora.
+        if let Some((io, head)) =
+            serve_http1(&self.proxy, &self.runtime, stream, shutdown, is_connect).await
+        {
+            self.tunnel(io, head).await;
         }
+        None
     }
 
     async fn cleanup(&self) {

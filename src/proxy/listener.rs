@@ -213,6 +213,33 @@ pub async fn hand_to_pingora<P: HttpServerApp + Send + Sync + 'static>(
     Some(reused.consume())
 }
 
+/// Serves an HTTP/1 connection request by request: each header read under
+/// the guard, then handed to Pingora. A request whose header `divert`
+/// accepts (a CONNECT on the forward proxy) is returned with its connection
+/// instead; `None` when the connection is done.
+pub async fn serve_http1<P: HttpServerApp + Send + Sync + 'static>(
+    proxy: &Arc<P>,
+    runtime: &SharedRuntime,
+    stream: Stream,
+    shutdown: &ShutdownWatch,
+    divert: impl Fn(&[u8]) -> bool,
+) -> Option<(Stream, BytesMut)> {
+    let mut stream = Some(stream);
+    let mut settings: Option<HttpPersistentSettings> = None;
+    let mut first = true;
+    loop {
+        let (head, limits) = next_head(&mut stream, runtime, first).await?;
+        let io = stream.take()?;
+        if divert(&head) {
+            return Some((io, head));
+        }
+        let (io, st) = hand_to_pingora(proxy, io, head, limits, settings.take(), shutdown).await?;
+        stream = Some(io);
+        settings = st;
+        first = false;
+    }
+}
+
 #[async_trait]
 impl ServerApp for EdgeApp {
     async fn process_new(
@@ -223,18 +250,9 @@ impl ServerApp for EdgeApp {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.proxy.process_new(stream, shutdown).await;
         }
-        let mut stream = Some(stream);
-        let mut settings: Option<HttpPersistentSettings> = None;
-        let mut first = true;
-        loop {
-            let (head, limits) = next_head(&mut stream, &self.runtime, first).await?;
-            let io = stream.take()?;
-            let (io, st) =
-                hand_to_pingora(&self.proxy, io, head, limits, settings.take(), shutdown).await?;
-            stream = Some(io);
-            settings = st;
-            first = false;
-        }
+        // No request is diverted on the reverse proxy.
+        let _ = serve_http1(&self.proxy, &self.runtime, stream, shutdown, |_| false).await;
+        None
     }
 
     async fn cleanup(&self) {

@@ -276,6 +276,31 @@ pub async fn get_json(
     (status, headers, v)
 }
 
+/// Fires `n` concurrent GETs; returns the statuses and `error` codes.
+pub async fn burst(url: &str, n: usize) -> Vec<(u16, String, Option<String>)> {
+    let c = client();
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (c, url) = (c.clone(), url.to_string());
+            tokio::spawn(async move {
+                let r = c.get(url).send().await.unwrap();
+                let status = r.status().as_u16();
+                let retry = r
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().to_string());
+                let v: serde_json::Value = r.json().await.unwrap_or_default();
+                (status, v["error"].as_str().unwrap_or("").to_string(), retry)
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
 /// The value of the first metric line starting with `prefix` (0 if none).
 pub fn metric(text: &str, prefix: &str) -> f64 {
     text.lines()
