@@ -11,7 +11,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
 COPY examples ./examples
-RUN cargo build --release --bin floodgate
+COPY tools ./tools
+RUN cargo build --release --bin floodgate --bin floodgate-demo
 
 FROM debian:bookworm-slim
 RUN apt-get update \
@@ -19,6 +20,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/floodgate --create-home floodgate
 COPY --from=build /src/target/release/floodgate /usr/local/bin/floodgate
+# The demo upstream of the docker-compose stack (not needed in production).
+COPY --from=build /src/target/release/floodgate-demo /usr/local/bin/floodgate-demo
 # The config lives here; mount your own over it.
 COPY conf/floodgate.toml /etc/floodgate/floodgate.toml
 USER floodgate

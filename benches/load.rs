@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use floodgate::load::{self, LoadReport, LoadSpec, Pace};
+use floodgate_tools::load::{self, LoadReport, LoadSpec, Pace};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_floodgate");
@@ -83,15 +83,22 @@ fn spawn(cmd: &Path, args: &[String]) -> Proc {
     )
 }
 
+/// The demo upstream, built beside `floodgate` by the tools crate.
+fn demo_bin() -> PathBuf {
+    let p = Path::new(BIN).with_file_name("floodgate-demo");
+    assert!(
+        p.is_file(),
+        "{} is missing: `cargo build --release --workspace` first",
+        p.display()
+    );
+    p
+}
+
 fn upstream() -> (Proc, u16) {
     let port = free_port();
     let p = spawn(
-        Path::new(BIN),
-        &[
-            "demo-upstream".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-        ],
+        &demo_bin(),
+        &["--listen".into(), format!("127.0.0.1:{port}")],
     );
     wait_port(port);
     (p, port)

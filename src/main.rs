@@ -43,38 +43,13 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9091")]
         admin: String,
     },
-    /// Run the bundled demo upstream (a JSON echo server).
-    DemoUpstream {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8000")]
-        listen: String,
-        /// Name the server reports in its answers.
-        #[arg(long, default_value = "demo")]
-        name: String,
-        /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
-        #[arg(long, requires = "tls_key")]
-        tls_cert: Option<PathBuf>,
-        /// PEM private key for --tls-cert.
-        #[arg(long, requires = "tls_cert")]
-        tls_key: Option<PathBuf>,
-    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
-    match cli.command {
-        Some(Command::Health { admin }) => return health(&admin),
-        Some(Command::DemoUpstream {
-            listen,
-            name,
-            tls_cert,
-            tls_key,
-        }) => {
-            let tls = tls_cert.zip(tls_key);
-            return demo_upstream(&listen, name, tls);
-        }
-        None => {}
+    if let Some(Command::Health { admin }) = cli.command {
+        return health(&admin);
     }
     if let Some(files) = cli.check {
         return check(&files);
@@ -148,36 +123,4 @@ fn health(admin: &str) -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-fn demo_upstream(listen: &str, name: String, tls: Option<(PathBuf, PathBuf)>) -> ExitCode {
-    let tls = match tls {
-        None => None,
-        Some((cert, key)) => match floodgate::demo::tls_acceptor(&cert, &key) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                eprintln!("demo-upstream: {e}");
-                return ExitCode::from(1);
-            }
-        },
-    };
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("demo-upstream: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    rt.block_on(async {
-        let listener = match tokio::net::TcpListener::bind(listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("demo-upstream: cannot listen on {listen}: {e}");
-                return ExitCode::from(1);
-            }
-        };
-        tracing::info!("demo upstream {name:?} listening on {listen}");
-        floodgate::demo::serve(listener, name, Default::default(), tls).await;
-        ExitCode::SUCCESS
-    })
 }

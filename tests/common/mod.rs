@@ -1,7 +1,7 @@
 //! Test harness: real processes on ephemeral loopback ports.
 //!
 //! Every server a test talks to is a real one: the `floodgate` binary under
-//! test, and upstreams started as `floodgate demo-upstream` processes (so a
+//! test, and upstreams started as `floodgate-demo` processes (so a
 //! test can kill one and every connection to it dies with it).
 
 #![allow(dead_code)]
@@ -13,6 +13,18 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_floodgate");
+
+/// The demo upstream binary of the tools crate, built beside `floodgate`
+/// (`cargo build --workspace`, which `scripts/test` runs first).
+pub fn demo_bin() -> PathBuf {
+    let p = Path::new(BIN).with_file_name("floodgate-demo");
+    assert!(
+        p.is_file(),
+        "{} is missing: build the workspace first (`cargo build --workspace`; scripts/test does)",
+        p.display()
+    );
+    p
+}
 
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
@@ -34,12 +46,16 @@ impl Proc {
     }
 
     pub fn spawn_env(args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Proc {
+        Self::spawn_bin(Path::new(BIN), args, env, log)
+    }
+
+    pub fn spawn_bin(bin: &Path, args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Proc {
         let err = File::options()
             .create(true)
             .append(true)
             .open(&log)
             .expect("create log file");
-        let child = Command::new(BIN)
+        let child = Command::new(bin)
             .args(args)
             .envs(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
             .env(
@@ -97,7 +113,7 @@ pub fn wait_for_port(addr: SocketAddr, proc: &mut Proc, what: &str) {
     );
 }
 
-/// A `floodgate demo-upstream` process.
+/// A `floodgate-demo` process (the demo upstream).
 pub struct Upstream {
     pub addr: SocketAddr,
     pub name: String,
@@ -119,14 +135,14 @@ impl Upstream {
         let dir = tempfile::tempdir().expect("tempdir");
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let listen = addr.to_string();
-        let mut args = vec!["demo-upstream", "--listen", &listen, "--name", name];
+        let mut args = vec!["--listen", &listen, "--name", name];
         let (c, k);
         if let Some((cert, key)) = &tls {
             c = cert.display().to_string();
             k = key.display().to_string();
             args.extend(["--tls-cert", &c, "--tls-key", &k]);
         }
-        let mut proc = Proc::spawn(&args, dir.path().join("upstream.log"));
+        let mut proc = Proc::spawn_bin(&demo_bin(), &args, &[], dir.path().join("upstream.log"));
         wait_for_port(addr, &mut proc, "demo upstream");
         Upstream {
             addr,

@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use floodgate::load::{self, LoadSpec, Pace};
+use floodgate_tools::load::{self, LoadSpec, Pace};
 
 /// Load-test an HTTP endpoint: closed loop (N connections as fast as they
 /// go) or open loop (--rate, latency from each request's intended send time).
@@ -49,7 +49,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let dur = |s: &str| floodgate::config::parse_duration(s);
+    let dur = |s: &str| floodgate_tools::parse_duration(s);
     let (duration, timeout) = match (dur(&cli.duration), dur(&cli.timeout)) {
         (Ok(d), Ok(t)) => (d, t),
         (Err(e), _) | (_, Err(e)) => {
