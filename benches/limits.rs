@@ -14,21 +14,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use floodgate::config::{ClientLimit, ClientsConfig, Mode};
 use floodgate::limits::adaptive::{AdaptiveConfig, Controller};
+use floodgate::limits::clients::{ClientLimit, ClientsPolicy, Mode};
 use floodgate::limits::clients::{ClientPolicies, Decision};
 use floodgate::limits::clock::{Clock, ManualClock, SystemClock};
 use floodgate::limits::connections::HostRegistry;
 use floodgate::limits::rate::{Quota, RateLimiter, Shape};
 
 fn policies(capacity: usize) -> ClientPolicies {
-    let mut c = ClientsConfig {
+    let mut c = ClientsPolicy {
         default: Some(Quota {
             rpm: Some(1 << 23),
             tpm: Some(1 << 39),
         }),
         max_tracked_clients: capacity,
-        ..ClientsConfig::default()
+        ..ClientsPolicy::default()
     };
     c.limits.insert(
         "gold".into(),

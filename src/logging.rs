@@ -1,11 +1,8 @@
-//! Process logging (`RUST_LOG`, `--log-format`) and the access log: one
-//! line per request, under the `access` target.
+//! Process logging: `RUST_LOG` sets the level, `--log-format` the format.
+//! The access log (one line per request, target `access`) is written by
+//! `proxy::log`.
 
-use pingora::prelude::Error;
-use pingora::proxy::Session;
 use tracing_subscriber::EnvFilter;
-
-use crate::proxy::RequestCtx;
 
 /// Output format of every log line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -26,51 +23,4 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => builder.with_target(true).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
-}
-
-/// Records the end of one request: `floodgate_requests_total`,
-/// `floodgate_request_duration_seconds` and the access-log line.
-pub fn request_done(session: &Session, error: Option<&Error>, ctx: &RequestCtx) {
-    let m = crate::metrics::metrics();
-    let route = ctx.route_label();
-    let outcome = ctx.outcome();
-    let elapsed = ctx.started.elapsed();
-    m.requests_total.with_label_values(&[route, outcome]).inc();
-    m.request_duration_seconds
-        .with_label_values(&[route])
-        .observe(elapsed.as_secs_f64());
-
-    let enabled = ctx
-        .runtime
-        .as_ref()
-        .is_none_or(|rt| rt.config.server.access_log);
-    if !enabled {
-        return;
-    }
-    let req = session.req_header();
-    let status = session.response_written().map_or(0, |h| h.status.as_u16());
-    let peer = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip().to_string())
-        .unwrap_or_default();
-    let client = ctx.client_id.as_deref().unwrap_or(peer.as_str());
-    let upstream = ctx.upstream.as_ref().map_or("", |u| u.name.as_str());
-    let backend = ctx.backend.map(|b| b.to_string()).unwrap_or_default();
-    tracing::info!(
-        target: "access",
-        request_id = %ctx.request_id,
-        client = %client,
-        peer = %peer,
-        method = %req.method,
-        path = %req.uri.path(),
-        route = %route,
-        upstream = %upstream,
-        backend = %backend,
-        status = status,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        outcome = outcome,
-        shadow = ctx.shadow.map_or("", |r| r.as_str()),
-        error = error.map(|e| e.to_string()).unwrap_or_default(),
-    );
 }

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use floodgate::app::{self, RunOptions};
 use floodgate::config;
 use floodgate::logging::{self, LogFormat};
+use floodgate::server::{self, RunOptions};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -65,7 +65,7 @@ fn main() -> ExitCode {
         upgrade: cli.upgrade,
         daemon: cli.daemon,
     };
-    let prepared = match app::prepare(config, &cli.conf, &opts) {
+    let prepared = match server::prepare(config, &cli.conf, &opts) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("floodgate: {e}");

@@ -28,9 +28,9 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::de::DeserializeOwned;
 
-use crate::control::{ClientOverride, Control};
 use crate::limits::clients::Decision;
-use crate::proxy::SharedRuntime;
+use crate::runtime::control::{ClientOverride, Control};
+use crate::runtime::SharedRuntime;
 
 /// What the admin handlers can see.
 #[derive(Clone)]
@@ -160,7 +160,7 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
 
 async fn list_clients(State(s): State<AdminState>) -> impl IntoResponse {
     let rt = s.runtime.load();
-    let default = rt.config.clients.default;
+    let default = rt.config.clients.policy.default;
     Json(serde_json::json!({
         "clients": s.control.clients(),
         "default": default.map(|q| serde_json::json!({ "rpm": q.rpm, "tpm": q.tpm })),

@@ -7,14 +7,60 @@
 //! that many clients a window, estimated by a count-min sketch beyond), so
 //! memory stays bounded however many distinct ids arrive.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::clock::Clock;
-use super::rate::{Exceeded, Quota, QuotaState, RateLimiter, Refusal, Reservation, Shape, Usage};
+use super::rate::{Exceeded, OverQuota, Quota, QuotaState, RateLimiter, Reservation, Shape, Usage};
 use super::RejectReason;
-use crate::config::{ClientsConfig, Mode};
+
+/// How a refusal is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Refusals are answered.
+    Enforce,
+    /// Refusals are computed, logged and counted, but the request passes.
+    Shadow,
+}
+
+/// One configured client, its missing fields filled from the default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientLimit {
+    pub quota: Quota,
+    pub enabled: bool,
+    pub mode: Mode,
+    /// SHA-256 digests of the client's API keys.
+    pub api_keys: Vec<[u8; 32]>,
+}
+
+/// The quota policy of every client: what `[clients]` says about limits
+/// (identity and headers are the proxy's business).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientsPolicy {
+    /// The "minute" of RPM and TPM.
+    pub window: Duration,
+    pub mode: Mode,
+    /// Unlisted clients a window counted exactly.
+    pub max_tracked_clients: usize,
+    /// The policy of unlisted clients; `None`: not limited.
+    pub default: Option<Quota>,
+    /// Configured clients by id.
+    pub limits: BTreeMap<String, ClientLimit>,
+}
+
+impl Default for ClientsPolicy {
+    fn default() -> Self {
+        ClientsPolicy {
+            window: Duration::from_secs(60),
+            mode: Mode::Enforce,
+            max_tracked_clients: 100_000,
+            default: None,
+            limits: BTreeMap::new(),
+        }
+    }
+}
 
 /// Longest client id accepted.
 pub const MAX_CLIENT_ID: usize = 256;
@@ -99,10 +145,11 @@ pub struct ConfiguredClient {
 
 /// Every client policy and the limiter state behind them.
 pub struct ClientPolicies {
-    pub config: ClientsConfig,
+    pub policy: ClientsPolicy,
     clients: HashMap<String, Arc<ConfiguredClient>, ahash::RandomState>,
     api_keys: HashMap<[u8; 32], String>,
-    crowd: Option<Arc<RateLimiter>>,
+    /// The counters of every unlisted client, under the default quota.
+    unlisted: Option<Arc<RateLimiter>>,
     hasher: ahash::RandomState,
 }
 
@@ -110,7 +157,7 @@ impl std::fmt::Debug for ClientPolicies {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientPolicies")
             .field("clients", &self.clients.len())
-            .field("default", &self.config.default)
+            .field("default", &self.policy.default)
             .finish()
     }
 }
@@ -124,7 +171,7 @@ pub enum Decision {
     /// Refused (or, in shadow mode, would have been).
     Refused {
         reason: RejectReason,
-        refusal: Refusal,
+        refusal: OverQuota,
         mode: Mode,
     },
 }
@@ -134,12 +181,12 @@ impl ClientPolicies {
     /// whose limiter is unchanged (same window), so a rebuild never hands a
     /// client a fresh quota.
     pub fn build(
-        config: &ClientsConfig,
+        config: &ClientsPolicy,
         clock: Arc<dyn Clock>,
         previous: Option<&ClientPolicies>,
     ) -> Self {
         let window_ms = config.window.as_millis() as u64;
-        let same_window = previous.is_some_and(|p| p.config.window == config.window);
+        let same_window = previous.is_some_and(|p| p.policy.window == config.window);
         let mut clients = HashMap::with_hasher(ahash::RandomState::new());
         let mut api_keys = HashMap::new();
         for (id, l) in &config.limits {
@@ -165,12 +212,12 @@ impl ClientPolicies {
                 }),
             );
         }
-        let crowd = config.default.map(|_| {
+        let unlisted = config.default.map(|_| {
             previous
                 .filter(|p| {
-                    same_window && p.config.max_tracked_clients == config.max_tracked_clients
+                    same_window && p.policy.max_tracked_clients == config.max_tracked_clients
                 })
-                .and_then(|p| p.crowd.clone())
+                .and_then(|p| p.unlisted.clone())
                 .unwrap_or_else(|| {
                     Arc::new(RateLimiter::new(
                         Shape::Clients {
@@ -182,12 +229,17 @@ impl ClientPolicies {
                 })
         });
         ClientPolicies {
-            config: config.clone(),
+            policy: config.clone(),
             clients,
             api_keys,
-            crowd,
+            unlisted,
             hasher: previous.map_or_else(ahash::RandomState::new, |p| p.hasher.clone()),
         }
+    }
+
+    /// Whether any client has API keys (then an unknown key is refused).
+    pub fn has_api_keys(&self) -> bool {
+        !self.api_keys.is_empty()
     }
 
     /// The client an API key (its SHA-256 digest) belongs to.
@@ -217,7 +269,7 @@ impl ClientPolicies {
     /// Whether any client is limited at all (if not, the request path skips
     /// identification).
     pub fn any_limits(&self) -> bool {
-        self.crowd.is_some() || self.clients.values().any(|c| c.enabled)
+        self.unlisted.is_some() || self.clients.values().any(|c| c.enabled)
     }
 
     /// The quota and limiter that apply to `id`.
@@ -234,9 +286,9 @@ impl ClientPolicies {
             Some(c) if !c.enabled => None,
             Some(c) => Some((c.quota, &c.limiter, 0, c.mode)),
             None => {
-                let q = self.config.default?;
-                let crowd = self.crowd.as_ref()?;
-                Some((q, crowd, self.hasher.hash_one(id), self.config.mode))
+                let q = self.policy.default?;
+                let unlisted = self.unlisted.as_ref()?;
+                Some((q, unlisted, self.hasher.hash_one(id), self.policy.mode))
             }
         }
     }
@@ -266,7 +318,7 @@ impl ClientPolicies {
         if quota.tpm.is_some_and(|t| tokens > t) {
             return Decision::Refused {
                 reason: RejectReason::EstimateTooLarge,
-                refusal: Refusal {
+                refusal: OverQuota {
                     exceeded: Exceeded::Tokens,
                     retry_after_ms: 0,
                     state: limiter.peek(hash, quota),
@@ -303,7 +355,7 @@ impl ClientPolicies {
 
     /// Prepares the next window of every limiter. Off the request path.
     pub fn rotate(&self) {
-        if let Some(c) = &self.crowd {
+        if let Some(c) = &self.unlisted {
             c.rotate();
         }
         for c in self.clients.values() {
@@ -313,7 +365,7 @@ impl ClientPolicies {
 
     /// Bytes held by the counters.
     pub fn memory_bytes(&self) -> usize {
-        self.crowd.as_ref().map_or(0, |c| c.memory_bytes())
+        self.unlisted.as_ref().map_or(0, |c| c.memory_bytes())
             + self
                 .clients
                 .values()
@@ -375,17 +427,16 @@ impl Drop for Charge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ClientLimit;
     use crate::limits::clock::ManualClock;
 
-    fn config() -> ClientsConfig {
-        let mut c = ClientsConfig {
+    fn config() -> ClientsPolicy {
+        let mut c = ClientsPolicy {
             default: Some(Quota {
                 rpm: Some(2),
                 tpm: Some(100),
             }),
             max_tracked_clients: 1024,
-            ..ClientsConfig::default()
+            ..ClientsPolicy::default()
         };
         c.limits.insert(
             "gold".into(),

@@ -10,7 +10,6 @@ pub mod clock;
 pub mod connections;
 pub mod destinations;
 pub mod rate;
-pub mod rotation;
 
 use http::StatusCode;
 

@@ -4,14 +4,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::runtime::Runtime;
-use super::upstream::Upstream;
 use super::usage::UsageScanner;
 use crate::limits::adaptive::AdaptivePermit;
 use crate::limits::clients::Charge;
 use crate::limits::connections::HostSlot;
 use crate::limits::rate::QuotaState;
 use crate::limits::RejectReason;
+use crate::runtime::upstream::Upstream;
+use crate::runtime::Runtime;
 
 /// Everything one request accumulates on its way through the phases.
 pub struct RequestCtx {

@@ -7,7 +7,7 @@ use http::header::AUTHORIZATION;
 use pingora::http::RequestHeader;
 use sha2::{Digest, Sha256};
 
-use crate::config::MissingId;
+use crate::config::{ClientsConfig, MissingId};
 use crate::limits::clients::{check_client_id, ClientPolicies};
 use crate::limits::RejectReason;
 
@@ -23,15 +23,15 @@ pub type Refused = (RejectReason, String);
 /// 3. else the peer address (`missing_id = "ip"`) or 400 `missing_header`.
 pub fn client_id(
     req: &RequestHeader,
+    cfg: &ClientsConfig,
     policies: &ClientPolicies,
     peer: Option<IpAddr>,
 ) -> Result<String, Refused> {
-    let cfg = &policies.config;
     if let Some(key) = bearer(req) {
         let digest: [u8; 32] = Sha256::digest(key).into();
         match policies.client_of_key(&digest) {
             Some(id) => return Ok(id.to_string()),
-            None if policies_have_keys(policies) => {
+            None if policies.has_api_keys() => {
                 return Err((RejectReason::InvalidApiKey, "unknown API key".into()));
             }
             // No API keys configured: the header is the upstream's business.
@@ -70,10 +70,6 @@ pub fn client_id(
             format!("the {} header is required", cfg.id_header),
         )),
     }
-}
-
-fn policies_have_keys(p: &ClientPolicies) -> bool {
-    p.config.limits.values().any(|l| !l.api_keys.is_empty())
 }
 
 fn bearer(req: &RequestHeader) -> Option<&[u8]> {
@@ -127,7 +123,7 @@ pub fn token_cost(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ClientLimit, ClientsConfig, Mode};
+    use crate::limits::clients::{ClientLimit, Mode};
     use crate::limits::clock::ManualClock;
     use crate::limits::rate::Quota;
 
@@ -139,13 +135,13 @@ mod tests {
         r
     }
 
-    fn policies(missing: MissingId) -> ClientPolicies {
+    fn policies(missing: MissingId) -> (ClientsConfig, ClientPolicies) {
         let mut c = ClientsConfig {
             missing_id: missing,
             ..ClientsConfig::default()
         };
         let digest: [u8; 32] = Sha256::digest(b"s3cret").into();
-        c.limits.insert(
+        c.policy.limits.insert(
             "acme".into(),
             ClientLimit {
                 quota: Quota::default(),
@@ -154,14 +150,17 @@ mod tests {
                 api_keys: vec![digest],
             },
         );
-        ClientPolicies::build(&c, ManualClock::new(0), None)
+        (
+            c.clone(),
+            ClientPolicies::build(&c.policy, ManualClock::new(0), None),
+        )
     }
 
     #[test]
     fn identity_sources() {
-        let p = policies(MissingId::Ip);
+        let (c, p) = policies(MissingId::Ip);
         let ip: Option<IpAddr> = Some("10.1.2.3".parse().unwrap());
-        let id = |h: &[(&str, &[u8])]| client_id(&req(h), &p, ip);
+        let id = |h: &[(&str, &[u8])]| client_id(&req(h), &c, &p, ip);
         assert_eq!(id(&[("authorization", b"Bearer s3cret")]).unwrap(), "acme");
         assert_eq!(
             id(&[
@@ -192,9 +191,9 @@ mod tests {
             RejectReason::InvalidHeader
         );
         assert_eq!(id(&[]).unwrap(), "10.1.2.3");
-        let p = policies(MissingId::Reject);
+        let (c, p) = policies(MissingId::Reject);
         assert_eq!(
-            client_id(&req(&[]), &p, ip).unwrap_err().0,
+            client_id(&req(&[]), &c, &p, ip).unwrap_err().0,
             RejectReason::MissingHeader
         );
     }

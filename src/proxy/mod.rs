@@ -31,19 +31,16 @@
 //! [`routing`], header rules in [`headers`], responses the gateway writes
 //! itself in [`respond`], limits in [`crate::limits`].
 
-pub mod adaptive;
 pub mod context;
 pub mod forward;
+pub mod guard;
 pub mod headers;
-pub mod health;
 pub mod identity;
-pub mod listener;
+pub mod log;
 pub mod phases;
 pub mod respond;
-pub mod routing;
-pub mod runtime;
-pub mod upstream;
 pub mod usage;
+pub mod window;
 
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -52,8 +49,8 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::Peer;
 
 use crate::limits::RejectReason;
+use crate::runtime::SharedRuntime;
 pub use context::RequestCtx;
-pub use runtime::{Runtime, SharedRuntime};
 
 /// The reverse proxy. Holds only the shared runtime handle; every request
 /// loads one snapshot of it.
@@ -156,7 +153,7 @@ impl ProxyHttp for Gateway {
                     ctx.slot = Some(slot);
                 }
                 Err(why) => {
-                    if why == upstream::NoBackend::AtCap {
+                    if why == crate::runtime::upstream::NoBackend::AtCap {
                         ctx.reject = Some(RejectReason::ConnectionLimit);
                     }
                     let mut e = Error::explain(
@@ -213,7 +210,7 @@ impl ProxyHttp for Gateway {
             &ctx.request_id,
         )?;
         if let (Some(rt), Some(id)) = (&ctx.runtime, &ctx.client_id) {
-            headers::set_client_id(upstream_request, &rt.clients.config.id_header, id)?;
+            headers::set_client_id(upstream_request, &rt.config.clients.id_header, id)?;
         }
         Ok(())
     }
@@ -236,7 +233,7 @@ impl ProxyHttp for Gateway {
             let usage_header = ctx
                 .runtime
                 .as_ref()
-                .and_then(|rt| rt.clients.config.usage_header.clone());
+                .and_then(|rt| rt.config.clients.usage_header.clone());
             ctx.reported_tokens = usage_header
                 .and_then(|h| upstream_response.headers.get(h))
                 .and_then(|v| v.to_str().ok())
@@ -279,7 +276,7 @@ impl ProxyHttp for Gateway {
 
     /// Runs last, for every request: metrics and the access log.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        crate::logging::request_done(session, e, ctx);
+        log::request_done(session, e, ctx);
     }
 
     /// Client disconnects and upstream failures are counted and logged by

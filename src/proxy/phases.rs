@@ -19,12 +19,12 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 
 use super::respond::Refusal;
-use super::runtime::Runtime;
-use super::{adaptive, headers, identity, upstream, RequestCtx};
-use crate::config::Mode;
+use super::{headers, identity, window, RequestCtx};
 use crate::limits::clients::Decision;
+use crate::limits::clients::Mode;
 use crate::limits::rate;
 use crate::limits::RejectReason;
+use crate::runtime::{upstream, Runtime};
 
 /// 1. The route, its upstream and its body limit.
 pub fn route(session: &Session, ctx: &mut RequestCtx, rt: &Runtime) -> Option<Refusal> {
@@ -69,11 +69,11 @@ pub fn client_quotas(session: &Session, ctx: &mut RequestCtx, rt: &Runtime) -> O
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip());
-    let id = match identity::client_id(req, policies, peer) {
+    let c = &rt.config.clients;
+    let id = match identity::client_id(req, c, policies, peer) {
         Ok(id) => id,
         Err((reason, msg)) => return Some(Refusal::new(reason, msg)),
     };
-    let c = &policies.config;
     let cost = match identity::token_cost(req, &c.token_header, c.default_tokens) {
         Ok(n) => n,
         Err((reason, msg)) => return Some(Refusal::new(reason, msg)),
@@ -127,7 +127,7 @@ pub fn client_quotas(session: &Session, ctx: &mut RequestCtx, rt: &Runtime) -> O
 }
 
 /// The message of a quota refusal.
-fn quota_message(reason: RejectReason, r: &rate::Refusal, cost: u64) -> String {
+fn quota_message(reason: RejectReason, r: &rate::OverQuota, cost: u64) -> String {
     let q = r.state.quota;
     match reason {
         RejectReason::EstimateTooLarge => format!(
@@ -155,7 +155,7 @@ pub async fn adaptive_windows(
         return Error::e_explain(InternalError, "route without upstream");
     };
     for scope in rt.adaptive.iter().chain(upstream.adaptive.iter()) {
-        match adaptive::admit(session, scope).await? {
+        match window::admit(session, scope).await? {
             Some(permit) => ctx.permits.push(permit),
             None => {
                 let msg = format!(

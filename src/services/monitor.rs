@@ -18,8 +18,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::config::PrometheusUrl;
-use crate::proxy::runtime::AdaptiveScope;
-use crate::proxy::SharedRuntime;
+use crate::runtime::{AdaptiveWindow, SharedRuntime};
 
 pub struct Monitor {
     runtime: SharedRuntime,
@@ -59,7 +58,7 @@ impl BackgroundService for Monitor {
 }
 
 /// One reading cycle of one window: every query at once, then evaluate.
-async fn read_scope(scope: AdaptiveScope) {
+async fn read_scope(scope: AdaptiveWindow) {
     let cfg = &scope.config;
     let reads = cfg.adaptive.signals.iter().map(|s| {
         let url = cfg.prometheus.clone();

@@ -4,17 +4,22 @@
 //! keeps it in its context, so it sees one configuration from start to end.
 //! A reload builds a new `Runtime` off the request path and swaps it in.
 
+pub mod control;
+pub mod routing;
+pub mod upstream;
+pub mod window;
+
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::routing::Router;
-use super::upstream::Upstream;
-use crate::config::{BackpressureConfig, Config, ConfigError, ConfigErrors, KeyPath};
-use crate::limits::adaptive::Controller;
+use crate::config::{Config, ConfigError, ConfigErrors, KeyPath};
 use crate::limits::clients::ClientPolicies;
 use crate::limits::clock::Clock;
 use crate::limits::connections::HostRegistry;
+use routing::Router;
+use upstream::Upstream;
+pub use window::AdaptiveWindow;
 
 /// One immutable configuration, compiled for the request path.
 #[derive(Debug)]
@@ -29,36 +34,7 @@ pub struct Runtime {
     /// Connection counters of every host, shared by every runtime.
     pub hosts: Arc<HostRegistry>,
     /// The gateway-wide adaptive window.
-    pub adaptive: Option<AdaptiveScope>,
-}
-
-/// One adaptive window: the gateway-wide one (`global`) or an upstream's.
-#[derive(Clone, Debug)]
-pub struct AdaptiveScope {
-    pub name: String,
-    pub config: BackpressureConfig,
-    pub controller: Arc<Controller>,
-}
-
-impl AdaptiveScope {
-    /// The scope for `config`, keeping `previous`'s controller (and so its
-    /// window and in-flight count) when its settings are unchanged.
-    fn build(
-        name: &str,
-        config: &BackpressureConfig,
-        clock: &Arc<dyn Clock>,
-        previous: Option<&AdaptiveScope>,
-    ) -> Self {
-        let controller = previous
-            .filter(|p| p.config == *config)
-            .map(|p| p.controller.clone())
-            .unwrap_or_else(|| Controller::new(config.adaptive.clone(), clock.clone()));
-        AdaptiveScope {
-            name: name.to_string(),
-            config: config.clone(),
-            controller,
-        }
-    }
+    pub adaptive: Option<AdaptiveWindow>,
 }
 
 /// The swappable handle every service shares.
@@ -81,7 +57,7 @@ impl Runtime {
                 let prev = previous
                     .and_then(|p| p.upstreams.iter().find(|x| x.name == u.name))
                     .and_then(|x| x.adaptive.as_ref());
-                AdaptiveScope::build(&u.name, b, &clock, prev)
+                AdaptiveWindow::build(&u.name, b, &clock, prev)
             });
             match Upstream::build(u, &hosts, adaptive) {
                 Ok(u) => upstreams.push(Arc::new(u)),
@@ -102,12 +78,16 @@ impl Runtime {
         }
         let adaptive = config.backpressure.as_ref().map(|b| {
             let prev = previous.and_then(|p| p.adaptive.as_ref());
-            AdaptiveScope::build("global", b, &clock, prev)
+            AdaptiveWindow::build("global", b, &clock, prev)
         });
         Ok(Runtime {
             adaptive,
             hosts,
-            clients: ClientPolicies::build(&config.clients, clock, previous.map(|p| &p.clients)),
+            clients: ClientPolicies::build(
+                &config.clients.policy,
+                clock,
+                previous.map(|p| &p.clients),
+            ),
             router: Router::new(&config.routes),
             trusted_proxies: config.server.trusted_proxies.clone(),
             upstreams,
@@ -116,7 +96,7 @@ impl Runtime {
     }
 
     /// Every adaptive window: the gateway-wide one, then the upstreams'.
-    pub fn adaptive_scopes(&self) -> Vec<AdaptiveScope> {
+    pub fn adaptive_scopes(&self) -> Vec<AdaptiveWindow> {
         self.adaptive
             .iter()
             .chain(self.upstreams.iter().filter_map(|u| u.adaptive.as_ref()))

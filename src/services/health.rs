@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use super::SharedRuntime;
+use crate::runtime::SharedRuntime;
 
 pub struct HealthChecks {
     runtime: SharedRuntime,

@@ -11,9 +11,9 @@ use pingora::lb::LoadBalancer;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::{parse_x509, WrappedX509};
 
+use super::AdaptiveWindow;
 use crate::config::UpstreamConfig;
 use crate::limits::connections::{HostCounter, HostRegistry, HostSlot};
-use crate::proxy::runtime::AdaptiveScope;
 
 /// One named pool of backends, as the request path sees it.
 pub struct Upstream {
@@ -34,7 +34,7 @@ pub struct Upstream {
     /// The connection counter of each backend host.
     counters: Vec<(SocketAddr, Arc<HostCounter>)>,
     /// This upstream's own adaptive window.
-    pub adaptive: Option<AdaptiveScope>,
+    pub adaptive: Option<AdaptiveWindow>,
 }
 
 /// Why no backend could be given to a request.
@@ -66,7 +66,7 @@ impl Upstream {
     pub fn build(
         c: &UpstreamConfig,
         hosts: &HostRegistry,
-        adaptive: Option<AdaptiveScope>,
+        adaptive: Option<AdaptiveWindow>,
     ) -> Result<Self, String> {
         let backends = c.backends.iter().map(|a| a.to_string());
         let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(backends)

@@ -18,11 +18,12 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{self, ClientLimit, Config, ConfigError, ConfigErrors, KeyPath};
+use super::{Runtime, SharedRuntime};
+use crate::config::{self, Config, ConfigError, ConfigErrors, KeyPath};
+use crate::limits::clients::ClientLimit;
 use crate::limits::clock::Clock;
 use crate::limits::connections::HostRegistry;
 use crate::limits::rate::{Quota, MAX_RPM, MAX_TPM};
-use crate::proxy::{Runtime, SharedRuntime};
 
 /// A client's limits set through the admin API.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,10 +77,10 @@ impl State {
 /// The file's config with the API's client overrides layered on top.
 pub fn effective(base: &Config, state: &State) -> Config {
     let mut c = base.clone();
-    let default = c.clients.default.unwrap_or_default();
+    let default = c.clients.policy.default.unwrap_or_default();
     for (id, o) in &state.clients {
-        let file = base.clients.limits.get(id);
-        c.clients.limits.insert(
+        let file = base.clients.policy.limits.get(id);
+        c.clients.policy.limits.insert(
             id.clone(),
             ClientLimit {
                 quota: Quota {
@@ -87,7 +88,7 @@ pub fn effective(base: &Config, state: &State) -> Config {
                     tpm: o.tpm.or(default.tpm),
                 },
                 enabled: o.enabled,
-                mode: file.map_or(base.clients.mode, |f| f.mode),
+                mode: file.map_or(base.clients.policy.mode, |f| f.mode),
                 api_keys: file.map(|f| f.api_keys.clone()).unwrap_or_default(),
             },
         );
@@ -250,6 +251,7 @@ impl Control {
         let mut out: Vec<ClientRecord> = rt
             .config
             .clients
+            .policy
             .limits
             .iter()
             .map(|(id, l)| ClientRecord {
@@ -396,7 +398,7 @@ mod tests {
             },
         );
         let c = effective(&base, &state);
-        let x = &c.clients.limits["x"];
+        let x = &c.clients.policy.limits["x"];
         assert_eq!(
             x.quota,
             Quota {
@@ -404,8 +406,8 @@ mod tests {
                 tpm: Some(100)
             }
         );
-        assert_eq!(x.mode, crate::config::Mode::Shadow);
-        let n = &c.clients.limits["new"];
+        assert_eq!(x.mode, crate::limits::clients::Mode::Shadow);
+        let n = &c.clients.policy.limits["new"];
         assert_eq!(
             n.quota,
             Quota {

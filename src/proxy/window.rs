@@ -6,8 +6,8 @@ use std::time::Duration;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
-use super::runtime::AdaptiveScope;
 use crate::limits::adaptive::AdaptivePermit;
+use crate::runtime::AdaptiveWindow;
 
 /// `X-Request-Criticality: critical` skips jitter and may use the reserved
 /// share of the window.
@@ -27,7 +27,7 @@ fn is_critical(session: &Session) -> bool {
 
 /// How long this request may wait for a slot: `queue_timeout`, or longer if
 /// the client says it can wait.
-fn wait_for(session: &Session, scope: &AdaptiveScope) -> Duration {
+fn wait_for(session: &Session, scope: &AdaptiveWindow) -> Duration {
     let asked = session
         .req_header()
         .headers
@@ -42,7 +42,10 @@ fn wait_for(session: &Session, scope: &AdaptiveScope) -> Duration {
 /// A slot in `scope`'s window, or `None` when the request is refused.
 /// Waiting ends at once if the client goes away (an error: nobody is left to
 /// answer).
-pub async fn admit(session: &mut Session, scope: &AdaptiveScope) -> Result<Option<AdaptivePermit>> {
+pub async fn admit(
+    session: &mut Session,
+    scope: &AdaptiveWindow,
+) -> Result<Option<AdaptivePermit>> {
     let ctl = &scope.controller;
     let critical = is_critical(session);
     let jitter = scope.config.adaptive.jitter;

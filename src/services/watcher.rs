@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::control::Control;
+use crate::runtime::control::Control;
 
 /// Installs the SIGHUP handler; the returned flag turns true on each signal.
 pub fn install_sighup() -> std::io::Result<Arc<AtomicBool>> {

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::proxy::SharedRuntime;
+use crate::runtime::SharedRuntime;
 
 pub struct Rotation {
     runtime: SharedRuntime,
@@ -27,7 +27,7 @@ impl BackgroundService for Rotation {
             rt.clients.rotate();
             // Several times a window: the next table is ready long before
             // the boundary, and a late tick is caught up on the next one.
-            let tick = (rt.clients.config.window / 8)
+            let tick = (rt.clients.policy.window / 8)
                 .clamp(Duration::from_millis(10), Duration::from_millis(500));
             drop(rt);
             tokio::select! {

@@ -14,10 +14,11 @@ use std::path::Path;
 
 use crate::admin::{AdminService, AdminState};
 use crate::config::Config;
-use crate::control::{Control, State};
-use crate::proxy::health::HealthChecks;
-use crate::proxy::listener::EdgeApp;
-use crate::proxy::{Gateway, Runtime, SharedRuntime};
+use crate::proxy::guard::EdgeApp;
+use crate::proxy::Gateway;
+use crate::runtime::control::{Control, State};
+use crate::runtime::{Runtime, SharedRuntime};
+use crate::services::health::HealthChecks;
 
 /// Command-line options that shape the server.
 #[derive(Clone, Debug, Default)]
@@ -76,17 +77,20 @@ pub struct Prepared {
 /// start-up error with a clear message.
 pub fn prepare(config: Config, path: &Path, opts: &RunOptions) -> Result<Prepared, String> {
     // Before any listener opens: SIGHUP reloads instead of killing.
-    let sighup = crate::watcher::install_sighup().map_err(|e| format!("SIGHUP handler: {e}"))?;
+    let sighup =
+        crate::services::watcher::install_sighup().map_err(|e| format!("SIGHUP handler: {e}"))?;
     let token = admin_token(&config)?;
     let state = match &config.server.state_file {
-        Some(f) => State::load(f).map_err(|e| crate::control::state_error(f, e).to_string())?,
+        Some(f) => {
+            State::load(f).map_err(|e| crate::runtime::control::state_error(f, e).to_string())?
+        }
         None => State::default(),
     };
     let conf = server_conf(&config);
     let clock: Arc<dyn crate::limits::clock::Clock> =
         Arc::new(crate::limits::clock::SystemClock::default());
     let hosts = Arc::new(crate::limits::connections::HostRegistry::new());
-    let effective = crate::control::effective(&config, &state);
+    let effective = crate::runtime::control::effective(&config, &state);
     let runtime = Runtime::build(effective.clone(), clock.clone(), hosts.clone(), None)
         .map_err(|e| e.to_string())?;
     let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(runtime));
@@ -146,16 +150,16 @@ pub fn prepare(config: Config, path: &Path, opts: &RunOptions) -> Result<Prepare
     ));
     server.add_service(background_service(
         "backpressure monitor",
-        crate::monitor::Monitor::new(runtime.clone()),
+        crate::services::monitor::Monitor::new(runtime.clone()),
     ));
     server.add_service(background_service(
         "window rotation",
-        crate::limits::rotation::Rotation::new(runtime.clone()),
+        crate::services::rotation::Rotation::new(runtime.clone()),
     ));
 
     server.add_service(background_service(
         "config watcher",
-        crate::watcher::ConfigWatcher::new(control.clone(), sighup),
+        crate::services::watcher::ConfigWatcher::new(control.clone(), sighup),
     ));
 
     let addr = config.server.admin_listen;

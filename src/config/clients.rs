@@ -1,0 +1,148 @@
+//! `[clients]`: client identity, token costs, and the quota policy.
+
+use std::time::Duration;
+
+use crate::limits::clients::{ClientLimit, ClientsPolicy, Mode};
+
+use super::diag::Diagnostics;
+use super::schema::*;
+use super::values::*;
+use super::*;
+
+pub(super) fn validate_clients(c: RawClients, d: &mut Diagnostics<'_>) -> Option<ClientsConfig> {
+    use crate::limits::rate::{Quota, MAX_RPM, MAX_TPM};
+    let p = KeyPath::root().key("clients");
+    let base = ClientsConfig::default();
+    let header = |v: Option<String>, key: &str, d: &mut Diagnostics<'_>| match v {
+        None => Some(None),
+        Some(h) => match http::HeaderName::from_bytes(h.as_bytes()) {
+            Ok(n) => Some(Some(n)),
+            Err(_) => {
+                d.error(&p.key(key), format!("{h:?} is not a valid header name"));
+                None
+            }
+        },
+    };
+    let id_header = header(c.id_header, "id_header", d).map(|h| h.unwrap_or(base.id_header));
+    let token_header =
+        header(c.token_header, "token_header", d).map(|h| h.unwrap_or(base.token_header));
+    let usage_header = header(c.usage_header, "usage_header", d);
+    let default_tokens = match c.default_tokens {
+        None => Some(0),
+        Some(n) if n >= 0 => Some(n as u64),
+        Some(_) => {
+            d.error(&p.key("default_tokens"), "must be >= 0");
+            None
+        }
+    };
+    let missing_id = match c.missing_id.as_deref() {
+        None | Some("ip") => Some(MissingId::Ip),
+        Some("reject") => Some(MissingId::Reject),
+        Some(o) => {
+            d.error(
+                &p.key("missing_id"),
+                format!("{o:?}: must be \"ip\" or \"reject\""),
+            );
+            None
+        }
+    };
+    let mode_of = |v: Option<&str>, path: &KeyPath, default: Mode, d: &mut Diagnostics<'_>| match v
+    {
+        None => Some(default),
+        Some("enforce") => Some(Mode::Enforce),
+        Some("shadow") => Some(Mode::Shadow),
+        Some(o) => {
+            d.error(path, format!("{o:?}: must be \"enforce\" or \"shadow\""));
+            None
+        }
+    };
+    let mode = mode_of(c.mode.as_deref(), &p.key("mode"), Mode::Enforce, d);
+    let window = duration_or(c.window, "60s", &p.key("window"), d);
+    if window.is_some_and(|w| w < Duration::from_millis(100)) {
+        d.error(&p.key("window"), "must be at least 100ms");
+    }
+    let max_tracked_clients = match c.max_tracked_clients {
+        None => Some(base.policy.max_tracked_clients),
+        Some(n) => positive(n, &p.key("max_tracked_clients"), d),
+    };
+    let limit = |v: Option<i64>, max: u64, path: &KeyPath, d: &mut Diagnostics<'_>| match v {
+        None => Some(None),
+        Some(n) if n >= 0 && (n as u64) <= max => Some(Some(n as u64)),
+        Some(_) => {
+            d.error(path, format!("must be between 0 and {max}"));
+            None
+        }
+    };
+    let default = match c.default {
+        None => Some(None),
+        Some(q) => {
+            let dp = p.key("default");
+            let rpm = limit(q.rpm, MAX_RPM, &dp.key("rpm"), d);
+            let tpm = limit(q.tpm, MAX_TPM, &dp.key("tpm"), d);
+            rpm.zip(tpm).map(|(rpm, tpm)| Some(Quota { rpm, tpm }))
+        }
+    };
+    let mut limits = std::collections::BTreeMap::new();
+    let mut key_owner: std::collections::HashMap<[u8; 32], String> = Default::default();
+    for (id, l) in c.limits {
+        let lp = p.key("limits").key(&id);
+        if let Err(e) = crate::limits::clients::check_client_id(id.as_bytes()) {
+            d.error(&lp, format!("client id {e}"));
+            continue;
+        }
+        let fallback = default.flatten().unwrap_or_default();
+        let rpm = limit(l.rpm, MAX_RPM, &lp.key("rpm"), d).map(|v| v.or(fallback.rpm));
+        let tpm = limit(l.tpm, MAX_TPM, &lp.key("tpm"), d).map(|v| v.or(fallback.tpm));
+        let cmode = mode_of(
+            l.mode.as_deref(),
+            &lp.key("mode"),
+            mode.unwrap_or(Mode::Enforce),
+            d,
+        );
+        let mut api_keys = Vec::new();
+        for (i, k) in l.api_keys.iter().enumerate() {
+            let kp = lp.key("api_keys").index(i);
+            let digest = k
+                .strip_prefix("sha256:")
+                .and_then(|h| hex::decode(h).ok())
+                .and_then(|b| <[u8; 32]>::try_from(b).ok());
+            match digest {
+                Some(dg) => {
+                    if let Some(other) = key_owner.insert(dg, id.clone()) {
+                        d.error(&kp, format!("this key is also client {other:?}'s"));
+                    }
+                    api_keys.push(dg);
+                }
+                None => d.error(
+                    &kp,
+                    "must be \"sha256:\" and 64 hex digits (e.g. `printf %s KEY | sha256sum`)",
+                ),
+            }
+        }
+        if let (Some(rpm), Some(tpm), Some(m)) = (rpm, tpm, cmode) {
+            limits.insert(
+                id,
+                ClientLimit {
+                    quota: Quota { rpm, tpm },
+                    enabled: l.enabled.unwrap_or(true),
+                    mode: m,
+                    api_keys,
+                },
+            );
+        }
+    }
+    Some(ClientsConfig {
+        id_header: id_header?,
+        token_header: token_header?,
+        default_tokens: default_tokens?,
+        missing_id: missing_id?,
+        usage_header: usage_header?,
+        policy: ClientsPolicy {
+            window: window?,
+            mode: mode?,
+            max_tracked_clients: max_tracked_clients?,
+            default: default?,
+            limits,
+        },
+    })
+}

@@ -1,0 +1,224 @@
+//! The limiter's behaviour over windows, refunds and races.
+
+use super::*;
+use crate::limits::clock::ManualClock;
+
+const W: u64 = 60_000;
+
+fn quota(rpm: u64, tpm: u64) -> Quota {
+    Quota {
+        rpm: Some(rpm),
+        tpm: Some(tpm),
+    }
+}
+
+fn limiter(clock: &Arc<ManualClock>) -> RateLimiter {
+    RateLimiter::exact(W, clock.clone())
+}
+
+#[test]
+fn admits_exactly_the_quota_in_one_window() {
+    let clock = ManualClock::new(10 * W);
+    let l = limiter(&clock);
+    let q = quota(5, 1_000_000);
+    for i in 0..5 {
+        let (_, s) = l.check_and_charge(1, 10, q).unwrap();
+        assert_eq!(s.requests_remaining(), Some(4 - i));
+    }
+    let r = l.check_and_charge(1, 10, q).unwrap_err();
+    assert_eq!(r.exceeded, Exceeded::Requests);
+    // A refusal charges nothing.
+    assert_eq!(
+        l.peek(1, q).used,
+        Usage {
+            requests: 5,
+            tokens: 50
+        }
+    );
+}
+
+#[test]
+fn tokens_refuse_without_charging_requests() {
+    let clock = ManualClock::new(10 * W);
+    let l = limiter(&clock);
+    let q = quota(100, 100);
+    l.check_and_charge(1, 80, q).unwrap();
+    let r = l.check_and_charge(1, 30, q).unwrap_err();
+    assert_eq!(r.exceeded, Exceeded::Tokens);
+    assert_eq!(
+        l.peek(1, q).used,
+        Usage {
+            requests: 1,
+            tokens: 80
+        }
+    );
+    l.check_and_charge(1, 20, q).unwrap();
+}
+
+#[test]
+fn sliding_window_weighs_the_previous_window() {
+    let clock = ManualClock::new(10 * W);
+    let l = limiter(&clock);
+    let q = quota(10, 1_000);
+    for _ in 0..10 {
+        l.check_and_charge(1, 0, q).unwrap();
+    }
+    // Rotation prepared the next window; a quarter into it, 75% of the
+    // previous window still counts: 7.5 → 7 used, 3 left.
+    l.rotate();
+    clock.advance(W + W / 4);
+    l.rotate();
+    assert_eq!(l.peek(1, q).used.requests, 7);
+    for _ in 0..3 {
+        l.check_and_charge(1, 0, q).unwrap();
+    }
+    let r = l.check_and_charge(1, 0, q).unwrap_err();
+    // 3 + 10·(1 − f) ≤ 9 once f ≥ 0.4, i.e. 9 s after this point.
+    assert_eq!(r.retry_after_ms, 9_000, "{r:?}");
+    // No double burst at the boundary: right after it, the previous
+    // window counts in full.
+    let clock2 = ManualClock::new(10 * W + W - 1);
+    let l2 = limiter(&clock2);
+    for _ in 0..10 {
+        l2.check_and_charge(1, 0, q).unwrap();
+    }
+    clock2.advance(1);
+    l2.rotate();
+    assert!(l2.check_and_charge(1, 0, q).is_err());
+}
+
+#[test]
+fn retry_after_is_when_enough_frees() {
+    let clock = ManualClock::new(10 * W);
+    let l = limiter(&clock);
+    let q = quota(10, 1_000);
+    for _ in 0..10 {
+        l.check_and_charge(1, 0, q).unwrap();
+    }
+    // All in the current window: the earliest fit is 1/10 into the next.
+    let r = l.check_and_charge(1, 0, q).unwrap_err();
+    assert_eq!(r.retry_after_ms, W + W / 10);
+    l.rotate();
+    clock.advance(r.retry_after_ms);
+    l.rotate();
+    assert!(l.check_and_charge(1, 0, q).is_ok());
+}
+
+#[test]
+fn two_windows_later_everything_is_free() {
+    let clock = ManualClock::new(10 * W);
+    let l = limiter(&clock);
+    let q = quota(3, 30);
+    for _ in 0..3 {
+        l.check_and_charge(1, 10, q).unwrap();
+    }
+    clock.advance(2 * W);
+    l.rotate();
+    assert_eq!(l.peek(1, q).used, Usage::default());
+}
+
+#[test]
+fn refunds_and_settlement_land_in_the_charged_window() {
+    let clock = ManualClock::new(10 * W);
+    let l = limiter(&clock);
+    let q = quota(100, 1_000);
+    let (mut r, _) = l.check_and_charge(1, 100, q).unwrap();
+    // The window moves on before the response ends.
+    l.rotate();
+    clock.advance(W);
+    l.rotate();
+    l.settle_tokens(&mut r, 40);
+    // Previous window now holds 1 request and 40 tokens, at full weight.
+    assert_eq!(
+        l.peek(1, q).used,
+        Usage {
+            requests: 1,
+            tokens: 40
+        }
+    );
+    l.settle_tokens(&mut r, 70);
+    assert_eq!(l.peek(1, q).used.tokens, 70);
+    l.refund(
+        &r,
+        Usage {
+            requests: 1,
+            tokens: 70,
+        },
+    );
+    assert_eq!(l.peek(1, q).used, Usage::default());
+    // A refund for an expired window does nothing (no underflow).
+    clock.advance(3 * W);
+    l.rotate();
+    l.refund(
+        &r,
+        Usage {
+            requests: 1,
+            tokens: 70,
+        },
+    );
+    assert_eq!(l.peek(1, q).used, Usage::default());
+}
+
+#[test]
+fn unlimited_dimensions_are_not_counted() {
+    let clock = ManualClock::new(10 * W);
+    let l = limiter(&clock);
+    let q = Quota {
+        rpm: Some(2),
+        tpm: None,
+    };
+    l.check_and_charge(1, u64::MAX / 2, q).unwrap();
+    l.check_and_charge(1, u64::MAX / 2, q).unwrap();
+    assert!(l.check_and_charge(1, 1, q).is_err());
+    assert_eq!(l.peek(1, q).used.tokens, 0);
+}
+
+#[test]
+fn sketch_keeps_clients_apart() {
+    let clock = ManualClock::new(10 * W);
+    let q = quota(5, 1_000);
+    for shape in [
+        Shape::Sketch {
+            depth: 4,
+            width: 1 << 14,
+        },
+        Shape::Clients { capacity: 1000 },
+    ] {
+        let l = RateLimiter::new(shape, W, clock.clone());
+        for client in 0..1000u64 {
+            let h = client.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            for _ in 0..5 {
+                l.check_and_charge(h, 1, q).unwrap();
+            }
+            assert!(l.check_and_charge(h, 1, q).is_err());
+        }
+    }
+}
+
+#[test]
+fn concurrent_requests_never_over_admit() {
+    let clock = ManualClock::new(10 * W);
+    let l = Arc::new(limiter(&clock));
+    let q = quota(1000, 1_000_000);
+    let admitted: u64 = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let l = l.clone();
+                s.spawn(move || {
+                    (0..1000)
+                        .filter(|_| l.check_and_charge(7, 3, q).is_ok())
+                        .count() as u64
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(admitted, 1000);
+    assert_eq!(
+        l.peek(7, q).used,
+        Usage {
+            requests: 1000,
+            tokens: 3000
+        }
+    );
+}

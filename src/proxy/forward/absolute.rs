@@ -1,0 +1,170 @@
+//! The forward proxy's absolute-form requests (`GET http://host:port/path`),
+//! through Pingora's HTTP proxy with [`ForwardGateway`] as its logic.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+
+use super::{admit, FORWARD_ROUTE};
+use crate::limits::RejectReason;
+use crate::proxy::{headers, respond, RequestCtx};
+use crate::runtime::SharedRuntime;
+
+/// The request target as sent (`http://host:port/path` in absolute form).
+fn absolute_target(req: &RequestHeader) -> http::Uri {
+    http::Uri::try_from(req.raw_path()).unwrap_or_else(|_| req.uri.clone())
+}
+
+/// The forward proxy's logic for absolute-form requests.
+pub struct ForwardGateway {
+    runtime: SharedRuntime,
+}
+
+impl ForwardGateway {
+    pub fn new(runtime: SharedRuntime) -> Self {
+        ForwardGateway { runtime }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for ForwardGateway {
+    type CTX = RequestCtx;
+
+    /// Runs when a request header has been read.
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    /// Runs once at start: no downstream modules. Pingora's default adds a
+    /// (disabled) response-compression module that every request would
+    /// still pass through; the gateway never compresses.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
+    /// Runs before anything goes to the destination: the target must be
+    /// absolute-form `http://`, allowed by the policy, and under its cap.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let rt = self.runtime.load_full();
+        ctx.runtime = Some(rt.clone());
+        ctx.route = Some(Arc::from(FORWARD_ROUTE));
+        ctx.request_id = headers::request_id(session.req_header());
+        let Some(fp) = rt.config.forward_proxy.as_ref() else {
+            let msg = "the forward proxy is off";
+            return respond::reject(session, ctx, RejectReason::NoRoute, msg, None, &[]).await;
+        };
+        // Pingora keeps the absolute-form target in the raw path; its `uri`
+        // holds the path only.
+        let uri = absolute_target(session.req_header());
+        let target = match (uri.scheme_str(), uri.host()) {
+            (Some("http"), Some(h)) => Ok((h.to_ascii_lowercase(), uri.port_u16().unwrap_or(80))),
+            (Some(s), Some(_)) => Err(format!(
+                "only http:// targets are proxied in absolute form; use CONNECT for {s}"
+            )),
+            _ => Err(format!(
+                "the forward proxy takes absolute-form requests (GET http://host/path) and CONNECT, not {uri}"
+            )),
+        };
+        let (host, port) = match target {
+            Ok(t) => t,
+            Err(msg) => {
+                return respond::reject(session, ctx, RejectReason::BadRequest, &msg, None, &[])
+                    .await
+            }
+        };
+        match admit(fp, &rt, &host, port).await {
+            Ok((addrs, slot)) => {
+                ctx.backend = addrs.first().copied();
+                ctx.slot = Some(slot);
+                Ok(false)
+            }
+            Err((reason, msg)) => {
+                let retry = reason.needs_retry_after().then_some(1);
+                respond::reject(session, ctx, reason, &msg, retry, &[]).await
+            }
+        }
+    }
+
+    /// Runs before connecting: the destination resolved in `request_filter`.
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(addr) = ctx.backend else {
+            return Error::e_explain(InternalError, "no destination resolved");
+        };
+        let timeout = ctx
+            .runtime
+            .as_ref()
+            .and_then(|rt| rt.config.forward_proxy.as_ref())
+            .map(|f| f.connect_timeout);
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = timeout;
+        Ok(Box::new(peer))
+    }
+
+    /// Runs before the request goes to the destination: origin-form target,
+    /// `Host` from the absolute URI, forwarding headers.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let target = absolute_target(req);
+        let authority = target.authority().map(|a| a.as_str().to_string());
+        let origin = target
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse::<http::Uri>()
+            .or_err(InvalidHTTPHeader, "request target")?;
+        req.set_uri(origin);
+        if let Some(a) = authority {
+            req.insert_header(http::header::HOST, a)?;
+        }
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let trusted = match (&ctx.runtime, peer) {
+            (Some(rt), Some(ip)) => rt.is_trusted_proxy(ip),
+            _ => false,
+        };
+        headers::prepare_upstream(req, peer, trusted, false, &ctx.request_id)
+    }
+
+    /// Runs for each chunk of the response: frees the slot at its end.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if end_of_stream {
+            ctx.upstream_done();
+        }
+        Ok(None)
+    }
+
+    /// Runs when proxying failed: the JSON error.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        respond::fail_to_proxy(session, ctx, e).await
+    }
+
+    /// Runs last: metrics and the access log.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        crate::proxy::log::request_done(session, e, ctx);
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        true
+    }
+}
