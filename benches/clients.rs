@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use floodgate::limits::clock::{Clock, ManualClock, SystemClock};
-use floodgate::limits::rate::{ClientTable, Quota, RateLimiter, Shape};
+use floodgate::limits::rate::{ClientTable, Quota, RateLimiter, TableKind};
 
 const QUOTA: u64 = 10;
 
@@ -45,10 +45,10 @@ struct Row {
     ns_per_decision: f64,
 }
 
-fn false_429(shape: Shape, what: &str, clients: usize) -> Row {
+fn false_429(kind: TableKind, what: &str, clients: usize) -> Row {
     let clock = ManualClock::new(1_000_000 * 60_000);
     let before = rss_bytes();
-    let limiter = RateLimiter::new(shape, 60_000, clock.clone() as Arc<dyn Clock>);
+    let limiter = RateLimiter::new(kind, 60_000, clock.clone() as Arc<dyn Clock>);
     let quota = Quota {
         rpm: Some(QUOTA),
         tpm: Some(QUOTA * 100),
@@ -89,7 +89,7 @@ fn boundary_latency(capacity: usize, background: bool, secs: u64) -> (Vec<u64>, 
     let window_ms = 1000;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
     let limiter = Arc::new(RateLimiter::new(
-        Shape::Clients { capacity },
+        TableKind::Clients { capacity },
         window_ms,
         clock.clone(),
     ));
@@ -158,12 +158,12 @@ fn main() {
     for &n in sizes {
         let rows = [
             false_429(
-                Shape::Clients { capacity: n },
+                TableKind::Clients { capacity: n },
                 "Floodgate table (capacity = clients)",
                 n,
             ),
             false_429(
-                Shape::Sketch {
+                TableKind::Sketch {
                     depth: 4,
                     // At least the table's memory: 4 rows of 8-byte cells.
                     width: (ClientTable::new(n).memory_bytes() / 32).next_power_of_two(),
@@ -172,7 +172,7 @@ fn main() {
                 n,
             ),
             false_429(
-                Shape::Sketch {
+                TableKind::Sketch {
                     depth: 4,
                     width: 1024,
                 },

@@ -19,7 +19,7 @@ use floodgate::limits::clients::{ClientLimit, ClientsPolicy, Mode};
 use floodgate::limits::clients::{ClientPolicies, Decision};
 use floodgate::limits::clock::{Clock, ManualClock, SystemClock};
 use floodgate::limits::connections::HostRegistry;
-use floodgate::limits::rate::{Quota, RateLimiter, Shape};
+use floodgate::limits::rate::{Quota, RateLimiter, TableKind};
 
 fn policies(capacity: usize) -> ClientPolicies {
     let mut c = ClientsPolicy {
@@ -118,7 +118,7 @@ fn rotation(c: &mut Criterion) {
     g.sample_size(10);
     let clock = ManualClock::new(1_000_000);
     let l = RateLimiter::new(
-        Shape::Clients {
+        TableKind::Clients {
             capacity: 2_000_000,
         },
         1000,

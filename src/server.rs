@@ -12,11 +12,11 @@ use pingora::services::listening::Service;
 
 use std::path::Path;
 
-use crate::admin::{AdminService, AdminState};
+use crate::admin::{Admin, AdminService};
 use crate::config::Config;
 use crate::proxy::guard::EdgeApp;
 use crate::proxy::Gateway;
-use crate::runtime::control::{Control, State};
+use crate::runtime::control::{ControlPlane, Overrides};
 use crate::runtime::{Runtime, SharedRuntime};
 use crate::services::health::HealthChecks;
 
@@ -80,24 +80,23 @@ pub fn prepare(config: Config, path: &Path, opts: &RunOptions) -> Result<Prepare
     let sighup =
         crate::services::watcher::install_sighup().map_err(|e| format!("SIGHUP handler: {e}"))?;
     let token = admin_token(&config)?;
-    let state = match &config.server.state_file {
-        Some(f) => {
-            State::load(f).map_err(|e| crate::runtime::control::state_error(f, e).to_string())?
-        }
-        None => State::default(),
+    let overrides = match &config.server.state_file {
+        Some(f) => Overrides::load(f)
+            .map_err(|e| crate::runtime::control::state_error(f, e).to_string())?,
+        None => Overrides::default(),
     };
     let conf = server_conf(&config);
     let clock: Arc<dyn crate::limits::clock::Clock> =
         Arc::new(crate::limits::clock::SystemClock::default());
     let hosts = Arc::new(crate::limits::connections::HostRegistry::new());
-    let effective = crate::runtime::control::effective(&config, &state);
+    let effective = crate::runtime::control::with_overrides(&config, &overrides);
     let runtime = Runtime::build(effective.clone(), clock.clone(), hosts.clone(), None)
         .map_err(|e| e.to_string())?;
     let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(runtime));
-    let control = Arc::new(Control::new(
+    let control = Arc::new(ControlPlane::new(
         path.to_path_buf(),
         config,
-        state,
+        overrides,
         runtime.clone(),
         clock,
         hosts,
@@ -174,7 +173,7 @@ pub fn prepare(config: Config, path: &Path, opts: &RunOptions) -> Result<Prepare
         Err(e) if opts.upgrade && e.kind() == std::io::ErrorKind::AddrInUse => None,
         Err(e) => return Err(format!("server.admin_listen {addr}: {e}")),
     };
-    let state = AdminState {
+    let admin_state = Admin {
         runtime: runtime.clone(),
         ready: Arc::new(AtomicBool::new(false)),
         control,
@@ -182,7 +181,7 @@ pub fn prepare(config: Config, path: &Path, opts: &RunOptions) -> Result<Prepare
     };
     server.add_service(background_service(
         "admin",
-        AdminService::new(addr, admin, state),
+        AdminService::new(addr, admin, admin_state),
     ));
 
     Ok(Prepared { server, runtime })

@@ -29,22 +29,22 @@ use pingora::services::background::BackgroundService;
 use serde::de::DeserializeOwned;
 
 use crate::limits::clients::Decision;
-use crate::runtime::control::{ClientOverride, Control};
+use crate::runtime::control::{ClientOverride, ControlPlane};
 use crate::runtime::SharedRuntime;
 
 /// What the admin handlers can see.
 #[derive(Clone)]
-pub struct AdminState {
+pub struct Admin {
     pub runtime: SharedRuntime,
     /// Set once the admin endpoint serves.
     pub ready: Arc<AtomicBool>,
-    pub control: Arc<Control>,
+    pub control: Arc<ControlPlane>,
     /// Bearer token for mutating calls.
     pub token: Option<String>,
 }
 
 /// The admin router; handlers are plain functions, testable without a socket.
-pub fn router(state: AdminState) -> Router {
+pub fn router(state: Admin) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -92,7 +92,7 @@ fn json_body<T: DeserializeOwned>(body: &Bytes, expected: &str) -> Result<T, Api
 }
 
 /// Every call that changes something needs the bearer token when one is set.
-async fn auth(State(s): State<AdminState>, req: Request, next: Next) -> Response {
+async fn auth(State(s): State<Admin>, req: Request, next: Next) -> Response {
     let mutating = !matches!(*req.method(), Method::GET | Method::HEAD);
     if let (true, Some(token)) = (mutating, &s.token) {
         let presented = req
@@ -121,7 +121,7 @@ async fn health() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn ready(State(s): State<AdminState>) -> impl IntoResponse {
+async fn ready(State(s): State<Admin>) -> impl IntoResponse {
     let ok = s.ready.load(Ordering::Acquire);
     crate::metrics::metrics().ready.set(i64::from(ok));
     let rt = s.runtime.load();
@@ -138,7 +138,7 @@ async fn ready(State(s): State<AdminState>) -> impl IntoResponse {
     (status, Json(body))
 }
 
-async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
+async fn metrics(State(s): State<Admin>) -> impl IntoResponse {
     let rt = s.runtime.load();
     crate::metrics::export_hosts(&rt.hosts.list());
     let scopes: Vec<_> = rt
@@ -158,7 +158,7 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
 
 // ---- clients
 
-async fn list_clients(State(s): State<AdminState>) -> impl IntoResponse {
+async fn list_clients(State(s): State<Admin>) -> impl IntoResponse {
     let rt = s.runtime.load();
     let default = rt.config.clients.policy.default;
     Json(serde_json::json!({
@@ -167,10 +167,7 @@ async fn list_clients(State(s): State<AdminState>) -> impl IntoResponse {
     }))
 }
 
-async fn get_client(
-    State(s): State<AdminState>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+async fn get_client(State(s): State<Admin>, Path(id): Path<String>) -> Result<Response, ApiError> {
     s.control
         .client(&id)
         .map(|c| Json(c).into_response())
@@ -197,7 +194,7 @@ const CLIENT_SHAPE: &str = r#"{"rpm": N, "tpm": N, "enabled": true|false} (each 
 
 /// `POST /api/v1/clients` with `{"id", "rpm", "tpm", "enabled"}`: creates
 /// an API client (409 if it exists).
-async fn post_client(State(s): State<AdminState>, body: Bytes) -> Result<Response, ApiError> {
+async fn post_client(State(s): State<Admin>, body: Bytes) -> Result<Response, ApiError> {
     let c: NewClient = json_body(
         &body,
         r#"{"id": "...", "rpm": N, "tpm": N, "enabled": bool}"#,
@@ -224,7 +221,7 @@ async fn post_client(State(s): State<AdminState>, body: Bytes) -> Result<Respons
 
 /// `PUT /api/v1/clients/{id}`: creates or replaces the API override.
 async fn put_client(
-    State(s): State<AdminState>,
+    State(s): State<Admin>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -237,7 +234,7 @@ async fn put_client(
 /// `DELETE /api/v1/clients/{id}`: drops the API override; the file's limits
 /// (if any) apply again.
 async fn delete_client(
-    State(s): State<AdminState>,
+    State(s): State<Admin>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     match s.control.delete_client(&id) {
@@ -271,7 +268,7 @@ fn usage_json(state: Option<crate::limits::rate::QuotaState>) -> serde_json::Val
 
 /// `GET /api/v1/clients/{id}/stats`: what the client did (configured
 /// clients) and its current usage (any client).
-async fn client_stats(State(s): State<AdminState>, Path(id): Path<String>) -> impl IntoResponse {
+async fn client_stats(State(s): State<Admin>, Path(id): Path<String>) -> impl IntoResponse {
     let rt = s.runtime.load();
     let p = &rt.clients;
     let stats = p.configured(&id).map(|c| c.stats.to_json());
@@ -285,7 +282,7 @@ async fn client_stats(State(s): State<AdminState>, Path(id): Path<String>) -> im
 
 /// `GET /api/v1/stats`: requests by outcome, tokens, and every configured
 /// client's stats.
-async fn stats(State(s): State<AdminState>) -> impl IntoResponse {
+async fn stats(State(s): State<Admin>) -> impl IntoResponse {
     let rt = s.runtime.load();
     let m = crate::metrics::metrics();
     let mut outcomes = serde_json::Map::new();
@@ -335,7 +332,7 @@ struct CheckBody {
 /// as a service. `key` is a client id under the same policies as proxied
 /// traffic; an allowed check charges 1 request and N tokens.
 async fn check(
-    State(s): State<AdminState>,
+    State(s): State<Admin>,
     Path(key): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -391,7 +388,7 @@ async fn check(
 
 /// `GET /api/v1/backpressure`: the gateway-wide window at the top level
 /// (`enabled: false` when there is none), each upstream's under `upstreams`.
-async fn backpressure(State(s): State<AdminState>) -> impl IntoResponse {
+async fn backpressure(State(s): State<Admin>) -> impl IntoResponse {
     let rt = s.runtime.load();
     let mut out = match &rt.adaptive {
         Some(sc) => {
@@ -416,14 +413,11 @@ async fn backpressure(State(s): State<AdminState>) -> impl IntoResponse {
     Json(out)
 }
 
-async fn list_hosts(State(s): State<AdminState>) -> impl IntoResponse {
+async fn list_hosts(State(s): State<Admin>) -> impl IntoResponse {
     Json(serde_json::json!({ "hosts": s.runtime.load().hosts.list() }))
 }
 
-async fn get_host(
-    State(s): State<AdminState>,
-    Path(host): Path<String>,
-) -> Result<Response, ApiError> {
+async fn get_host(State(s): State<Admin>, Path(host): Path<String>) -> Result<Response, ApiError> {
     let rt = s.runtime.load();
     rt.hosts
         .list()
@@ -442,7 +436,7 @@ struct HostCap {
 /// `PUT /api/v1/hosts/{host}` with `{"max_connections": N}`: overrides the
 /// host's cap at once (0 = none), for running and future requests alike.
 async fn put_host(
-    State(s): State<AdminState>,
+    State(s): State<Admin>,
     Path(host): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -457,7 +451,7 @@ async fn put_host(
 /// `DELETE /api/v1/hosts/{host}`: drops the override; the config's cap
 /// applies again.
 async fn delete_host(
-    State(s): State<AdminState>,
+    State(s): State<Admin>,
     Path(host): Path<String>,
 ) -> Result<Response, ApiError> {
     if !s.control.set_host_cap(&host, None).map_err(bad_request)? {
@@ -469,7 +463,7 @@ async fn delete_host(
 
 /// `POST /api/v1/reload`: 200 with what needs a restart, or 400 with every
 /// error (the old config keeps serving).
-async fn reload(State(s): State<AdminState>) -> Response {
+async fn reload(State(s): State<Admin>) -> Response {
     let control = s.control.clone();
     match tokio::task::spawn_blocking(move || control.reload("admin API")).await {
         Ok(Ok(report)) => Json(serde_json::json!({
@@ -503,14 +497,14 @@ async fn reload(State(s): State<AdminState>) -> Response {
 pub struct AdminService {
     addr: std::net::SocketAddr,
     listener: std::sync::Mutex<Option<std::net::TcpListener>>,
-    state: AdminState,
+    state: Admin,
 }
 
 impl AdminService {
     pub fn new(
         addr: std::net::SocketAddr,
         listener: Option<std::net::TcpListener>,
-        state: AdminState,
+        state: Admin,
     ) -> Self {
         AdminService {
             addr,

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::clock::Clock;
-use super::rate::{Exceeded, OverQuota, Quota, QuotaState, RateLimiter, Reservation, Shape, Usage};
+use super::rate::{
+    Exceeded, OverQuota, Quota, QuotaState, RateLimiter, Reservation, TableKind, Usage,
+};
 use super::RejectReason;
 
 /// How a refusal is applied.
@@ -220,7 +222,7 @@ impl ClientPolicies {
                 .and_then(|p| p.unlisted.clone())
                 .unwrap_or_else(|| {
                     Arc::new(RateLimiter::new(
-                        Shape::Clients {
+                        TableKind::Clients {
                             capacity: config.max_tracked_clients,
                         },
                         window_ms,

@@ -1,8 +1,11 @@
-//! Limiters and the vocabulary of their decisions.
+//! Limiters and the vocabulary of their decisions. A leaf: nothing here
+//! imports another layer of the gateway, and every limiter is testable
+//! without a socket (time comes from an injectable [`clock::Clock`]).
 //!
-//! Every refusal the gateway writes itself has one [`RejectReason`]; its
-//! [`RejectReason::as_str`] is at once the `error` code in the JSON body and
-//! the `outcome` label of `floodgate_requests_total`: one name, one place.
+//! Every refusal the gateway writes itself is one [`Refusal`] with one
+//! [`RejectReason`]; [`RejectReason::as_str`] is at once the `error` code in
+//! the JSON body and the `outcome` label of `floodgate_requests_total`: one
+//! name, one place.
 
 pub mod adaptive;
 pub mod clients;
@@ -108,6 +111,54 @@ impl RejectReason {
     pub fn body(self, message: &str) -> bytes::Bytes {
         let v = serde_json::json!({ "error": self.as_str(), "message": message });
         bytes::Bytes::from(v.to_string())
+    }
+}
+
+/// A request the gateway answers itself: why, what to tell the client, when
+/// it may retry, and the state of the quota that refused it (for the
+/// rate-limit headers). Every layer that can refuse returns this one type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: RejectReason,
+    pub message: String,
+    /// Seconds for `Retry-After`; every 429 and 503 gets one (1 if unset).
+    pub retry_after_secs: Option<u64>,
+    /// The client's quotas and which of them refused, when a quota did.
+    pub quota: Option<(rate::QuotaState, rate::Exceeded)>,
+}
+
+impl Refusal {
+    pub fn new(reason: RejectReason, message: impl Into<String>) -> Self {
+        Refusal {
+            reason,
+            message: message.into(),
+            retry_after_secs: None,
+            quota: None,
+        }
+    }
+
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+
+    /// The quota that refused, for the rate-limit headers.
+    pub fn quota(mut self, state: rate::QuotaState, exceeded: rate::Exceeded) -> Self {
+        self.quota = Some((state, exceeded));
+        self
+    }
+
+    /// The `Retry-After` value, when this refusal needs one.
+    pub fn retry_after_header(&self) -> Option<u64> {
+        self.reason
+            .needs_retry_after()
+            .then(|| self.retry_after_secs.unwrap_or(1).max(1))
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason, self.message)
     }
 }
 

@@ -78,14 +78,6 @@ impl RequestCtx {
         }
     }
 
-    /// The rate-limit headers for this request's client, if limited.
-    pub fn rate_limit_headers(&self) -> Vec<(&'static str, String)> {
-        self.quota_state
-            .as_ref()
-            .map(|s| super::headers::rate_limit_headers(s, None))
-            .unwrap_or_default()
-    }
-
     /// The upstream response has ended: free the host slot and settle the
     /// tokens now, not when Pingora drops the context after the client has
     /// its last byte, so the client's next request sees the settled state.

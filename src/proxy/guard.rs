@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{timeout, timeout_at, Instant};
 
 use super::{Gateway, SharedRuntime};
-use crate::limits::RejectReason;
+use crate::limits::{Refusal, RejectReason};
 
 pub struct EdgeApp {
     proxy: Arc<HttpProxy<Gateway>>,
@@ -125,13 +125,14 @@ fn head_end(buf: &[u8], from: usize) -> Option<usize> {
 
 /// Answers a request the gateway refused before Pingora saw it, and closes
 /// the connection. `route` is the metric label.
-pub async fn refuse(mut stream: Stream, route: &str, reason: RejectReason, message: &str) {
+pub async fn refuse(mut stream: Stream, route: &str, r: Refusal) {
+    let reason = r.reason;
+    let message = r.message.as_str();
     let body = reason.body(message);
     let status = reason.status();
-    let retry = if reason.needs_retry_after() {
-        "retry-after: 1\r\n"
-    } else {
-        ""
+    let retry = match r.retry_after_header() {
+        Some(secs) => format!("retry-after: {secs}\r\n"),
+        None => String::new(),
     };
     let head = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{retry}connection: close\r\n\r\n",
@@ -171,20 +172,20 @@ pub async fn next_head(
     let refused = match read_head(io, limits, first).await {
         Head::Complete(buf) => return Some((buf, limits)),
         Head::Closed => return None,
-        Head::TimedOut => (
+        Head::TimedOut => Refusal::new(
             RejectReason::RequestTimeout,
             format!(
                 "the request header was not received within {:?}",
                 limits.timeout
             ),
         ),
-        Head::TooLarge => (
+        Head::TooLarge => Refusal::new(
             RejectReason::HeadersTooLarge,
             format!("request headers are larger than {} bytes", limits.max_size),
         ),
     };
     if let Some(io) = stream.take() {
-        refuse(io, crate::metrics::NO_ROUTE_LABEL, refused.0, &refused.1).await;
+        refuse(io, crate::metrics::NO_ROUTE_LABEL, refused).await;
     }
     None
 }

@@ -9,10 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{ClientsConfig, MissingId};
 use crate::limits::clients::{check_client_id, ClientPolicies};
-use crate::limits::RejectReason;
-
-/// A refusal while reading the request: reason and message.
-pub type Refused = (RejectReason, String);
+use crate::limits::{Refusal, RejectReason};
 
 /// The client id of a request:
 /// 1. `Authorization: Bearer <key>`, when API keys are configured: the
@@ -26,13 +23,13 @@ pub fn client_id(
     cfg: &ClientsConfig,
     policies: &ClientPolicies,
     peer: Option<IpAddr>,
-) -> Result<String, Refused> {
+) -> Result<String, Refusal> {
     if let Some(key) = bearer(req) {
         let digest: [u8; 32] = Sha256::digest(key).into();
         match policies.client_of_key(&digest) {
             Some(id) => return Ok(id.to_string()),
             None if policies.has_api_keys() => {
-                return Err((RejectReason::InvalidApiKey, "unknown API key".into()));
+                return Err(Refusal::new(RejectReason::InvalidApiKey, "unknown API key"));
             }
             // No API keys configured: the header is the upstream's business.
             None => {}
@@ -41,21 +38,21 @@ pub fn client_id(
     let mut values = req.headers.get_all(&cfg.id_header).iter();
     if let Some(first) = values.next() {
         if values.any(|v| v != first) {
-            return Err((
+            return Err(Refusal::new(
                 RejectReason::InvalidHeader,
                 format!("{} is repeated with different values", cfg.id_header),
             ));
         }
         let raw = first.as_bytes();
         if let Err(e) = check_client_id(raw) {
-            return Err((
+            return Err(Refusal::new(
                 RejectReason::InvalidHeader,
                 format!("{} {e}", cfg.id_header),
             ));
         }
         let id = String::from_utf8_lossy(raw).into_owned();
         if policies.configured(&id).is_some_and(|c| c.requires_key) {
-            return Err((
+            return Err(Refusal::new(
                 RejectReason::InvalidApiKey,
                 format!("client {id:?} must authenticate with its API key"),
             ));
@@ -65,7 +62,7 @@ pub fn client_id(
     match (cfg.missing_id, peer) {
         (MissingId::Ip, Some(ip)) => Ok(ip.to_string()),
         (MissingId::Ip, None) => Ok("unknown".to_string()),
-        (MissingId::Reject, _) => Err((
+        (MissingId::Reject, _) => Err(Refusal::new(
             RejectReason::MissingHeader,
             format!("the {} header is required", cfg.id_header),
         )),
@@ -88,11 +85,11 @@ pub fn token_cost(
     req: &RequestHeader,
     header: &http::HeaderName,
     default: u64,
-) -> Result<u64, Refused> {
+) -> Result<u64, Refusal> {
     let mut cost: Option<u64> = None;
     for v in req.headers.get_all(header) {
         let bad = || {
-            (
+            Refusal::new(
                 RejectReason::InvalidHeader,
                 format!("{header} must be a non-negative integer"),
             )
@@ -102,14 +99,14 @@ pub fn token_cost(
             return Err(bad());
         }
         let n: u64 = s.parse().map_err(|_| {
-            (
+            Refusal::new(
                 RejectReason::InvalidHeader,
                 format!("{header} is too large"),
             )
         })?;
         match cost {
             Some(c) if c != n => {
-                return Err((
+                return Err(Refusal::new(
                     RejectReason::InvalidHeader,
                     format!("{header} is repeated with different values"),
                 ))
@@ -171,29 +168,29 @@ mod tests {
             "acme"
         );
         assert_eq!(
-            id(&[("authorization", b"Bearer nope")]).unwrap_err().0,
+            id(&[("authorization", b"Bearer nope")]).unwrap_err().reason,
             RejectReason::InvalidApiKey
         );
         assert_eq!(
-            id(&[("x-client-id", b"acme")]).unwrap_err().0,
+            id(&[("x-client-id", b"acme")]).unwrap_err().reason,
             RejectReason::InvalidApiKey
         );
         assert_eq!(id(&[("x-client-id", b"bob")]).unwrap(), "bob");
         let long = vec![b'a'; 300];
         assert_eq!(
-            id(&[("x-client-id", &long)]).unwrap_err().0,
+            id(&[("x-client-id", &long)]).unwrap_err().reason,
             RejectReason::InvalidHeader
         );
         assert_eq!(
             id(&[("x-client-id", b"a"), ("x-client-id", b"b")])
                 .unwrap_err()
-                .0,
+                .reason,
             RejectReason::InvalidHeader
         );
         assert_eq!(id(&[]).unwrap(), "10.1.2.3");
         let (c, p) = policies(MissingId::Reject);
         assert_eq!(
-            client_id(&req(&[]), &c, &p, ip).unwrap_err().0,
+            client_id(&req(&[]), &c, &p, ip).unwrap_err().reason,
             RejectReason::MissingHeader
         );
     }

@@ -18,12 +18,11 @@
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
-use super::respond::Refusal;
 use super::{headers, identity, window, RequestCtx};
 use crate::limits::clients::Decision;
 use crate::limits::clients::Mode;
 use crate::limits::rate;
-use crate::limits::RejectReason;
+use crate::limits::{Refusal, RejectReason};
 use crate::runtime::{upstream, Runtime};
 
 /// 1. The route, its upstream and its body limit.
@@ -72,11 +71,11 @@ pub fn client_quotas(session: &Session, ctx: &mut RequestCtx, rt: &Runtime) -> O
     let c = &rt.config.clients;
     let id = match identity::client_id(req, c, policies, peer) {
         Ok(id) => id,
-        Err((reason, msg)) => return Some(Refusal::new(reason, msg)),
+        Err(r) => return Some(r),
     };
     let cost = match identity::token_cost(req, &c.token_header, c.default_tokens) {
         Ok(n) => n,
-        Err((reason, msg)) => return Some(Refusal::new(reason, msg)),
+        Err(r) => return Some(r),
     };
     let decision = policies.decide(&id, cost);
     ctx.client_id = Some(id);
@@ -92,9 +91,8 @@ pub fn client_quotas(session: &Session, ctx: &mut RequestCtx, rt: &Runtime) -> O
             refusal,
             mode: Mode::Enforce,
         } => {
-            let mut r = Refusal::new(reason, quota_message(reason, &refusal, cost)).headers(
-                headers::rate_limit_headers(&refusal.state, Some(refusal.exceeded)),
-            );
+            let mut r = Refusal::new(reason, quota_message(reason, &refusal, cost))
+                .quota(refusal.state, refusal.exceeded);
             if reason.needs_retry_after() {
                 r = r.retry_after(refusal.retry_after_ms.div_ceil(1000));
             }
@@ -165,8 +163,7 @@ pub async fn adaptive_windows(
                 );
                 return Ok(Some(
                     Refusal::new(RejectReason::Backpressure, msg)
-                        .retry_after(scope.config.interval.as_secs().max(1))
-                        .headers(ctx.rate_limit_headers()),
+                        .retry_after(scope.config.interval.as_secs().max(1)),
                 ));
             }
         }
@@ -191,8 +188,7 @@ pub fn backend_slot(ctx: &mut RequestCtx) -> Option<Refusal> {
                     upstream.name
                 ),
             )
-            .retry_after(1)
-            .headers(ctx.rate_limit_headers()),
+            .retry_after(1),
         ),
         // No backend at all: upstream_peer reports it as a 502.
         Err(upstream::NoBackend::Exhausted) => None,

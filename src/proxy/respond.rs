@@ -8,100 +8,47 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, Session};
 
 use super::context::RequestCtx;
-use super::headers::X_REQUEST_ID;
-use crate::limits::RejectReason;
+use super::headers::{rate_limit_headers, X_REQUEST_ID};
+use crate::limits::{Refusal, RejectReason};
 
-/// A refusal decided on the request path: everything the answer needs.
-pub struct Refusal {
-    pub reason: RejectReason,
-    pub message: String,
-    /// Seconds for `Retry-After` (every 429 and 503 gets one; 1 if unset).
-    pub retry_after: Option<u64>,
-    /// Extra headers (the rate-limit headers of a limited client).
-    pub headers: Vec<(&'static str, String)>,
-}
-
-impl Refusal {
-    pub fn new(reason: RejectReason, message: impl Into<String>) -> Self {
-        Refusal {
-            reason,
-            message: message.into(),
-            retry_after: None,
-            headers: Vec::new(),
-        }
-    }
-
-    pub fn retry_after(mut self, secs: u64) -> Self {
-        self.retry_after = Some(secs);
-        self
-    }
-
-    pub fn headers(mut self, h: Vec<(&'static str, String)>) -> Self {
-        self.headers = h;
-        self
-    }
-}
-
-/// [`reject`] for a [`Refusal`].
-pub async fn refuse(session: &mut Session, ctx: &mut RequestCtx, r: Refusal) -> Result<bool> {
-    reject(
-        session,
-        ctx,
-        r.reason,
-        &r.message,
-        r.retry_after,
-        &r.headers,
-    )
-    .await
-}
-
-/// Answers the request with `reason` and ends its processing: records the
+/// Answers the request with `r` and ends its processing: records the
 /// reason on the context and returns `Ok(true)` for `request_filter` to pass
-/// on. A refusal is an outcome, not an error.
-/// `extra` headers go out too (the rate-limit headers of a quota refusal).
-/// A charge made earlier on the request path is refunded in full.
-pub async fn reject(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    reason: RejectReason,
-    message: &str,
-    retry_after_secs: Option<u64>,
-    extra: &[(&'static str, String)],
-) -> Result<bool> {
-    ctx.reject = Some(reason);
+/// on. A refusal is an outcome, not an error. A charge made earlier on the
+/// request path is refunded in full.
+pub async fn refuse(session: &mut Session, ctx: &mut RequestCtx, r: Refusal) -> Result<bool> {
+    ctx.reject = Some(r.reason);
     if let Some(charge) = ctx.charge.take() {
         charge.refund_all();
     }
-    write(session, ctx, reason, message, retry_after_secs, extra).await?;
+    write(session, ctx, &r).await?;
     Ok(true)
 }
 
-async fn write(
-    session: &mut Session,
-    ctx: &RequestCtx,
-    reason: RejectReason,
-    message: &str,
-    retry_after_secs: Option<u64>,
-    extra: &[(&'static str, String)],
-) -> Result<()> {
-    let body: Bytes = reason.body(message);
-    let mut h = ResponseHeader::build(reason.status(), Some(5))?;
+/// Writes the JSON answer of `r`: status, body, `Retry-After` where due,
+/// the request id, and the rate-limit headers of a limited client (those of
+/// the quota that refused, else of its tightest quota).
+async fn write(session: &mut Session, ctx: &RequestCtx, r: &Refusal) -> Result<()> {
+    let body: Bytes = r.reason.body(&r.message);
+    let mut h = ResponseHeader::build(r.reason.status(), Some(5))?;
     h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     h.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-    if reason.needs_retry_after() {
-        h.insert_header(
-            http::header::RETRY_AFTER,
-            retry_after_secs.unwrap_or(1).max(1),
-        )?;
+    if let Some(secs) = r.retry_after_header() {
+        h.insert_header(http::header::RETRY_AFTER, secs)?;
     }
     if !ctx.request_id.is_empty() {
         h.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
     }
-    for (k, v) in extra {
-        h.insert_header(*k, v.as_str())?;
+    let quota = match r.quota {
+        Some((state, exceeded)) => Some((state, Some(exceeded))),
+        None => ctx.quota_state.map(|s| (s, None)),
+    };
+    if let Some((state, exceeded)) = quota {
+        for (k, v) in rate_limit_headers(&state, exceeded) {
+            h.insert_header(k, v)?;
+        }
     }
-    if reason == RejectReason::BadRequest {
+    if r.reason == RejectReason::BadRequest {
         // After a malformed request the connection's state is suspect.
         session.set_keepalive(None);
     }
@@ -153,10 +100,7 @@ pub async fn fail_to_proxy(session: &mut Session, ctx: &mut RequestCtx, e: &Erro
             };
             // The request may not have been read to its end: close after.
             session.set_keepalive(None);
-            let retry = r.needs_retry_after().then_some(1);
-            // A limited client hears about its quotas on every answer.
-            let headers = ctx.rate_limit_headers();
-            match write(session, ctx, r, msg, retry, &headers).await {
+            match write(session, ctx, &Refusal::new(r, msg)).await {
                 Ok(()) => r.status().as_u16(),
                 Err(_) => 0,
             }

@@ -46,7 +46,7 @@ fn yes() -> bool {
 
 /// Everything the admin API changed; the content of `state_file`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct State {
+pub struct Overrides {
     #[serde(default)]
     pub clients: BTreeMap<String, ClientOverride>,
     /// Host caps by host.
@@ -54,13 +54,13 @@ pub struct State {
     pub hosts: BTreeMap<String, u64>,
 }
 
-impl State {
+impl Overrides {
     /// Reads a state file; a missing file is an empty state.
-    pub fn load(path: &Path) -> Result<State, String> {
+    pub fn load(path: &Path) -> Result<Overrides, String> {
         match std::fs::read(path) {
             Ok(b) => serde_json::from_slice(&b)
                 .map_err(|e| format!("state file {}: {e}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Overrides::default()),
             Err(e) => Err(format!("state file {}: {e}", path.display())),
         }
     }
@@ -75,10 +75,10 @@ impl State {
 }
 
 /// The file's config with the API's client overrides layered on top.
-pub fn effective(base: &Config, state: &State) -> Config {
+pub fn with_overrides(base: &Config, overrides: &Overrides) -> Config {
     let mut c = base.clone();
     let default = c.clients.policy.default.unwrap_or_default();
-    for (id, o) in &state.clients {
+    for (id, o) in &overrides.clients {
         let file = base.clients.policy.limits.get(id);
         c.clients.policy.limits.insert(
             id.clone(),
@@ -117,11 +117,11 @@ pub struct ClientRecord {
 struct Inner {
     /// The last good config read from the file.
     base: Config,
-    state: State,
+    overrides: Overrides,
 }
 
 /// The one place that changes the running configuration.
-pub struct Control {
+pub struct ControlPlane {
     path: PathBuf,
     runtime: SharedRuntime,
     clock: Arc<dyn Clock>,
@@ -129,24 +129,24 @@ pub struct Control {
     inner: Mutex<Inner>,
 }
 
-impl Control {
+impl ControlPlane {
     pub fn new(
         path: PathBuf,
         base: Config,
-        state: State,
+        overrides: Overrides,
         runtime: SharedRuntime,
         clock: Arc<dyn Clock>,
         hosts: Arc<HostRegistry>,
     ) -> Self {
-        for (h, cap) in &state.hosts {
+        for (h, cap) in &overrides.hosts {
             hosts.set_override(h, Some(*cap));
         }
-        Control {
+        ControlPlane {
             path,
             runtime,
             clock,
             hosts,
-            inner: Mutex::new(Inner { base, state }),
+            inner: Mutex::new(Inner { base, overrides }),
         }
     }
 
@@ -195,7 +195,7 @@ impl Control {
         let base = config::load(&self.path)?;
         let mut inner = self.lock();
         let current = self.runtime.load_full();
-        let next = self.build(&base, &inner.state, &current)?;
+        let next = self.build(&base, &inner.overrides, &current)?;
         let report = ReloadReport {
             restart_required: restart_required(&current.config, &next.config),
         };
@@ -207,10 +207,10 @@ impl Control {
     fn build(
         &self,
         base: &Config,
-        state: &State,
+        overrides: &Overrides,
         current: &Runtime,
     ) -> Result<Runtime, ConfigErrors> {
-        let cfg = effective(base, state);
+        let cfg = with_overrides(base, overrides);
         Runtime::build(cfg, self.clock.clone(), self.hosts.clone(), Some(current)).map_err(
             |mut e| {
                 e.file = Some(self.path.display().to_string());
@@ -221,23 +221,23 @@ impl Control {
 
     /// Applies a state change: rebuild, swap, persist. On failure nothing
     /// changes.
-    fn change(&self, f: impl FnOnce(&mut State)) -> Result<(), String> {
+    fn change(&self, f: impl FnOnce(&mut Overrides)) -> Result<(), String> {
         let mut inner = self.lock();
-        let mut state = inner.state.clone();
-        f(&mut state);
+        let mut overrides = inner.overrides.clone();
+        f(&mut overrides);
         let current = self.runtime.load_full();
         let next = self
-            .build(&inner.base, &state, &current)
+            .build(&inner.base, &overrides, &current)
             .map_err(|e| e.to_string())?;
-        self.persist(&current.config, &state)?;
+        self.persist(&current.config, &overrides)?;
         self.runtime.store(Arc::new(next));
-        inner.state = state;
+        inner.overrides = overrides;
         Ok(())
     }
 
-    fn persist(&self, config: &Config, state: &State) -> Result<(), String> {
+    fn persist(&self, config: &Config, overrides: &Overrides) -> Result<(), String> {
         match &config.server.state_file {
-            Some(path) => state
+            Some(path) => overrides
                 .save(path)
                 .map_err(|e| format!("cannot write state file {}: {e}", path.display())),
             None => Ok(()),
@@ -259,7 +259,7 @@ impl Control {
                 rpm: l.quota.rpm,
                 tpm: l.quota.tpm,
                 enabled: l.enabled,
-                source: if inner.state.clients.contains_key(id) {
+                source: if inner.overrides.clients.contains_key(id) {
                     "api"
                 } else {
                     "file"
@@ -292,7 +292,7 @@ impl Control {
     /// Removes `id`'s API override; the file's value applies again.
     /// `Ok(false)`: there was none.
     pub fn delete_client(&self, id: &str) -> Result<bool, String> {
-        if !self.lock().state.clients.contains_key(id) {
+        if !self.lock().overrides.clients.contains_key(id) {
             return Ok(false);
         }
         self.change(|s| {
@@ -306,13 +306,13 @@ impl Control {
         let known = self.hosts.set_override(host, cap);
         if known {
             let mut inner = self.lock();
-            let mut state = inner.state.clone();
+            let mut overrides = inner.overrides.clone();
             match cap {
-                Some(c) => state.hosts.insert(host.to_string(), c),
-                None => state.hosts.remove(host),
+                Some(c) => overrides.hosts.insert(host.to_string(), c),
+                None => overrides.hosts.remove(host),
             };
-            self.persist(&self.runtime.load().config, &state)?;
-            inner.state = state;
+            self.persist(&self.runtime.load().config, &overrides)?;
+            inner.overrides = overrides;
         }
         Ok(known)
     }
@@ -380,8 +380,8 @@ mod tests {
             Path::new("."),
         )
         .unwrap();
-        let mut state = State::default();
-        state.clients.insert(
+        let mut overrides = Overrides::default();
+        overrides.clients.insert(
             "x".into(),
             ClientOverride {
                 rpm: Some(50),
@@ -389,7 +389,7 @@ mod tests {
                 enabled: true,
             },
         );
-        state.clients.insert(
+        overrides.clients.insert(
             "new".into(),
             ClientOverride {
                 rpm: None,
@@ -397,7 +397,7 @@ mod tests {
                 enabled: false,
             },
         );
-        let c = effective(&base, &state);
+        let c = with_overrides(&base, &overrides);
         let x = &c.clients.policy.limits["x"];
         assert_eq!(
             x.quota,
@@ -421,14 +421,14 @@ mod tests {
     #[test]
     fn state_file_round_trips_atomically() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("state.json");
-        assert_eq!(State::load(&p).unwrap(), State::default());
-        let mut s = State::default();
+        let p = dir.path().join("overrides.json");
+        assert_eq!(Overrides::load(&p).unwrap(), Overrides::default());
+        let mut s = Overrides::default();
         s.hosts.insert("h:1".into(), 3);
         s.save(&p).unwrap();
-        assert_eq!(State::load(&p).unwrap(), s);
+        assert_eq!(Overrides::load(&p).unwrap(), s);
         assert!(!p.with_extension("tmp").exists());
         std::fs::write(&p, "{not json").unwrap();
-        assert!(State::load(&p).is_err());
+        assert!(Overrides::load(&p).is_err());
     }
 }

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::runtime::control::Control;
+use crate::runtime::control::ControlPlane;
 
 /// Installs the SIGHUP handler; the returned flag turns true on each signal.
 pub fn install_sighup() -> std::io::Result<Arc<AtomicBool>> {
@@ -24,12 +24,12 @@ pub fn install_sighup() -> std::io::Result<Arc<AtomicBool>> {
 }
 
 pub struct ConfigWatcher {
-    control: Arc<Control>,
+    control: Arc<ControlPlane>,
     sighup: Arc<AtomicBool>,
 }
 
 impl ConfigWatcher {
-    pub fn new(control: Arc<Control>, sighup: Arc<AtomicBool>) -> Self {
+    pub fn new(control: Arc<ControlPlane>, sighup: Arc<AtomicBool>) -> Self {
         ConfigWatcher { control, sighup }
     }
 }

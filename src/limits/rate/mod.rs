@@ -54,7 +54,7 @@ pub use cell::{Usage, MAX_RPM, MAX_TPM};
 pub use quota::{Exceeded, OverQuota, Quota, QuotaState, Reservation};
 use ring::WindowRing;
 pub use sketch::Sketch;
-pub use table::{ClientTable, CountTable, Shape};
+pub use table::{ClientTable, CountTable, TableKind};
 
 /// The sliding-window limiter for one table size: either the crowd of
 /// unlisted clients (a sketch), or one configured client (exact).
@@ -65,12 +65,12 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    /// A limiter whose tables have `shape`.
-    pub fn new(shape: Shape, window_ms: u64, clock: Arc<dyn Clock>) -> Self {
+    /// A limiter whose tables are of `kind`.
+    pub fn new(kind: TableKind, window_ms: u64, clock: Arc<dyn Clock>) -> Self {
         let window_ms = window_ms.max(1);
         let n = clock.now_ms() / window_ms;
         RateLimiter {
-            ring: WindowRing::new(shape, n),
+            ring: WindowRing::new(kind, n),
             window_ms,
             clock,
         }
@@ -78,7 +78,7 @@ impl RateLimiter {
 
     /// An exact counter for one client.
     pub fn exact(window_ms: u64, clock: Arc<dyn Clock>) -> Self {
-        Self::new(Shape::Exact, window_ms, clock)
+        Self::new(TableKind::Exact, window_ms, clock)
     }
 
     pub fn window_ms(&self) -> u64 {

@@ -106,7 +106,7 @@ impl ClientTable {
 
 /// How a limiter's tables are built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Shape {
+pub enum TableKind {
     /// One client, counted exactly.
     Exact,
     /// Many clients: a [`ClientTable`] for this many per window.
@@ -122,11 +122,11 @@ pub enum CountTable {
 }
 
 impl CountTable {
-    pub fn new(shape: Shape) -> Self {
-        match shape {
-            Shape::Exact => CountTable::Sketch(Sketch::new(1, 1)),
-            Shape::Clients { capacity } => CountTable::Clients(ClientTable::new(capacity)),
-            Shape::Sketch { depth, width } => CountTable::Sketch(Sketch::new(depth, width)),
+    pub fn new(kind: TableKind) -> Self {
+        match kind {
+            TableKind::Exact => CountTable::Sketch(Sketch::new(1, 1)),
+            TableKind::Clients { capacity } => CountTable::Clients(ClientTable::new(capacity)),
+            TableKind::Sketch { depth, width } => CountTable::Sketch(Sketch::new(depth, width)),
         }
     }
 

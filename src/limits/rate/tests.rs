@@ -177,14 +177,14 @@ fn unlimited_dimensions_are_not_counted() {
 fn sketch_keeps_clients_apart() {
     let clock = ManualClock::new(10 * W);
     let q = quota(5, 1_000);
-    for shape in [
-        Shape::Sketch {
+    for kind in [
+        TableKind::Sketch {
             depth: 4,
             width: 1 << 14,
         },
-        Shape::Clients { capacity: 1000 },
+        TableKind::Clients { capacity: 1000 },
     ] {
-        let l = RateLimiter::new(shape, W, clock.clone());
+        let l = RateLimiter::new(kind, W, clock.clone());
         for client in 0..1000u64 {
             let h = client.wrapping_mul(0x9E37_79B9_7F4A_7C15);
             for _ in 0..5 {

@@ -9,7 +9,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use super::{admit, FORWARD_ROUTE};
-use crate::limits::RejectReason;
+use crate::limits::{Refusal, RejectReason};
 use crate::proxy::{headers, respond, RequestCtx};
 use crate::runtime::SharedRuntime;
 
@@ -52,7 +52,7 @@ impl ProxyHttp for ForwardGateway {
         ctx.request_id = headers::request_id(session.req_header());
         let Some(fp) = rt.config.forward_proxy.as_ref() else {
             let msg = "the forward proxy is off";
-            return respond::reject(session, ctx, RejectReason::NoRoute, msg, None, &[]).await;
+            return respond::refuse(session, ctx, Refusal::new(RejectReason::NoRoute, msg)).await;
         };
         // Pingora keeps the absolute-form target in the raw path; its `uri`
         // holds the path only.
@@ -69,7 +69,7 @@ impl ProxyHttp for ForwardGateway {
         let (host, port) = match target {
             Ok(t) => t,
             Err(msg) => {
-                return respond::reject(session, ctx, RejectReason::BadRequest, &msg, None, &[])
+                return respond::refuse(session, ctx, Refusal::new(RejectReason::BadRequest, msg))
                     .await
             }
         };
@@ -79,10 +79,7 @@ impl ProxyHttp for ForwardGateway {
                 ctx.slot = Some(slot);
                 Ok(false)
             }
-            Err((reason, msg)) => {
-                let retry = reason.needs_retry_after().then_some(1);
-                respond::reject(session, ctx, reason, &msg, retry, &[]).await
-            }
+            Err(r) => respond::refuse(session, ctx, r).await,
         }
     }
 

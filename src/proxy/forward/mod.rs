@@ -34,7 +34,7 @@ use super::guard::{refuse, serve_http1};
 use crate::config::ForwardProxyConfig;
 use crate::limits::connections::HostSlot;
 use crate::limits::destinations::host_key;
-use crate::limits::RejectReason;
+use crate::limits::{Refusal, RejectReason};
 use crate::runtime::{Runtime, SharedRuntime};
 pub use absolute::ForwardGateway;
 
@@ -56,9 +56,6 @@ impl ForwardApp {
     }
 }
 
-/// A refusal on the way to a destination.
-type Refusal = (RejectReason, String);
-
 /// Splits `host:port` (`[v6]:port` for IPv6); the port is required.
 fn split_authority(a: &str) -> Option<(String, u16)> {
     let (host, port) = a.rsplit_once(':')?;
@@ -77,7 +74,7 @@ async fn admit(
 ) -> Result<(Vec<SocketAddr>, HostSlot), Refusal> {
     fp.policy
         .check_name(host, port)
-        .map_err(|e| (RejectReason::DestinationDenied, e))?;
+        .map_err(|e| Refusal::new(RejectReason::DestinationDenied, e))?;
     let key = host_key(host, port);
     let cap = fp
         .host_limits
@@ -85,7 +82,7 @@ async fn admit(
         .copied()
         .unwrap_or(fp.default_max_connections);
     let slot = rt.hosts.counter(&key, cap).try_acquire().ok_or_else(|| {
-        (
+        Refusal::new(
             RejectReason::ConnectionLimit,
             format!("destination {key} is at its connection cap"),
         )
@@ -94,20 +91,20 @@ async fn admit(
     let addrs: Vec<SocketAddr> = match tokio::time::timeout(fp.connect_timeout, lookup).await {
         Ok(Ok(a)) => a.collect(),
         Ok(Err(e)) => {
-            return Err((
+            return Err(Refusal::new(
                 RejectReason::UpstreamError,
                 format!("cannot resolve {host}: {e}"),
             ))
         }
         Err(_) => {
-            return Err((
+            return Err(Refusal::new(
                 RejectReason::UpstreamTimeout,
                 format!("resolving {host} timed out"),
             ))
         }
     };
     if addrs.is_empty() {
-        return Err((
+        return Err(Refusal::new(
             RejectReason::UpstreamError,
             format!("{host} has no address"),
         ));
@@ -115,7 +112,7 @@ async fn admit(
     for a in &addrs {
         fp.policy
             .check_addr(host, a.ip())
-            .map_err(|e| (RejectReason::DestinationDenied, e))?;
+            .map_err(|e| Refusal::new(RejectReason::DestinationDenied, e))?;
     }
     Ok((addrs, slot))
 }
@@ -129,8 +126,7 @@ impl ForwardApp {
             refuse(
                 client,
                 FORWARD_ROUTE,
-                RejectReason::NoRoute,
-                "the forward proxy is off",
+                Refusal::new(RejectReason::NoRoute, "the forward proxy is off"),
             )
             .await;
             return;
@@ -143,8 +139,7 @@ impl ForwardApp {
                 refuse(
                     client,
                     FORWARD_ROUTE,
-                    RejectReason::BadRequest,
-                    "malformed CONNECT request",
+                    Refusal::new(RejectReason::BadRequest, "malformed CONNECT request"),
                 )
                 .await;
                 return;
@@ -152,13 +147,18 @@ impl ForwardApp {
         };
         let Some((host, port)) = split_authority(&target) else {
             let msg = format!("CONNECT needs host:port, not {target:?}");
-            refuse(client, FORWARD_ROUTE, RejectReason::BadRequest, &msg).await;
+            refuse(
+                client,
+                FORWARD_ROUTE,
+                Refusal::new(RejectReason::BadRequest, msg),
+            )
+            .await;
             return;
         };
         let (addrs, slot) = match admit(fp, &rt, &host, port).await {
             Ok(x) => x,
-            Err((reason, msg)) => {
-                refuse(client, FORWARD_ROUTE, reason, &msg).await;
+            Err(r) => {
+                refuse(client, FORWARD_ROUTE, r).await;
                 return;
             }
         };
@@ -167,12 +167,22 @@ impl ForwardApp {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 let msg = format!("cannot connect to {host}:{port}: {e}");
-                refuse(client, FORWARD_ROUTE, RejectReason::UpstreamError, &msg).await;
+                refuse(
+                    client,
+                    FORWARD_ROUTE,
+                    Refusal::new(RejectReason::UpstreamError, msg),
+                )
+                .await;
                 return;
             }
             Err(_) => {
                 let msg = format!("connecting to {host}:{port} timed out");
-                refuse(client, FORWARD_ROUTE, RejectReason::UpstreamTimeout, &msg).await;
+                refuse(
+                    client,
+                    FORWARD_ROUTE,
+                    Refusal::new(RejectReason::UpstreamTimeout, msg),
+                )
+                .await;
                 return;
             }
         };
