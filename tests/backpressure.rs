@@ -123,6 +123,51 @@ async fn window_follows_the_signal() {
     assert!(refusals >= 4.0, "{m}");
 }
 
+/// An https Prometheus behind basic auth, its CA given by file and a
+/// tenant header sent along: the window follows its signal; a wrong
+/// password is an error the admin API names, and the gateway serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prometheus_over_https_with_basic_auth() {
+    let up = Upstream::start("a");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let (cert, key) = ca.issue(dir.path(), "prom", &["localhost", "127.0.0.1"]);
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    let web = format!(
+        "tls_server_config:\n  cert_file: {}\n  key_file: {}\nbasic_auth_users:\n  floodgate: {hash}\n",
+        cert.display(),
+        key.display()
+    );
+    let prom = Prometheus::start_with_web(&[up.addr], "500ms", &web);
+    let auth = format!(
+        "prometheus_username = \"floodgate\"\nprometheus_password_env = \"PROM_PW\"\nprometheus_ca_file = \"{}\"\nprometheus_headers = {{ \"X-Scope-OrgID\" = \"tenant-a\" }}\n",
+        ca.ca_file.display()
+    );
+    let url = format!("https://localhost:{}/", prom.addr.port());
+    let rest = upstream_toml("api", &[up.addr], "")
+        + &route_toml("main", "/", "api")
+        + &backpressure_toml(&url, &auth);
+    let gw = Gateway::start_full("", &rest, &[], &[("PROM_PW", "s3cret")]);
+    set_load(&up, 0.9).await;
+    let s = wait_until(&gw, "window at min", 20, |s| s["window"] == 2).await;
+    assert_eq!(s["signals"][0]["value"], 0.9, "{s}");
+
+    let wrong = Gateway::start_full("", &rest, &[], &[("PROM_PW", "nope")]);
+    let s = wait_until(&wrong, "an authentication error", 20, |s| {
+        s["signals"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("401"))
+    })
+    .await;
+    assert_eq!(s["signals"][0]["value"], serde_json::Value::Null, "{s}");
+    let r = client().get(wrong.url("/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        !wrong.log().contains("nope"),
+        "the password is never logged"
+    );
+}
+
 #[tokio::test]
 async fn prometheus_down_keeps_the_gateway_serving() {
     let up = Upstream::start("a");

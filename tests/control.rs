@@ -121,6 +121,54 @@ async fn every_reload_trigger_and_a_bad_file_kept_out() {
     );
 }
 
+/// The ways a config file gets replaced in production are all seen: an
+/// atomic rename over it, and the symlink swap of a Kubernetes ConfigMap
+/// (the file is a link into `..data`, which is re-pointed at a new
+/// directory; the file's own path never changes).
+#[tokio::test]
+async fn atomic_rename_and_configmap_symlink_swap_are_seen() {
+    use std::os::unix::fs::symlink;
+    let a = Upstream::start("a");
+    let b = Upstream::start("b");
+    let c = Upstream::start("c");
+    let gw = Gateway::start("", &routes_to(&a, ""));
+    assert_eq!(served_by(&gw).await, "a");
+    let dir = gw.conf.parent().unwrap().to_path_buf();
+
+    // An editor's atomic save: a temporary file renamed over the config.
+    let tmp = dir.join(".floodgate.toml.swp");
+    std::fs::write(&tmp, gw.config_text("", &routes_to(&b, ""))).unwrap();
+    std::fs::rename(&tmp, &gw.conf).unwrap();
+    wait_served_by(&gw, "b").await;
+
+    // The ConfigMap layout: floodgate.toml -> ..data/floodgate.toml,
+    // ..data -> ..v1 (same content: nothing reloads).
+    let v1 = dir.join("..v1");
+    std::fs::create_dir(&v1).unwrap();
+    std::fs::rename(&gw.conf, v1.join("floodgate.toml")).unwrap();
+    symlink("..v1", dir.join("..data")).unwrap();
+    symlink("..data/floodgate.toml", &gw.conf).unwrap();
+    // The update: a new directory, then ..data re-pointed in one rename.
+    let v2 = dir.join("..v2");
+    std::fs::create_dir(&v2).unwrap();
+    std::fs::write(
+        v2.join("floodgate.toml"),
+        gw.config_text("", &routes_to(&c, "")),
+    )
+    .unwrap();
+    symlink("..v2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    wait_served_by(&gw, "c").await;
+    std::fs::remove_dir_all(&v1).unwrap();
+
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "floodgate_config_reloads_total{result=\"success\"}"),
+        2.0,
+        "exactly one reload per change: {m}"
+    );
+}
+
 #[tokio::test]
 async fn counters_survive_a_reload() {
     let a = Upstream::start("a");

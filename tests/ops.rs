@@ -279,8 +279,11 @@ fn compose_stack_matches_the_configs() {
     );
     assert!(ports("demo-upstream").contains(&conf.upstreams[0].backends[0].port()));
     let bp = conf.backpressure.unwrap();
-    assert_eq!(bp.prometheus.host, ip("prometheus"));
-    assert!(ports("prometheus").contains(&bp.prometheus.port));
+    assert_eq!(
+        bp.prometheus.url.host_str(),
+        Some(ip("prometheus").as_str())
+    );
+    assert!(ports("prometheus").contains(&bp.prometheus.url.port_or_known_default().unwrap()));
 
     // Prometheus scrapes what the stack runs, and loads the rules.
     let prom = yaml("prometheus/prometheus.yml");

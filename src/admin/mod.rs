@@ -101,7 +101,9 @@ async fn auth(State(s): State<Admin>, req: Request, next: Next) -> Response {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+        let equal: bool =
+            subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), token.as_bytes()).into();
+        if !equal {
             return ApiError(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -111,10 +113,6 @@ async fn auth(State(s): State<Admin>, req: Request, next: Next) -> Response {
         }
     }
     next.run(req).await
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn health() -> impl IntoResponse {
@@ -142,7 +140,7 @@ async fn metrics(State(s): State<Admin>) -> impl IntoResponse {
     let rt = s.runtime.load();
     crate::metrics::export_hosts(&rt.hosts.list());
     let scopes: Vec<_> = rt
-        .adaptive_scopes()
+        .adaptive_windows()
         .into_iter()
         .map(|sc| (sc.name.clone(), sc.controller.snapshot()))
         .collect();

@@ -2,6 +2,7 @@
 //! the Prometheus queries that move them.
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::time::Duration;
 
 use super::diag::Diagnostics;
@@ -10,44 +11,16 @@ use super::values::*;
 use super::*;
 
 /// `[backpressure]`; `enabled` defaults to false for the global table (as
+/// the contract says) and to true for an upstream's own table.
 pub(super) fn validate_backpressure(
     b: RawBackpressure,
     p: &KeyPath,
+    base: &Path,
     default_enabled: bool,
     d: &mut Diagnostics<'_>,
 ) -> Option<Option<BackpressureConfig>> {
     use crate::limits::adaptive::{AdaptiveConfig, OnStale, SignalConfig};
-    let prometheus = match b.prometheus_url.as_deref() {
-        None => Some(PrometheusUrl {
-            host: "127.0.0.1".into(),
-            port: 9090,
-            prefix: String::new(),
-        }),
-        Some(u) => {
-            let parsed = u.strip_prefix("http://").and_then(|rest| {
-                let (hostport, prefix) = match rest.find('/') {
-                    Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-                    None => (rest, ""),
-                };
-                let (host, port) = match hostport.rsplit_once(':') {
-                    Some((h, p)) => (h, p.parse::<u16>().ok()?),
-                    None => (hostport, 80),
-                };
-                (!host.is_empty()).then(|| PrometheusUrl {
-                    host: host.trim_matches(['[', ']']).to_string(),
-                    port,
-                    prefix: prefix.to_string(),
-                })
-            });
-            if parsed.is_none() {
-                d.error(
-                    &p.key("prometheus_url"),
-                    format!("{u:?} is not an http://host:port URL"),
-                );
-            }
-            parsed
-        }
-    };
+    let prometheus = prometheus_endpoint(&b, p, base, d);
     let interval = duration_or(b.interval, "5s", &p.key("interval"), d);
     if interval.is_some_and(|i| i < Duration::from_millis(100)) {
         d.error(&p.key("interval"), "must be at least 100ms");
@@ -194,4 +167,140 @@ pub(super) fn validate_backpressure(
             signals,
         },
     }))
+}
+
+/// Where Prometheus' HTTP API is and how to authenticate to it.
+fn prometheus_endpoint(
+    b: &RawBackpressure,
+    p: &KeyPath,
+    base: &Path,
+    d: &mut Diagnostics<'_>,
+) -> Option<PrometheusEndpoint> {
+    let raw = b
+        .prometheus_url
+        .as_deref()
+        .unwrap_or("http://127.0.0.1:9090");
+    let url = match url::Url::parse(raw) {
+        Ok(u) if !matches!(u.scheme(), "http" | "https") => {
+            d.error(
+                &p.key("prometheus_url"),
+                format!("{raw:?}: the scheme must be http or https"),
+            );
+            None
+        }
+        Ok(u) if u.host_str().is_none_or(str::is_empty) => {
+            d.error(&p.key("prometheus_url"), format!("{raw:?} has no host"));
+            None
+        }
+        Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+            d.error(
+                &p.key("prometheus_url"),
+                "credentials do not belong in the URL (it is logged): use \
+                 prometheus_username with prometheus_password_env, or \
+                 prometheus_bearer_token_env",
+            );
+            None
+        }
+        Ok(u) if u.query().is_some() || u.fragment().is_some() => {
+            d.error(
+                &p.key("prometheus_url"),
+                format!("{raw:?}: a query or fragment has no place here"),
+            );
+            None
+        }
+        Ok(mut u) => {
+            // `api/v1/query` is joined onto it: the prefix must end in '/'.
+            if !u.path().ends_with('/') {
+                let path = format!("{}/", u.path());
+                u.set_path(&path);
+            }
+            Some(u)
+        }
+        Err(e) => {
+            d.error(
+                &p.key("prometheus_url"),
+                format!("{raw:?} is not a URL: {e}"),
+            );
+            None
+        }
+    };
+    let env_name = |v: &Option<String>, key: &str, d: &mut Diagnostics<'_>| match v {
+        Some(n) if n.is_empty() || n.contains('=') || n.contains('\0') => {
+            d.error(&p.key(key), "must be the name of an environment variable");
+            None
+        }
+        other => Some(other.clone()),
+    };
+    let bearer = env_name(
+        &b.prometheus_bearer_token_env,
+        "prometheus_bearer_token_env",
+        d,
+    );
+    let password = env_name(&b.prometheus_password_env, "prometheus_password_env", d);
+    let auth = match (bearer, b.prometheus_username.clone(), password) {
+        (Some(None), None, Some(None)) => Some(None),
+        (Some(Some(env)), None, Some(None)) => {
+            Some(Some(PrometheusAuth::Bearer { token_env: env }))
+        }
+        (Some(None), Some(username), Some(Some(password_env))) => {
+            Some(Some(PrometheusAuth::Basic {
+                username,
+                password_env,
+            }))
+        }
+        (Some(Some(_)), Some(_), _) | (Some(Some(_)), _, Some(Some(_))) => {
+            d.error(
+                &p.key("prometheus_bearer_token_env"),
+                "use either a bearer token or a username and password, not both",
+            );
+            None
+        }
+        (Some(None), Some(_), Some(None)) => {
+            d.error(
+                &p.key("prometheus_password_env"),
+                "prometheus_username needs prometheus_password_env",
+            );
+            None
+        }
+        (Some(None), None, Some(Some(_))) => {
+            d.error(
+                &p.key("prometheus_username"),
+                "prometheus_password_env needs prometheus_username",
+            );
+            None
+        }
+        _ => None,
+    };
+    let mut headers = Vec::new();
+    let mut bad_header = false;
+    for (k, v) in &b.prometheus_headers {
+        let hp = p.key("prometheus_headers").key(k);
+        match (
+            http::HeaderName::from_bytes(k.as_bytes()),
+            http::HeaderValue::from_str(v),
+        ) {
+            (Ok(n), Ok(v)) => headers.push((n, v)),
+            (Err(_), _) => {
+                d.error(&hp, format!("{k:?} is not a valid header name"));
+                bad_header = true;
+            }
+            (_, Err(_)) => {
+                d.error(&hp, "is not a valid header value");
+                bad_header = true;
+            }
+        }
+    }
+    let ca_file = match &b.prometheus_ca_file {
+        None => Some(None),
+        Some(f) => existing_file(f, base, &p.key("prometheus_ca_file"), d).map(Some),
+    };
+    if bad_header {
+        return None;
+    }
+    Some(PrometheusEndpoint {
+        url: url?,
+        auth: auth?,
+        headers,
+        ca_file: ca_file?,
+    })
 }

@@ -51,24 +51,40 @@ pub struct Config {
 /// `[backpressure]` (or an upstream's), when enabled.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BackpressureConfig {
-    pub prometheus: PrometheusUrl,
+    pub prometheus: PrometheusEndpoint,
     pub interval: Duration,
     pub query_timeout: Duration,
     pub adaptive: crate::limits::adaptive::AdaptiveConfig,
 }
 
-/// Where Prometheus' HTTP API is: `http://host:port[/prefix]`.
+/// Where Prometheus' HTTP API is (`http[s]://host:port/prefix/`, always
+/// ending in `/`), how to authenticate, and extra headers (a Mimir, Thanos
+/// or Cortex tenant's `X-Scope-OrgID`, say).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PrometheusUrl {
-    pub host: String,
-    pub port: u16,
-    /// Path prefix before `/api/v1/query` (no trailing slash).
-    pub prefix: String,
+pub struct PrometheusEndpoint {
+    pub url: url::Url,
+    pub auth: Option<PrometheusAuth>,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// CA certificates trusted for https (PEM), besides the web roots.
+    pub ca_file: Option<PathBuf>,
 }
 
-impl std::fmt::Display for PrometheusUrl {
+/// Credentials for Prometheus, read from the environment (never from the
+/// file, never logged).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PrometheusAuth {
+    /// `Authorization: Bearer <$token_env>`.
+    Bearer { token_env: String },
+    /// HTTP basic auth with the password in `$password_env`.
+    Basic {
+        username: String,
+        password_env: String,
+    },
+}
+
+impl std::fmt::Display for PrometheusEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "http://{}:{}{}", self.host, self.port, self.prefix)
+        f.write_str(self.url.as_str())
     }
 }
 
@@ -354,9 +370,13 @@ fn validate(raw: RawConfig, base: &Path, d: &mut Diagnostics<'_>) -> Option<Conf
     };
     let backpressure = match raw.backpressure {
         None => Some(None),
-        Some(b) => {
-            backpressure::validate_backpressure(b, &KeyPath::root().key("backpressure"), false, d)
-        }
+        Some(b) => backpressure::validate_backpressure(
+            b,
+            &KeyPath::root().key("backpressure"),
+            base,
+            false,
+            d,
+        ),
     };
     if d.has_errors() {
         return None;

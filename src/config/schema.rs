@@ -210,8 +210,19 @@ pub struct RawForwardProxy {
 pub struct RawBackpressure {
     /// Run this window (default true when the table is present).
     pub enabled: Option<bool>,
-    /// Prometheus' base URL (`http://host:port`).
+    /// Prometheus. base URL (`http[s]://host:port[/prefix]`).
     pub prometheus_url: Option<String>,
+    /// Extra headers on every query (`{ "X-Scope-OrgID" = "tenant" }`).
+    pub prometheus_headers: std::collections::BTreeMap<String, String>,
+    /// Environment variable holding a bearer token for Prometheus.
+    pub prometheus_bearer_token_env: Option<String>,
+    /// User name for HTTP basic auth to Prometheus.
+    pub prometheus_username: Option<String>,
+    /// Environment variable holding the basic-auth password.
+    pub prometheus_password_env: Option<String>,
+    /// PEM file of CA certificates trusted for an https Prometheus
+    /// (default: the built-in web roots).
+    pub prometheus_ca_file: Option<String>,
     /// Time between two readings of every query.
     pub interval: Option<String>,
     /// Time a query may take (default: half the interval).

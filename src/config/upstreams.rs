@@ -103,7 +103,9 @@ pub(super) fn validate_upstream(
     };
     let backpressure = match u.backpressure {
         None => Some(None),
-        Some(b) => super::backpressure::validate_backpressure(b, &p.key("backpressure"), true, d),
+        Some(b) => {
+            super::backpressure::validate_backpressure(b, &p.key("backpressure"), base, true, d)
+        }
     };
     Some(UpstreamConfig {
         backpressure: backpressure?,

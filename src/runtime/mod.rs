@@ -96,7 +96,7 @@ impl Runtime {
     }
 
     /// Every adaptive window: the gateway-wide one, then the upstreams'.
-    pub fn adaptive_scopes(&self) -> Vec<AdaptiveWindow> {
+    pub fn adaptive_windows(&self) -> Vec<AdaptiveWindow> {
         self.adaptive
             .iter()
             .chain(self.upstreams.iter().filter_map(|u| u.adaptive.as_ref()))

@@ -210,16 +210,20 @@ impl Gateway {
 
     /// Writes the config file (same listeners) without reloading anything.
     pub fn write_config(&self, server_extra: &str, rest: &str) {
+        std::fs::write(&self.conf, self.config_text(server_extra, rest)).expect("write config");
+    }
+
+    /// The text `write_config` writes.
+    pub fn config_text(&self, server_extra: &str, rest: &str) -> String {
         let (addr, admin) = (self.addr, self.admin);
         let grace = if server_extra.contains("grace_period") {
             ""
         } else {
             "grace_period = \"1s\"\n"
         };
-        let text = format!(
+        format!(
             "[server]\nlisten = [\"{addr}\"]\nadmin_listen = \"{admin}\"\nthreads = 1\n{grace}{server_extra}\n\n{rest}\n"
-        );
-        std::fs::write(&self.conf, text).expect("write config");
+        )
     }
 
     /// Starts another gateway process on this config (e.g. `--upgrade`).
@@ -406,6 +410,20 @@ impl Prometheus {
     }
 
     pub fn start_on(port: u16, targets: &[SocketAddr], interval: &str) -> Prometheus {
+        Self::start_full(port, targets, interval, None)
+    }
+
+    /// With a `--web.config.file` (TLS, basic auth): `web` is its YAML.
+    pub fn start_with_web(targets: &[SocketAddr], interval: &str, web: &str) -> Prometheus {
+        Self::start_full(free_port(), targets, interval, Some(web))
+    }
+
+    fn start_full(
+        port: u16,
+        targets: &[SocketAddr],
+        interval: &str,
+        web: Option<&str>,
+    ) -> Prometheus {
         let bin = require("prometheus", "prometheus");
         let dir = tempfile::tempdir().expect("tempdir");
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -420,7 +438,13 @@ impl Prometheus {
         )
         .expect("write prometheus.yml");
         let log = File::create(dir.path().join("prometheus.log")).expect("log");
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        if let Some(web) = web {
+            let f = dir.path().join("web.yml");
+            std::fs::write(&f, web).expect("write web.yml");
+            cmd.arg(format!("--web.config.file={}", f.display()));
+        }
+        let child = cmd
             .arg(format!("--config.file={}", conf.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
@@ -438,15 +462,12 @@ impl Prometheus {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-                use std::io::{Read, Write};
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = write!(s, "GET /-/ready HTTP/1.0\r\n\r\n");
-                let mut out = String::new();
-                let _ = s.read_to_string(&mut out);
-                if out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200") {
-                    return p;
-                }
+            // Prometheus says so in its log once it serves (whatever TLS
+            // or auth its web config asks of a client).
+            if p.log().contains("Server is ready to receive web requests")
+                && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            {
+                return p;
             }
             if let Some(c) = p.proc.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
