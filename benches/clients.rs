@@ -10,6 +10,7 @@
 //! refusal is a false one. The table Floodgate uses is compared with a plain
 //! count-min sketch given at least as much memory.
 
+#![allow(clippy::disallowed_methods)] // tests and benches may block: they are not the gateway
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

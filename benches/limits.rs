@@ -10,6 +10,7 @@
 //! - one window rotation of a table sized for 2 M clients (off the request
 //!   path, in the background).
 
+#![allow(clippy::disallowed_methods)] // tests and benches may block: they are not the gateway
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

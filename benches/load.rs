@@ -15,6 +15,7 @@
 //!
 //! Writes `target/bench/results.json` and `target/bench/report.html`.
 
+#![allow(clippy::disallowed_methods)] // tests and benches may block: they are not the gateway
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -4,6 +4,7 @@
 //! the gateway serving, and the queue admits waiters as slots free.
 
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // tests and benches may block: they are not the gateway
 
 mod common;
 

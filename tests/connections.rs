@@ -4,6 +4,7 @@
 //! destination policy, and caps changed at runtime through the admin API.
 
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // tests and benches may block: they are not the gateway
 
 mod common;
 

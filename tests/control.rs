@@ -4,6 +4,7 @@
 //! and validation, persistence across a restart, and the check endpoint.
 
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // tests and benches may block: they are not the gateway
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! the wire, config errors, metrics and the access log.
 
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // tests and benches may block: they are not the gateway
 
 mod common;
 

@@ -5,6 +5,7 @@
 //! (every mounted path exists, every port and address matches the configs).
 
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // tests and benches may block: they are not the gateway
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! actual usage (JSON, SSE, header), refunds, shadow mode, a window passing.
 
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // tests and benches may block: they are not the gateway
 
 mod common;
 

@@ -515,6 +515,7 @@ impl AdminService {
 #[async_trait]
 impl BackgroundService for AdminService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        #[allow(clippy::disallowed_methods)] // taken once, at start
         let taken = self.listener.lock().ok().and_then(|mut l| l.take());
         let listener = match taken {
             Some(l) => tokio::net::TcpListener::from_std(l),

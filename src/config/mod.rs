@@ -196,7 +196,9 @@ pub struct RouteConfig {
     pub max_body_size: Option<usize>,
 }
 
-/// Reads and validates the file at `path`.
+/// Reads and validates the file at `path`. Blocking: runs at start, in
+/// `--check`, and in the control plane's blocking reloads.
+#[allow(clippy::disallowed_methods)]
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let src = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
         file: Some(path.display().to_string()),

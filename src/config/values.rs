@@ -40,8 +40,10 @@ pub(super) fn socket_addr(a: &str, p: &KeyPath, d: &mut Diagnostics<'_>) -> Opti
     match a.parse::<SocketAddr>() {
         Ok(s) => Some(s),
         Err(_) => {
-            // A host name is resolved once, at load time.
+            // A host name is resolved once, at load time (blocking, like
+            // the rest of loading: never on an async worker).
             use std::net::ToSocketAddrs;
+            #[allow(clippy::disallowed_methods)]
             match a.to_socket_addrs().map(|mut it| it.next()) {
                 Ok(Some(s)) if a.contains(':') => Some(s),
                 _ => {

@@ -199,7 +199,9 @@ impl Upstream {
     }
 }
 
-/// Reads a PEM file of CA certificates, checking each one parses.
+/// Reads a PEM file of CA certificates, checking each one parses. Runs in
+/// `Runtime::build`: at start and in the control plane's blocking calls.
+#[allow(clippy::disallowed_methods)]
 fn load_ca(path: &std::path::Path) -> Result<Vec<WrappedX509>, String> {
     let data = std::fs::read(path).map_err(|e| e.to_string())?;
     let mut store = pingora::tls::RootCertStore::empty();
