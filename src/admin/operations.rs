@@ -1,0 +1,162 @@
+//! Health, readiness, metrics, the adaptive windows, host caps, reloads.
+
+use std::sync::atomic::Ordering;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::{bad_request, blocking, json_body, not_found, Admin, ApiError};
+
+pub(super) async fn health() -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+pub(super) async fn ready(State(s): State<Admin>) -> impl IntoResponse {
+    let ok = s.ready.load(Ordering::Acquire);
+    crate::metrics::metrics().ready.set(i64::from(ok));
+    let rt = s.runtime.load();
+    let body = serde_json::json!({
+        "ready": ok,
+        "routes": rt.router.routes().len(),
+        "upstreams": rt.upstreams.len(),
+    });
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
+}
+
+pub(super) async fn metrics(State(s): State<Admin>) -> impl IntoResponse {
+    let rt = s.runtime.load();
+    crate::metrics::export_hosts(&rt.hosts.list());
+    let scopes: Vec<_> = rt
+        .adaptive_windows()
+        .into_iter()
+        .map(|sc| (sc.name.clone(), sc.controller.snapshot()))
+        .collect();
+    crate::metrics::export_backpressure(&scopes);
+    crate::metrics::metrics()
+        .ready
+        .set(i64::from(s.ready.load(Ordering::Acquire)));
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(),
+    )
+}
+
+/// `GET /api/v1/backpressure`: the gateway-wide window at the top level
+/// (`enabled: false` when there is none), each upstream's under `upstreams`.
+pub(super) async fn backpressure(State(s): State<Admin>) -> impl IntoResponse {
+    let rt = s.runtime.load();
+    let mut out = match &rt.adaptive {
+        Some(sc) => {
+            let mut v = serde_json::to_value(sc.controller.snapshot()).unwrap_or_default();
+            v["enabled"] = true.into();
+            v
+        }
+        None => serde_json::json!({ "enabled": false }),
+    };
+    let upstreams: serde_json::Map<String, serde_json::Value> = rt
+        .upstreams
+        .iter()
+        .filter_map(|u| u.adaptive.as_ref())
+        .map(|sc| {
+            (
+                sc.name.clone(),
+                serde_json::to_value(sc.controller.snapshot()).unwrap_or_default(),
+            )
+        })
+        .collect();
+    out["upstreams"] = upstreams.into();
+    Json(out)
+}
+
+pub(super) async fn list_hosts(State(s): State<Admin>) -> impl IntoResponse {
+    Json(serde_json::json!({ "hosts": s.runtime.load().hosts.list() }))
+}
+
+pub(super) async fn get_host(
+    State(s): State<Admin>,
+    Path(host): Path<String>,
+) -> Result<Response, ApiError> {
+    let rt = s.runtime.load();
+    rt.hosts
+        .list()
+        .into_iter()
+        .find(|h| h.host == host)
+        .map(|h| Json(h).into_response())
+        .ok_or_else(|| not_found(format!("no host {host:?}")))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostCap {
+    max_connections: u64,
+}
+
+/// `PUT /api/v1/hosts/{host}` with `{"max_connections": N}`: overrides the
+/// host's cap at once (0 = none), for running and future requests alike.
+pub(super) async fn put_host(
+    State(s): State<Admin>,
+    Path(host): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let cap: HostCap = json_body(&body, r#"{"max_connections": N} with N >= 0"#)?;
+    let (control, h) = (s.control.clone(), host.clone());
+    blocking(move || control.set_host_cap(&h, Some(cap.max_connections)))
+        .await?
+        .map_err(bad_request)?;
+    tracing::info!(target: "admin", host = %host, max_connections = cap.max_connections, "connection cap set through the admin API");
+    get_host(State(s.clone()), Path(host)).await
+}
+
+/// `DELETE /api/v1/hosts/{host}`: drops the override; the config's cap
+/// applies again.
+pub(super) async fn delete_host(
+    State(s): State<Admin>,
+    Path(host): Path<String>,
+) -> Result<Response, ApiError> {
+    let (control, h) = (s.control.clone(), host.clone());
+    if !blocking(move || control.set_host_cap(&h, None))
+        .await?
+        .map_err(bad_request)?
+    {
+        return Err(not_found(format!("no host {host:?}")));
+    }
+    tracing::info!(target: "admin", host = %host, "connection cap override removed");
+    get_host(State(s.clone()), Path(host)).await
+}
+
+/// `POST /api/v1/reload`: 200 with what needs a restart, or 400 with every
+/// error (the old config keeps serving).
+pub(super) async fn reload(State(s): State<Admin>) -> Response {
+    let control = s.control.clone();
+    match tokio::task::spawn_blocking(move || control.reload("admin API")).await {
+        Ok(Ok(report)) => Json(serde_json::json!({
+            "result": "success",
+            "restart_required": report.restart_required,
+        }))
+        .into_response(),
+        Ok(Err(e)) => (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({
+                "error": "config_rejected",
+                "message": "the new config is invalid; the old one keeps serving",
+                "errors": e.errors.iter().map(|x| serde_json::json!({
+                    "path": x.path.to_string(),
+                    "line": x.line,
+                    "message": x.message,
+                })).collect::<Vec<_>>(),
+            })),
+        )
+            .into_response(),
+        Err(e) => {
+            ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()).into_response()
+        }
+    }
+}
