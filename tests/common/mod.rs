@@ -26,12 +26,23 @@ pub fn demo_bin() -> PathBuf {
     p
 }
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, and never handed out before in
+/// this test process (the OS may give a just-freed port to the next bind,
+/// and two listeners of one gateway must not get the same one).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind an ephemeral port");
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if given.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A child process killed when dropped; its stderr goes to a file.
