@@ -1,14 +1,26 @@
-//! Unlisted-client quotas at scale: false-429 rate and memory at 10 k, 100 k
-//! and 2 M distinct clients a window, and decision latency across window
-//! boundaries.
+//! Unlisted-client quotas at scale: false-429 rate, memory and decision
+//! time at 10 k, 100 k and 2 M distinct clients a window, against the real
+//! `pingora_limits` types; and decision latency across window boundaries.
 //!
 //!   cargo bench --bench clients            (all sizes)
 //!   cargo bench --bench clients -- --quick (10 k and 100 k only)
 //!
 //! False 429s are measured in the harshest honest shape: every client sends
 //! exactly its quota (10 requests) in one window, interleaved, so every
-//! refusal is a false one. The table Floodgate uses is compared with a plain
-//! count-min sketch given at least as much memory.
+//! refusal is a false one. Each row runs three windows in a row, with fresh
+//! client ids in each (so that the tables Floodgate sizes from past windows
+//! are exercised: the first window is the one nothing predicts).
+//!
+//! Rows:
+//! - Floodgate on its shipped defaults (`max_tracked_clients = 100000`,
+//!   `max_client_table_memory = 256MiB`), with its packed overflow sketch
+//!   and with two `pingora_limits::estimator::Estimator`s as the overflow;
+//! - Floodgate's limiter with a fixed table of exactly the clients' size;
+//! - `pingora_limits::estimator::Estimator` (4 rows) given at least the
+//!   memory of Floodgate's table, used as a check-and-add: `incr`, then
+//!   `decr` when over;
+//! - `pingora_limits::rate::Rate` as its docs use it (`observe` and compare)
+//!   at its default size (4 × 1024) and with as many slots as the table.
 
 #![allow(clippy::disallowed_methods)] // tests and benches may block: they are not the gateway
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,9 +28,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use floodgate::limits::clock::{Clock, ManualClock, SystemClock};
-use floodgate::limits::rate::{ClientTable, Quota, RateLimiter, TableKind};
+use floodgate::limits::rate::{ClientTable, OverflowKind, Quota, RateLimiter, TableKind};
+use pingora_limits::estimator::Estimator;
+use pingora_limits::rate::Rate;
 
 const QUOTA: u64 = 10;
+const WINDOW_MS: u64 = 60_000;
+const WINDOWS: u64 = 3;
 
 fn rss_bytes() -> usize {
     std::fs::read_to_string("/proc/self/statm")
@@ -38,64 +54,160 @@ fn hash_of(i: u64) -> u64 {
 struct Row {
     what: String,
     clients: usize,
-    false_429: u64,
-    clients_refused: u64,
+    /// False 429s in each window.
+    false_429: Vec<u64>,
     requests: u64,
     table_mib: f64,
     rss_mib: f64,
-    ns_per_decision: f64,
+    /// Nanoseconds per decision in each window.
+    ns_per_decision: Vec<f64>,
 }
 
-fn false_429(kind: TableKind, what: &str, clients: usize) -> Row {
-    let clock = ManualClock::new(1_000_000 * 60_000);
+/// Something that decides one request of one client: `true` = admitted.
+trait Decide {
+    fn decide(&self, client: u64) -> bool;
+    /// A new window starts (`into` ms into it).
+    fn next_window(&self) {}
+    fn memory_bytes(&self) -> usize;
+}
+
+struct Floodgate {
+    limiter: RateLimiter,
+    clock: Arc<ManualClock>,
+}
+
+impl Decide for Floodgate {
+    fn decide(&self, client: u64) -> bool {
+        let q = Quota {
+            rpm: Some(QUOTA),
+            tpm: Some(QUOTA * 100),
+        };
+        self.limiter
+            .check_and_charge(hash_of(client), 100, q)
+            .is_ok()
+    }
+    fn next_window(&self) {
+        // The rotation runs ahead of the boundary (as the gateway's does,
+        // several times a window), then the clock crosses it.
+        self.clock.advance(WINDOW_MS / 2);
+        self.limiter.rotate();
+        self.clock.advance(WINDOW_MS / 2);
+        self.limiter.rotate();
+    }
+    fn memory_bytes(&self) -> usize {
+        self.limiter.memory_bytes()
+    }
+}
+
+fn floodgate(kind: TableKind) -> Floodgate {
+    let clock = ManualClock::new(1_000_000 * WINDOW_MS);
+    let limiter =
+        RateLimiter::new(kind, WINDOW_MS, clock.clone() as Arc<dyn Clock>).expect("tables");
+    Floodgate { limiter, clock }
+}
+
+/// The real Estimator as a quota: count, and take the count back when it
+/// went over (a check-and-add in the Estimator's own terms).
+struct PingoraEstimator(Estimator, usize);
+
+impl Decide for PingoraEstimator {
+    fn decide(&self, client: u64) -> bool {
+        let key = hash_of(client);
+        if self.0.incr(key, 1) > QUOTA as isize {
+            self.0.decr(key, 1);
+            return false;
+        }
+        true
+    }
+    fn next_window(&self) {
+        self.0.reset();
+    }
+    fn memory_bytes(&self) -> usize {
+        self.1
+    }
+}
+
+/// The real Rate, as its documentation uses it: observe the event, compare
+/// the count of the current interval with the quota. (Rate runs on the
+/// real clock: a new window here is a fresh Rate.)
+struct PingoraRate(std::cell::RefCell<Rate>, usize, usize);
+
+impl PingoraRate {
+    fn new(slots: usize) -> Self {
+        let r = Rate::new_with_estimator_config(Duration::from_secs(60), 4, slots);
+        PingoraRate(std::cell::RefCell::new(r), slots, 2 * 4 * slots * 8)
+    }
+}
+
+impl Decide for PingoraRate {
+    fn decide(&self, client: u64) -> bool {
+        self.0.borrow().observe(&hash_of(client), 1) <= QUOTA as isize
+    }
+    fn next_window(&self) {
+        *self.0.borrow_mut() = Rate::new_with_estimator_config(Duration::from_secs(60), 4, self.1);
+    }
+    fn memory_bytes(&self) -> usize {
+        self.2
+    }
+}
+
+fn run(d: &dyn Decide, what: &str, clients: usize) -> Row {
     let before = rss_bytes();
-    let limiter = RateLimiter::new(kind, 60_000, clock.clone() as Arc<dyn Clock>);
-    let quota = Quota {
-        rpm: Some(QUOTA),
-        tpm: Some(QUOTA * 100),
-    };
-    let mut refused_at = vec![false; clients];
-    let mut false_429 = 0;
-    let started = Instant::now();
-    for _round in 0..QUOTA {
-        for (c, refused) in refused_at.iter_mut().enumerate() {
-            if limiter
-                .check_and_charge(hash_of(c as u64), 100, quota)
-                .is_err()
-            {
-                false_429 += 1;
-                *refused = true;
+    let mut false_429 = Vec::new();
+    let mut ns = Vec::new();
+    for w in 0..WINDOWS {
+        if w > 0 {
+            d.next_window();
+        }
+        let base = w * clients as u64;
+        let mut refused = 0;
+        let started = Instant::now();
+        for _round in 0..QUOTA {
+            for c in 0..clients as u64 {
+                if !d.decide(base + c) {
+                    refused += 1;
+                }
             }
         }
+        ns.push(started.elapsed().as_nanos() as f64 / (QUOTA * clients as u64) as f64);
+        false_429.push(refused);
     }
-    let elapsed = started.elapsed();
-    let requests = QUOTA * clients as u64;
+    let requests = WINDOWS * QUOTA * clients as u64;
     Row {
         what: what.to_string(),
         clients,
         false_429,
-        clients_refused: refused_at.iter().filter(|r| **r).count() as u64,
         requests,
-        table_mib: limiter.memory_bytes() as f64 / (1 << 20) as f64,
+        table_mib: d.memory_bytes() as f64 / (1 << 20) as f64,
         rss_mib: rss_bytes().saturating_sub(before) as f64 / (1 << 20) as f64,
-        ns_per_decision: elapsed.as_nanos() as f64 / requests as f64,
+        ns_per_decision: ns,
     }
 }
 
-/// Decision latency over several window boundaries, with the next table
-/// prepared by a background thread (Floodgate) or cleared inline by the
-/// request that crosses the boundary (what `pingora_limits::rate::Rate`
-/// does).
-fn boundary_latency(capacity: usize, background: bool, secs: u64) -> (Vec<u64>, Vec<u64>) {
+/// Decision latency over several window boundaries: Floodgate's limiter
+/// with the next table prepared by a background thread, and the real
+/// `pingora_limits::rate::Rate`, which clears its estimator inline on the
+/// request that crosses the boundary. Both sized for `capacity` clients.
+fn boundary_latency(capacity: usize, floodgate: bool, secs: u64) -> (Vec<u64>, Vec<u64>) {
     let window_ms = 1000;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
-    let limiter = Arc::new(RateLimiter::new(
-        TableKind::Clients { capacity },
-        window_ms,
-        clock.clone(),
-    ));
+    let table = ClientTable::new(capacity).expect("table");
+    let slots = table.places() * 2; // about the table's memory in 8-byte slots, per row / 4
+    let limiter = Arc::new(
+        RateLimiter::new(
+            TableKind::Clients {
+                capacity,
+                memory: (table.memory_bytes() * 3).max(1 << 20),
+                overflow: OverflowKind::Packed,
+            },
+            window_ms,
+            clock.clone(),
+        )
+        .expect("tables"),
+    );
+    let rate = Rate::new_with_estimator_config(Duration::from_millis(window_ms), 4, slots / 4);
     let stop = Arc::new(AtomicBool::new(false));
-    let rotator = background.then(|| {
+    let rotator = floodgate.then(|| {
         let (l, stop) = (limiter.clone(), stop.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
@@ -112,17 +224,16 @@ fn boundary_latency(capacity: usize, background: bool, secs: u64) -> (Vec<u64>, 
     let mut near = Vec::new();
     let end = Instant::now() + Duration::from_secs(secs);
     let mut i = 0u64;
-    let mut last_window = clock.now_ms() / window_ms;
     while Instant::now() < end {
         i += 1;
         let t0 = Instant::now();
         let now = clock.now_ms();
-        if !background && now / window_ms != last_window {
-            // The crossing request clears the next table itself.
-            limiter.rotate();
+        let key = hash_of(i % (capacity as u64));
+        if floodgate {
+            let _ = limiter.check_and_charge(key, 1, quota);
+        } else {
+            let _ = rate.observe(&key, 1);
         }
-        last_window = now / window_ms;
-        let _ = limiter.check_and_charge(hash_of(i % (capacity as u64)), 1, quota);
         let ns = t0.elapsed().as_nanos() as u64;
         all.push(ns);
         if now % window_ms < 20 {
@@ -152,60 +263,114 @@ fn main() {
         &[10_000, 100_000, 2_000_000]
     };
     println!(
-        "## False 429s: every client sends exactly its quota ({QUOTA} requests) in one window\n"
+        "## False 429s: every client sends exactly its quota ({QUOTA} requests) in one window; {WINDOWS} windows of fresh clients\n"
     );
-    println!("| estimator | distinct clients | requests | false 429s | clients refused | false-429 rate | tables (3 windows) | RSS growth | ns/decision |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| estimator | distinct clients a window | requests | false 429s per window | false-429 rate | memory (3 windows) | RSS growth | ns/decision per window |");
+    println!("|---|---:|---:|---|---:|---:|---:|---:|");
     for &n in sizes {
+        let defaults = |overflow| TableKind::Clients {
+            capacity: 100_000,
+            memory: 256 << 20,
+            overflow,
+        };
+        let exact = ClientTable::new(n).expect("table");
+        let exact_bytes = exact.memory_bytes();
+        drop(exact);
+        // Slots per row so that 4 rows hold at least the table's memory.
+        let slots = exact_bytes.div_ceil(4 * 8);
         let rows = [
-            false_429(
-                TableKind::Clients { capacity: n },
-                "Floodgate table (capacity = clients)",
+            run(
+                &floodgate(defaults(OverflowKind::Packed)),
+                "Floodgate, shipped defaults (packed overflow sketch)",
                 n,
             ),
-            false_429(
-                TableKind::Sketch {
-                    depth: 4,
-                    // At least the table's memory: 4 rows of 8-byte cells.
-                    width: (ClientTable::new(n).memory_bytes() / 32).next_power_of_two(),
-                },
-                "count-min 4 rows, at least the table's memory",
+            run(
+                &floodgate(defaults(OverflowKind::Pingora)),
+                "Floodgate, shipped defaults, pingora-limits Estimators as the overflow",
                 n,
             ),
-            false_429(
-                TableKind::Sketch {
-                    depth: 4,
-                    width: 1024,
-                },
-                "count-min 4 × 1024 (Pingora's default size)",
+            run(
+                &floodgate(TableKind::Clients {
+                    capacity: n,
+                    memory: exact_bytes * 3,
+                    overflow: OverflowKind::Packed,
+                }),
+                "Floodgate, a fixed table of the clients' size",
+                n,
+            ),
+            run(
+                &PingoraEstimator(Estimator::new(4, slots), 4 * slots * 8),
+                "pingora-limits Estimator 4 rows, the table's memory (check-and-add)",
+                n,
+            ),
+            run(
+                &PingoraRate::new(1024),
+                "pingora-limits Rate, default 4 × 1024",
+                n,
+            ),
+            run(
+                &PingoraRate::new(slots),
+                "pingora-limits Rate, 4 rows, the table's memory per estimator",
+                n,
+            ),
+            // Past the memory ceiling: most clients spill into the
+            // overflow sketch, whichever it is.
+            run(
+                &floodgate(TableKind::Clients {
+                    capacity: 16,
+                    memory: (exact_bytes / 4).max(1 << 20),
+                    overflow: OverflowKind::Packed,
+                }),
+                "Floodgate, a ceiling of a quarter of the table, packed overflow",
+                n,
+            ),
+            run(
+                &floodgate(TableKind::Clients {
+                    capacity: 16,
+                    memory: (exact_bytes / 4).max(1 << 20),
+                    overflow: OverflowKind::Pingora,
+                }),
+                "Floodgate, a ceiling of a quarter of the table, pingora-limits Estimator overflow",
                 n,
             ),
         ];
         for r in rows {
+            let total: u64 = r.false_429.iter().sum();
+            let per: Vec<String> = r.false_429.iter().map(u64::to_string).collect();
+            let ns: Vec<String> = r
+                .ns_per_decision
+                .iter()
+                .map(|n| format!("{n:.0}"))
+                .collect();
             println!(
-                "| {} | {} | {} | {} | {} | {:.4}% | {:.1} MiB | {:.1} MiB | {:.0} |",
+                "| {} | {} | {} | {} | {:.4}% | {:.1} MiB | {:.1} MiB | {} |",
                 r.what,
                 r.clients,
                 r.requests,
-                r.false_429,
-                r.clients_refused,
-                100.0 * r.false_429 as f64 / r.requests as f64,
+                per.join(" / "),
+                100.0 * total as f64 / r.requests as f64,
                 r.table_mib,
                 r.rss_mib,
-                r.ns_per_decision
+                ns.join(" / ")
             );
         }
     }
     let cap = if quick { 100_000 } else { 2_000_000 };
     let secs = if quick { 3 } else { 6 };
-    println!("\n## Decision latency across window boundaries (1 s windows, table for {cap} clients, {secs} s)\n");
-    println!("| next table cleared | decisions | p50 | p99 | p99.9 | max | p99.9 within 20 ms after a boundary | max there |");
+    println!("\n## Decision latency across window boundaries (1 s windows, sized for {cap} clients, {secs} s)\n");
+    println!("| limiter | decisions | p50 | p99 | p99.9 | max | p99.9 within 20 ms after a boundary | max there |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (label, background) in [
-        ("ahead, by the background rotation (Floodgate)", true),
-        ("inline, by the crossing request (Rate's way)", false),
+    for (label, floodgate) in [
+        (
+            "Floodgate: next table prepared by the background rotation",
+            true,
+        ),
+        (
+            "pingora-limits Rate: estimator cleared by the crossing request",
+            false,
+        ),
     ] {
-        let (mut all, mut near) = boundary_latency(cap, background, secs);
+        let (mut all, mut near) = boundary_latency(cap, floodgate, secs);
         let n = all.len();
         let (p50, p99, p999, max) = (
             pct(&mut all, 0.5),

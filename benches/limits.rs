@@ -20,35 +20,38 @@ use floodgate::limits::clients::{ClientLimit, ClientsPolicy, Mode};
 use floodgate::limits::clients::{ClientPolicies, Decision};
 use floodgate::limits::clock::{Clock, ManualClock, SystemClock};
 use floodgate::limits::connections::HostRegistry;
-use floodgate::limits::rate::{Quota, RateLimiter, TableKind};
+use floodgate::limits::rate::{
+    OverflowKind, Quota, RateLimiter, TableKind, TablePlan, MAX_RPM, MAX_TPM,
+};
 
 fn policies(capacity: usize) -> ClientPolicies {
     let mut c = ClientsPolicy {
         default: Some(Quota {
-            rpm: Some(1 << 23),
-            tpm: Some(1 << 39),
+            rpm: Some(MAX_RPM),
+            tpm: Some(MAX_TPM),
         }),
         max_tracked_clients: capacity,
+        max_client_table_memory: TablePlan::memory_needed(capacity).max(256 << 20),
         ..ClientsPolicy::default()
     };
     c.limits.insert(
         "gold".into(),
         ClientLimit {
             quota: Quota {
-                rpm: Some(1 << 23),
-                tpm: Some(1 << 39),
+                rpm: Some(MAX_RPM),
+                tpm: Some(MAX_TPM),
             },
             enabled: true,
             mode: Mode::Enforce,
             api_keys: vec![],
         },
     );
-    ClientPolicies::build(&c, Arc::new(SystemClock::default()), None)
+    ClientPolicies::build(&c, Arc::new(SystemClock::default()), None).expect("tables")
 }
 
 fn decide(p: &ClientPolicies, id: &str) {
     if let Decision::Admitted { charge, .. } = p.decide(id, 10) {
-        charge.settle(None);
+        charge.keep();
     }
 }
 
@@ -121,10 +124,13 @@ fn rotation(c: &mut Criterion) {
     let l = RateLimiter::new(
         TableKind::Clients {
             capacity: 2_000_000,
+            memory: TablePlan::memory_needed(2_000_000),
+            overflow: OverflowKind::Packed,
         },
         1000,
         clock.clone() as Arc<dyn Clock>,
-    );
+    )
+    .expect("tables");
     g.bench_function("one window, table for 2 M clients", |b| {
         b.iter(|| {
             clock.advance(1000);

@@ -6,8 +6,8 @@
 
 use once_cell::sync::Lazy;
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The label used for requests that matched no route.
@@ -60,6 +60,13 @@ pub struct Metrics {
     pub backpressure_monitor_errors_total: IntCounterVec,
     /// `floodgate_config_reloads_total{result}`: `success` or `rejected`.
     pub config_reloads_total: IntCounterVec,
+    /// `floodgate_usage_clamped_total`: settlements whose reported usage
+    /// was over what a window can count (counted as that maximum).
+    pub usage_clamped_total: IntCounter,
+    /// `floodgate_admission_safety_net_total`: requests whose admission
+    /// ended in neither of its two ways and was settled when its context
+    /// was dropped (a bug to report when it moves).
+    pub admission_safety_net_total: IntCounter,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -179,6 +186,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(requests_total.clone()))?;
     registry.register(Box::new(request_duration_seconds.clone()))?;
     registry.register(Box::new(ready.clone()))?;
+    let usage_clamped_total = IntCounter::new(
+        "floodgate_usage_clamped_total",
+        "Settlements whose reported token usage was over what a window can count.",
+    )?;
+    registry.register(Box::new(usage_clamped_total.clone()))?;
+    let admission_safety_net_total = IntCounter::new(
+        "floodgate_admission_safety_net_total",
+        "Requests whose admission was settled only when their context was dropped.",
+    )?;
+    registry.register(Box::new(admission_safety_net_total.clone()))?;
     Ok(Metrics {
         registry,
         requests_total,
@@ -197,6 +214,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         backpressure_max_window,
         backpressure_monitor_errors_total,
         config_reloads_total,
+        usage_clamped_total,
+        admission_safety_net_total,
     })
 }
 

@@ -215,7 +215,8 @@ pub(super) async fn check(
     let (status, allowed, state, refused, retry_ms) = match rt.clients.decide(&key, b.tokens) {
         Decision::Unlimited => (StatusCode::OK, true, None, None, 0),
         Decision::Admitted { charge, state } => {
-            charge.settle(None);
+            let estimate = charge.tokens();
+            charge.settle(estimate);
             (StatusCode::OK, true, Some(state), None, 0)
         }
         Decision::Refused {

@@ -3,6 +3,11 @@
 use std::time::Duration;
 
 use crate::limits::clients::{ClientLimit, ClientsPolicy, Mode};
+use crate::limits::rate::TablePlan;
+
+/// Bounds of `max_client_table_memory`.
+const MIN_TABLE_MEMORY: usize = 1 << 20;
+const MAX_TABLE_MEMORY: usize = 64 << 30;
 
 use super::diag::Diagnostics;
 use super::schema::*;
@@ -64,6 +69,43 @@ pub(super) fn validate_clients(c: RawClients, d: &mut Diagnostics<'_>) -> Option
     let max_tracked_clients = match c.max_tracked_clients {
         None => Some(base.policy.max_tracked_clients),
         Some(n) => positive(n, &p.key("max_tracked_clients"), d),
+    };
+    let max_client_table_memory = match &c.max_client_table_memory {
+        None => Some(base.policy.max_client_table_memory),
+        Some(v) => byte_size(v, &p.key("max_client_table_memory"), d).filter(|m| {
+            let ok = (MIN_TABLE_MEMORY..=MAX_TABLE_MEMORY).contains(m);
+            if !ok {
+                d.error(
+                    &p.key("max_client_table_memory"),
+                    "must be between 1MiB and 64GiB",
+                );
+            }
+            ok
+        }),
+    };
+    if let (Some(n), Some(m)) = (max_tracked_clients, max_client_table_memory) {
+        let needed = TablePlan::memory_needed(n);
+        if needed > m {
+            d.error(
+                &p.key("max_tracked_clients"),
+                format!(
+                    "{n} clients need {} MiB of tables, more than max_client_table_memory ({} MiB)",
+                    needed.div_ceil(1 << 20),
+                    m >> 20
+                ),
+            );
+        }
+    }
+    let refund_on_client_abort = match c.refund_on_client_abort.as_deref() {
+        None | Some("unstarted") => Some(AbortRefund::Unstarted),
+        Some("none") => Some(AbortRefund::None),
+        Some(o) => {
+            d.error(
+                &p.key("refund_on_client_abort"),
+                format!("{o:?}: must be \"unstarted\" or \"none\""),
+            );
+            None
+        }
     };
     let limit = |v: Option<i64>, max: u64, path: &KeyPath, d: &mut Diagnostics<'_>| match v {
         None => Some(None),
@@ -137,10 +179,13 @@ pub(super) fn validate_clients(c: RawClients, d: &mut Diagnostics<'_>) -> Option
         default_tokens: default_tokens?,
         missing_id: missing_id?,
         usage_header: usage_header?,
+        refund_on_client_abort: refund_on_client_abort?,
         policy: ClientsPolicy {
             window: window?,
             mode: mode?,
             max_tracked_clients: max_tracked_clients?,
+            max_client_table_memory: max_client_table_memory?,
+            overflow: base.policy.overflow,
             default: default?,
             limits,
         },

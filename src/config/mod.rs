@@ -117,7 +117,20 @@ pub struct ClientsConfig {
     pub default_tokens: u64,
     pub missing_id: MissingId,
     pub usage_header: Option<http::HeaderName>,
+    /// What a client that hangs up gets back.
+    pub refund_on_client_abort: AbortRefund,
     pub policy: ClientsPolicy,
+}
+
+/// What a client that hangs up before its response ends is refunded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AbortRefund {
+    /// Everything, but only when the request was never sent upstream; once
+    /// sent, the upstream may be doing the work: the estimate (or the usage
+    /// seen so far, if larger) stays charged.
+    Unstarted,
+    /// Nothing: what was charged stays charged.
+    None,
 }
 
 impl Default for ClientsConfig {
@@ -128,6 +141,7 @@ impl Default for ClientsConfig {
             default_tokens: 0,
             missing_id: MissingId::Ip,
             usage_header: None,
+            refund_on_client_abort: AbortRefund::Unstarted,
             policy: ClientsPolicy::default(),
         }
     }

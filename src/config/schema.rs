@@ -144,8 +144,14 @@ pub struct RawClients {
     pub window: Option<String>,
     /// `"enforce"` or `"shadow"` (decide, log and count, refuse nothing).
     pub mode: Option<String>,
-    /// Distinct unlisted clients per window the estimator is sized for.
+    /// Unlisted clients a window counts exactly from the start (the table
+    /// grows with demand from there).
     pub max_tracked_clients: Option<i64>,
+    /// Memory the unlisted clients' tables may take, bytes or `"256MiB"`.
+    pub max_client_table_memory: Option<toml::Value>,
+    /// What a client that hangs up is refunded: `"unstarted"` (only a
+    /// request never sent upstream) or `"none"`.
+    pub refund_on_client_abort: Option<String>,
     /// Response header an upstream reports actual token usage in.
     pub usage_header: Option<String>,
     /// Policy of clients without an entry; absent: not limited.

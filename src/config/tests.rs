@@ -194,3 +194,28 @@ fn tls_keys_need_tls() {
         vec!["upstreams[0].sni (line 8): only applies with tls = true".to_string()]
     );
 }
+
+#[test]
+fn client_tables_that_cannot_be_had_are_check_errors() {
+    // A value `--check` once accepted and the gateway then died on.
+    let src = format!("{MINIMAL}\n[clients]\nmax_tracked_clients = 9223372036854775807\n");
+    let e = errors(&src);
+    assert!(
+        e.len() == 1
+            && e[0].starts_with("clients.max_tracked_clients")
+            && e[0].contains("more than max_client_table_memory"),
+        "{e:#?}"
+    );
+    let src = format!("{MINIMAL}\n[clients]\nmax_client_table_memory = \"1TiB\"\n");
+    let e = errors(&src);
+    assert!(
+        e[0].starts_with("clients.max_client_table_memory"),
+        "{e:#?}"
+    );
+    let src = format!("{MINIMAL}\n[clients]\nmax_client_table_memory = \"2GiB\"\nmax_tracked_clients = 10000000\nrefund_on_client_abort = \"none\"\n");
+    let c = super::parse(&src, Path::new(".")).unwrap();
+    assert_eq!(c.clients.policy.max_tracked_clients, 10_000_000);
+    assert_eq!(c.clients.refund_on_client_abort, super::AbortRefund::None);
+    let src = format!("{MINIMAL}\n[clients]\nrefund_on_client_abort = \"always\"\n");
+    assert!(errors(&src)[0].starts_with("clients.refund_on_client_abort"));
+}

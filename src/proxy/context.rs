@@ -4,10 +4,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::admission::{Admission, Outcome};
 use super::usage::UsageScanner;
-use crate::limits::adaptive::AdaptivePermit;
-use crate::limits::clients::Charge;
-use crate::limits::connections::HostSlot;
 use crate::limits::rate::QuotaState;
 use crate::limits::RejectReason;
 use crate::runtime::upstream::Upstream;
@@ -32,8 +30,8 @@ pub struct RequestCtx {
     pub reject: Option<RejectReason>,
     /// The resolved client id, when client limits apply.
     pub client_id: Option<String>,
-    /// What admitting the request charged to its client.
-    pub charge: Option<Charge>,
+    /// Everything the request took (quota charge, permits, host slot).
+    pub admission: Admission,
     /// The client's quotas after the decision, for the response headers.
     pub quota_state: Option<QuotaState>,
     /// What a shadow-mode policy would have answered.
@@ -42,12 +40,8 @@ pub struct RequestCtx {
     pub usage: Option<UsageScanner>,
     /// Actual token usage from the configured response header.
     pub reported_tokens: Option<u64>,
-    /// The upstream answered 5xx: the token charge is refunded.
+    /// The upstream answered 5xx.
     pub upstream_failed: bool,
-    /// The place this request holds under its backend host's cap.
-    pub slot: Option<HostSlot>,
-    /// Its places in the adaptive windows (gateway-wide, upstream).
-    pub permits: Vec<AdaptivePermit>,
     /// The route's body limit, and the body bytes seen so far.
     pub max_body_size: Option<usize>,
     pub body_bytes: usize,
@@ -65,56 +59,51 @@ impl RequestCtx {
             failed_backends: Vec::new(),
             reject: None,
             client_id: None,
-            charge: None,
+            admission: Admission::default(),
             quota_state: None,
             shadow: None,
             usage: None,
             reported_tokens: None,
             upstream_failed: false,
-            slot: None,
-            permits: Vec::new(),
             max_body_size: None,
             body_bytes: 0,
         }
     }
 
-    /// The upstream response has ended: free the host slot and settle the
-    /// tokens now, not when Pingora drops the context after the client has
-    /// its last byte, so the client's next request sees the settled state.
-    pub fn upstream_done(&mut self) {
-        self.slot = None;
-        // A completed request may widen the windows; a failed one may not.
-        let failed = self.upstream_failed;
-        for p in self.permits.drain(..) {
-            if !failed {
-                p.complete();
-            }
-        }
-        self.settle_tokens();
+    /// The usage the upstream reported so far: its header, else the body.
+    pub fn reported_usage(&self) -> Option<u64> {
+        self.reported_tokens
+            .or_else(|| self.usage.as_ref().and_then(UsageScanner::total))
     }
 
-    /// Settles the token charge once the upstream response has ended: the
-    /// actual count when the upstream reported one, else the estimate; a
-    /// failed upstream request refunds it.
-    pub fn settle_tokens(&mut self) {
-        let Some(charge) = self.charge.take() else {
+    /// The upstream response has ended (with or without a body): settle
+    /// now, not when Pingora drops the context after the client has its
+    /// last byte, so the client's next request sees the settled state.
+    pub fn upstream_response_ended(&mut self) {
+        let outcome = if self.upstream_failed {
+            Outcome::UpstreamFailed
+        } else {
+            Outcome::Answered {
+                usage: self.reported_usage(),
+            }
+        };
+        self.settle(outcome);
+    }
+
+    /// Ends the admission with `outcome` and counts the tokens it settled.
+    pub fn settle(&mut self, outcome: Outcome) {
+        let Some(settled) = self.admission.finish(outcome) else {
             return;
         };
-        if self.upstream_failed {
-            drop(charge); // refunds the tokens
-            return;
+        let m = crate::metrics::metrics();
+        if settled.clamped {
+            m.usage_clamped_total.inc();
         }
-        let actual = self
-            .reported_tokens
-            .or_else(|| self.usage.as_ref().and_then(UsageScanner::total));
-        let tokens = actual.unwrap_or_else(|| charge.tokens());
         if let (Some(rt), Some(id)) = (&self.runtime, &self.client_id) {
-            crate::metrics::metrics()
-                .tokens_total
+            m.tokens_total
                 .with_label_values(&[rt.clients.label(id)])
-                .inc_by(tokens);
+                .inc_by(settled.tokens);
         }
-        charge.settle(actual);
     }
 
     /// The metric `outcome` label: `allowed` or the reject code.

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use http::header::{HeaderName, CONNECTION, HOST, UPGRADE};
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
 use crate::limits::rate::{Exceeded, QuotaState};
@@ -96,6 +96,26 @@ pub fn prepare_upstream(
     }
     req.insert_header(X_REQUEST_ID, request_id)?;
     Ok(())
+}
+
+/// Whether a response header is an interim one (1xx other than 101): the
+/// final response is still to come.
+pub fn is_interim(resp: &ResponseHeader) -> bool {
+    resp.status.is_informational() && resp.status != http::StatusCode::SWITCHING_PROTOCOLS
+}
+
+/// Whether a final response header is the whole response: no body can
+/// follow (RFC 9110 §6.4.1: a response to HEAD, a 204 or a 304) or the
+/// body is declared empty. Pingora calls no body filter for these, so the
+/// request settles when its header passes.
+pub fn ends_with_header(req: &RequestHeader, resp: &ResponseHeader) -> bool {
+    req.method == http::Method::HEAD
+        || matches!(resp.status.as_u16(), 204 | 304)
+        || resp
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() == "0")
 }
 
 /// Makes the resolved client id the only value of the id header upstream.

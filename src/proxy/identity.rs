@@ -149,7 +149,7 @@ mod tests {
         );
         (
             c.clone(),
-            ClientPolicies::build(&c.policy, ManualClock::new(0), None),
+            ClientPolicies::build(&c.policy, ManualClock::new(0), None).unwrap(),
         )
     }
 

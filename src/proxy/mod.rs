@@ -31,6 +31,7 @@
 //! [`routing`], header rules in [`headers`], responses the gateway writes
 //! itself in [`respond`], limits in [`crate::limits`].
 
+pub mod admission;
 pub mod context;
 pub mod forward;
 pub mod guard;
@@ -93,6 +94,7 @@ impl ProxyHttp for Gateway {
     /// the request may pass. `Ok(true)` means the gateway answered itself.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let rt = self.runtime.load_full();
+        ctx.admission = admission::Admission::new(rt.config.clients.refund_on_client_abort);
         ctx.runtime = Some(rt.clone());
         ctx.request_id = headers::request_id(session.req_header());
         // The phases in order; the first refusal answers the request (and
@@ -146,11 +148,11 @@ impl ProxyHttp for Gateway {
         let retry = ctx.backend.is_none_or(|b| ctx.failed_backends.contains(&b));
         if retry {
             // A retry: another backend, and the slot moves with it.
-            ctx.slot = None;
+            ctx.admission.release_slot();
             match upstream.acquire(&ctx.failed_backends) {
                 Ok((addr, slot)) => {
                     ctx.backend = Some(addr);
-                    ctx.slot = Some(slot);
+                    ctx.admission.hold_slot(slot);
                 }
                 Err(why) => {
                     if why == crate::runtime::upstream::NoBackend::AtCap {
@@ -190,13 +192,15 @@ impl ProxyHttp for Gateway {
         e
     }
 
-    /// Runs before the request header goes upstream.
+    /// Runs before the request header goes upstream: from here on the
+    /// upstream may be doing the work.
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.admission.mark_sent();
         let peer = peer_ip(session);
         let trusted = match (&ctx.runtime, peer) {
             (Some(rt), Some(ip)) => rt.is_trusted_proxy(ip),
@@ -215,10 +219,12 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// Runs before the upstream's response header goes to the client.
+    /// Runs before the upstream's response header goes to the client:
+    /// rate-limit headers; usage from a header; and when the header is the
+    /// whole response (HEAD, 204, 304, an empty body), the settlement.
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -228,8 +234,11 @@ impl ProxyHttp for Gateway {
                 upstream_response.insert_header(k, v)?;
             }
         }
-        if ctx.charge.is_some() {
-            ctx.upstream_failed = upstream_response.status.is_server_error();
+        if headers::is_interim(upstream_response) {
+            return Ok(());
+        }
+        ctx.upstream_failed = upstream_response.status.is_server_error();
+        if ctx.admission.charged_tokens().is_some() {
             let usage_header = ctx
                 .runtime
                 .as_ref()
@@ -241,6 +250,9 @@ impl ProxyHttp for Gateway {
             if ctx.reported_tokens.is_none() {
                 ctx.usage = Some(usage::UsageScanner::new());
             }
+        }
+        if headers::ends_with_header(session.req_header(), upstream_response) {
+            ctx.upstream_response_ended();
         }
         Ok(())
     }
@@ -259,7 +271,7 @@ impl ProxyHttp for Gateway {
             scanner.feed(b);
         }
         if end_of_stream {
-            ctx.upstream_done();
+            ctx.upstream_response_ended();
         }
         Ok(None)
     }
@@ -274,8 +286,11 @@ impl ProxyHttp for Gateway {
         respond::fail_to_proxy(session, ctx, e).await
     }
 
-    /// Runs last, for every request: metrics and the access log.
+    /// Runs last, for every request: whatever the admission still holds
+    /// (a client that left, an error before the upstream answered) is
+    /// settled; then metrics and the access log.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        respond::settle_leftovers(ctx);
         log::request_done(session, e, ctx);
     }
 

@@ -82,7 +82,7 @@ pub fn client_quotas(session: &Session, ctx: &mut RequestCtx, rt: &Runtime) -> O
     match decision {
         Decision::Unlimited => None,
         Decision::Admitted { charge, state } => {
-            ctx.charge = Some(charge);
+            ctx.admission.hold_charge(charge);
             ctx.quota_state = Some(state);
             None
         }
@@ -154,7 +154,7 @@ pub async fn adaptive_windows(
     };
     for scope in rt.adaptive.iter().chain(upstream.adaptive.iter()) {
         match window::admit(session, scope).await? {
-            Some(permit) => ctx.permits.push(permit),
+            Some(permit) => ctx.admission.hold_permit(permit),
             None => {
                 let msg = format!(
                     "the {} concurrency window is full ({} requests)",
@@ -177,7 +177,7 @@ pub fn backend_slot(ctx: &mut RequestCtx) -> Option<Refusal> {
     match upstream.acquire(&[]) {
         Ok((addr, slot)) => {
             ctx.backend = Some(addr);
-            ctx.slot = Some(slot);
+            ctx.admission.hold_slot(slot);
             None
         }
         Err(upstream::NoBackend::AtCap) => Some(

@@ -7,21 +7,32 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, Session};
 
+use super::admission::Outcome;
 use super::context::RequestCtx;
 use super::headers::{rate_limit_headers, X_REQUEST_ID};
 use crate::limits::{Refusal, RejectReason};
 
 /// Answers the request with `r` and ends its processing: records the
 /// reason on the context and returns `Ok(true)` for `request_filter` to pass
-/// on. A refusal is an outcome, not an error. A charge made earlier on the
-/// request path is refunded in full.
+/// on. A refusal is an outcome, not an error. Whatever an earlier phase
+/// took (quota charge, window permits, host slot) is given back before the
+/// answer is written.
 pub async fn refuse(session: &mut Session, ctx: &mut RequestCtx, r: Refusal) -> Result<bool> {
     ctx.reject = Some(r.reason);
-    if let Some(charge) = ctx.charge.take() {
-        charge.refund_all();
-    }
+    ctx.admission.refuse();
     write(session, ctx, &r).await?;
     Ok(true)
+}
+
+/// Settles what a request still holds when it ends without its upstream
+/// response ending: the client left (while queued, while waiting for the
+/// upstream, or mid-response), or an error cut it short. Runs in `logging`,
+/// for every request; a no-op once the admission has ended.
+pub fn settle_leftovers(ctx: &mut RequestCtx) {
+    if ctx.admission.is_open() {
+        let usage_seen = ctx.reported_usage();
+        ctx.settle(Outcome::ClientGone { usage_seen });
+    }
 }
 
 /// Writes the JSON answer of `r`: status, body, `Retry-After` where due,
@@ -84,9 +95,22 @@ pub fn classify(e: &Error) -> Option<RejectReason> {
 pub async fn fail_to_proxy(session: &mut Session, ctx: &mut RequestCtx, e: &Error) -> FailToProxy {
     // A reason set on the way (a retry finding every backend at its cap)
     // says more than the error's type.
-    let reason = ctx.reject.or_else(|| classify(e));
+    let decided = ctx.reject;
+    let reason = decided.or_else(|| classify(e));
     if let Some(r) = reason {
         ctx.reject = Some(r);
+    }
+    match (decided, e.esource()) {
+        // Refused on the way (a streamed body over the limit, a retry
+        // finding every backend at its cap): everything goes back.
+        (Some(_), _) => ctx.admission.refuse(),
+        // The upstream failed: the request counts, its tokens do not, and
+        // the windows see a failure.
+        (None, ErrorSource::Upstream | ErrorSource::Internal | ErrorSource::Unset) => {
+            ctx.settle(Outcome::UpstreamFailed)
+        }
+        // The client: left, or sent what could not be read.
+        (None, ErrorSource::Downstream) => settle_leftovers(ctx),
     }
     let code = match reason {
         Some(r) if session.response_written().is_none() => {

@@ -80,14 +80,22 @@ impl Runtime {
             let prev = previous.and_then(|p| p.adaptive.as_ref());
             AdaptiveWindow::build("global", b, &clock, prev)
         });
+        let clients =
+            ClientPolicies::build(&config.clients.policy, clock, previous.map(|p| &p.clients))
+                .map_err(|message| ConfigErrors {
+                    file: None,
+                    errors: vec![ConfigError {
+                        path: KeyPath::root()
+                            .key("clients")
+                            .key("max_client_table_memory"),
+                        line: None,
+                        message,
+                    }],
+                })?;
         Ok(Runtime {
             adaptive,
             hosts,
-            clients: ClientPolicies::build(
-                &config.clients.policy,
-                clock,
-                previous.map(|p| &p.clients),
-            ),
+            clients,
             router: Router::new(&config.routes),
             trusted_proxies: config.server.trusted_proxies.clone(),
             upstreams,

@@ -16,7 +16,8 @@
 //! - `usage=N`: report `N` tokens used, OpenAI style (`usage.total_tokens`);
 //! - `usage_header=N`: report `N` tokens in an `x-usage-tokens` header;
 //! - `stream=K` (with `usage`): answer as a server-sent event stream of K
-//!   chunks, the last event carrying the usage.
+//!   chunks, the last event carrying the usage;
+//! - `empty=1`: answer with an empty body (`Content-Length: 0`).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -239,6 +240,11 @@ async fn handle(
             ("text/event-stream", s)
         }
         None => ("application/json", body.to_string()),
+    };
+    let payload = if query.contains_key("empty") {
+        String::new()
+    } else {
+        payload
     };
     let mut resp = Response::new(Full::new(Bytes::from(payload)));
     *resp.status_mut() = status;

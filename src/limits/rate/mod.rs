@@ -54,7 +54,7 @@ pub use cell::{Usage, MAX_RPM, MAX_TPM};
 pub use quota::{Exceeded, OverQuota, Quota, QuotaState, Reservation};
 use ring::WindowRing;
 pub use sketch::Sketch;
-pub use table::{ClientTable, CountTable, TableKind};
+pub use table::{ClientTable, CountTable, OverflowKind, TableKind, TablePlan};
 
 /// The sliding-window limiter for one table size: either the crowd of
 /// unlisted clients (a sketch), or one configured client (exact).
@@ -65,20 +65,26 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    /// A limiter whose tables are of `kind`.
-    pub fn new(kind: TableKind, window_ms: u64, clock: Arc<dyn Clock>) -> Self {
+    /// A limiter whose tables are of `kind`. Fails only when a client
+    /// table's memory cannot be reserved.
+    pub fn new(kind: TableKind, window_ms: u64, clock: Arc<dyn Clock>) -> Result<Self, String> {
         let window_ms = window_ms.max(1);
         let n = clock.now_ms() / window_ms;
-        RateLimiter {
-            ring: WindowRing::new(kind, n),
+        Ok(RateLimiter {
+            ring: WindowRing::new(kind, n)?,
             window_ms,
             clock,
-        }
+        })
     }
 
     /// An exact counter for one client.
     pub fn exact(window_ms: u64, clock: Arc<dyn Clock>) -> Self {
-        Self::new(TableKind::Exact, window_ms, clock)
+        let n = clock.now_ms() / window_ms.max(1);
+        RateLimiter {
+            ring: WindowRing::exact(n),
+            window_ms: window_ms.max(1),
+            clock,
+        }
     }
 
     pub fn window_ms(&self) -> u64 {
@@ -92,7 +98,8 @@ impl RateLimiter {
     /// Clears the tables of the current and next window when not already
     /// prepared. Run by the background rotation at least once per window.
     pub fn rotate(&self) {
-        self.ring.rotate(self.clock.now_ms() / self.window_ms);
+        let (n, into, _) = self.position(self.clock.now_ms());
+        self.ring.rotate(n, into, self.window_ms);
     }
 
     /// (window, elapsed fraction in ‰ of it, ms left in it)
@@ -109,12 +116,18 @@ impl RateLimiter {
             Some(t) => t.get(hash),
             None => Usage::default(),
         };
-        let left = self.window_ms - into;
-        let weigh = |v: u64| ((v as u128 * left as u128) / self.window_ms as u128) as u64;
         Usage {
-            requests: cur.requests + weigh(prev.requests),
-            tokens: cur.tokens + weigh(prev.tokens),
+            requests: cur.requests + self.weigh(prev.requests, into),
+            tokens: cur.tokens + self.weigh(prev.tokens, into),
         }
+    }
+
+    /// The part of a previous-window count still inside the sliding window,
+    /// `into` ms into the current one (rounded down).
+    #[inline]
+    fn weigh(&self, v: u64, into: u64) -> u64 {
+        let left = self.window_ms - into;
+        ((v as u128 * left as u128) / self.window_ms as u128) as u64
     }
 
     /// Current usage of `hash` under `quota`, without charging anything.
@@ -171,20 +184,30 @@ impl RateLimiter {
                 state(before),
             ));
         };
+        // Charge first, then read everything the decision depends on: of
+        // two racing requests, each adds before it reads, so at least one
+        // sees the other's charge and neither is admitted past the quota
+        // (however many requests race, and whatever the previous window
+        // holds). The add returns the exact current-window count.
         let after_cur = table.add(hash, charge);
-        // Re-check with what concurrent requests added meanwhile: the add
-        // returned the exact current-window count including them.
-        let prev_part = Usage {
-            requests: before
-                .requests
-                .saturating_sub(after_cur.requests.saturating_sub(charge.requests)),
-            tokens: before
-                .tokens
-                .saturating_sub(after_cur.tokens.saturating_sub(charge.tokens)),
-        };
-        let after = Usage {
-            requests: after_cur.requests + prev_part.requests,
-            tokens: after_cur.tokens + prev_part.tokens,
+        let now = self.clock.now_ms();
+        let after = if now / self.window_ms == n {
+            let prev = n
+                .checked_sub(1)
+                .and_then(|p| self.ring.table(p))
+                .map(|t| t.get(hash))
+                .unwrap_or_default();
+            let (_, into_now, _) = self.position(now);
+            let w = |v| self.weigh(v, into_now);
+            Usage {
+                requests: after_cur.requests + w(prev.requests),
+                tokens: after_cur.tokens + w(prev.tokens),
+            }
+        } else {
+            // The window moved on while this request charged: its charge is
+            // in what is now the previous window; judge it from there.
+            let (n_now, into_now, _) = self.position(now);
+            self.estimate(hash, n_now, into_now)
         };
         let over_rpm = quota.rpm.is_some_and(|l| after.requests > l);
         let over_tpm = quota.tpm.is_some_and(|l| after.tokens > l);
@@ -303,17 +326,17 @@ impl RateLimiter {
 
     /// Replaces a token charge by the actual count: charges the difference
     /// or takes it back, in the charge's window when it is still held, else
-    /// (more tokens) in the current one.
-    pub fn settle_tokens(&self, r: &mut Reservation, actual: u64) {
+    /// (more tokens) in the current one. An actual count past [`MAX_TPM`] is
+    /// counted as `MAX_TPM` (more than any quota): returns whether it was
+    /// clamped.
+    pub fn settle_tokens(&self, r: &mut Reservation, actual: u64) -> bool {
+        let clamped = actual > MAX_TPM;
+        let actual = actual.min(MAX_TPM);
         let charged = r.charged.tokens;
         if actual > charged {
-            let extra = Usage {
-                requests: 0,
-                tokens: actual - charged,
-            };
             let n = self.clock.now_ms() / self.window_ms;
             if let Some(t) = self.ring.table(r.window).or_else(|| self.ring.table(n)) {
-                t.add(r.hash, extra);
+                t.add_tokens_capped(r.hash, actual - charged, MAX_TPM);
             }
         } else if actual < charged {
             self.refund(
@@ -325,8 +348,10 @@ impl RateLimiter {
             );
         }
         r.charged.tokens = actual;
+        clamped
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests;

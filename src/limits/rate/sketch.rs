@@ -17,7 +17,8 @@ impl Sketch {
         let depth = depth.max(1);
         let width = width.max(1).next_power_of_two();
         Sketch {
-            cells: (0..depth * width).map(|_| AtomicU64::new(0)).collect(),
+            // Zeroed by the allocator: pages stay uncommitted until touched.
+            cells: bytemuck::zeroed_slice_box(depth * width),
             depth,
             mask: width - 1,
         }
@@ -48,7 +49,7 @@ impl Sketch {
             tokens: u64::MAX,
         };
         for c in self.cells_of(hash) {
-            let v = unpack(c.load(Ordering::Relaxed));
+            let v = unpack(c.load(Ordering::SeqCst));
             u.requests = u.requests.min(v.requests);
             u.tokens = u.tokens.min(v.tokens);
         }
@@ -63,11 +64,18 @@ impl Sketch {
             tokens: u64::MAX,
         };
         for c in self.cells_of(hash) {
-            let v = unpack(c.fetch_add(d, Ordering::AcqRel).wrapping_add(d));
+            let v = unpack(c.fetch_add(d, Ordering::SeqCst).wrapping_add(d));
             u.requests = u.requests.min(v.requests);
             u.tokens = u.tokens.min(v.tokens);
         }
         u
+    }
+
+    /// Adds settled tokens, the field never passing `cap`.
+    pub fn add_tokens_capped(&self, hash: u64, tokens: u64, cap: u64) {
+        for c in self.cells_of(hash) {
+            super::cell::add_tokens_capped(c, tokens, cap);
+        }
     }
 
     /// Takes `delta` back, never below zero in any field.

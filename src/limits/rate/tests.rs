@@ -182,9 +182,18 @@ fn sketch_keeps_clients_apart() {
             depth: 4,
             width: 1 << 14,
         },
-        TableKind::Clients { capacity: 1000 },
+        TableKind::Clients {
+            capacity: 1000,
+            memory: 1 << 20,
+            overflow: OverflowKind::Packed,
+        },
+        TableKind::Clients {
+            capacity: 1000,
+            memory: 1 << 20,
+            overflow: OverflowKind::Pingora,
+        },
     ] {
-        let l = RateLimiter::new(kind, W, clock.clone());
+        let l = RateLimiter::new(kind, W, clock.clone()).unwrap();
         for client in 0..1000u64 {
             let h = client.wrapping_mul(0x9E37_79B9_7F4A_7C15);
             for _ in 0..5 {
@@ -221,4 +230,158 @@ fn concurrent_requests_never_over_admit() {
             tokens: 3000
         }
     );
+}
+
+/// The reproduction: quota 10, 10 requests in the previous window, four
+/// threads racing half a window later: 5 fit, and never more are admitted.
+#[test]
+fn concurrent_requests_never_over_admit_with_a_previous_window() {
+    for trial in 0..2_000 {
+        let clock = ManualClock::new(10 * W);
+        let l = Arc::new(limiter(&clock));
+        let q = quota(10, 1_000_000);
+        for _ in 0..10 {
+            l.check_and_charge(7, 1, q).unwrap();
+        }
+        l.rotate();
+        clock.advance(W + W / 2);
+        l.rotate();
+        let barrier = std::sync::Barrier::new(4);
+        let admitted: usize = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    let (l, barrier) = (&l, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        (0..3)
+                            .filter(|_| l.check_and_charge(7, 1, q).is_ok())
+                            .count()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert!(
+            admitted <= 5,
+            "trial {trial}: {admitted} admitted where 5 fit"
+        );
+    }
+}
+
+/// Many threads charge while the clock crosses a window boundary (and the
+/// rotation runs), with a non-empty previous window: whatever the
+/// interleaving, the sliding usage after the race is within both quotas.
+#[test]
+fn racing_across_a_window_boundary_never_over_admits() {
+    const MS: u64 = 1_000;
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rand = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n.max(1)
+    };
+    for trial in 0..300 {
+        let clock = ManualClock::new(10 * MS + 500);
+        let l = RateLimiter::exact(MS, clock.clone());
+        let q = quota(20 + rand(20), 400 + rand(400));
+        // A previous window holding part of the quota.
+        for _ in 0..rand(20) {
+            let _ = l.check_and_charge(7, rand(20), q);
+        }
+        l.rotate();
+        clock.set(11 * MS + MS - 3);
+        l.rotate();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let (l, clock, done) = (&l, &clock, &done);
+            let workers: Vec<_> = (0..4)
+                .map(|t| {
+                    s.spawn(move || {
+                        let mut n = 0;
+                        while !done.load(std::sync::atomic::Ordering::Relaxed) && n < 200 {
+                            let _ = l.check_and_charge(7, (t * 7 + n) % 25, q);
+                            n += 1;
+                        }
+                    })
+                })
+                .collect();
+            // The clock walks over the boundary, a millisecond at a time.
+            for _ in 0..6 {
+                std::thread::yield_now();
+                clock.advance(1);
+                l.rotate();
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            for w in workers {
+                w.join().unwrap();
+            }
+        });
+        let used = l.peek(7, q).used;
+        assert!(
+            used.requests <= q.rpm.unwrap() && used.tokens <= q.tpm.unwrap(),
+            "trial {trial}: {used:?} over {q:?}"
+        );
+    }
+}
+
+/// A request that read the clock just before a window boundary and charged
+/// just after it (a preempted thread) is judged where its charge landed:
+/// it cannot push the new window past the quota that requests in the new
+/// window already filled.
+#[test]
+fn a_charge_that_straddles_the_boundary_is_judged_after_it() {
+    use std::sync::Mutex;
+    type Hook = Box<dyn FnOnce() + Send>;
+    struct Scripted {
+        now: ManualClock,
+        /// Runs inside the next clock read, which then returns `stale`.
+        hook: Mutex<Option<(Hook, u64)>>,
+    }
+    impl Clock for Scripted {
+        fn now_ms(&self) -> u64 {
+            let hook = self.hook.lock().unwrap().take();
+            match hook {
+                Some((f, stale)) => {
+                    f();
+                    stale
+                }
+                None => self.now.now_ms(),
+            }
+        }
+    }
+    let clock = Arc::new(Scripted {
+        now: ManualClock::default(),
+        hook: Mutex::new(None),
+    });
+    clock.now.set(10 * W);
+    let l = Arc::new(RateLimiter::exact(W, clock.clone()));
+    let q = quota(10, 1_000_000);
+    for _ in 0..5 {
+        l.check_and_charge(7, 0, q).unwrap();
+    }
+    l.rotate();
+    // Request A reads the clock at the window's last millisecond; before it
+    // charges, the clock moves on and the new window fills up.
+    let end_of_window = 11 * W - 1;
+    let (l2, c2) = (l.clone(), clock.clone());
+    *clock.hook.lock().unwrap() = Some((
+        Box::new(move || {
+            c2.now.set(11 * W + 1);
+            l2.rotate();
+            let mut admitted = 0;
+            while l2.check_and_charge(7, 0, q).is_ok() {
+                admitted += 1;
+            }
+            // 5 in the previous window weigh 4: 6 fit.
+            assert_eq!(admitted, 6);
+        }),
+        end_of_window,
+    ));
+    assert!(
+        l.check_and_charge(7, 0, q).is_err(),
+        "the straddling request would make 11 of 10"
+    );
+    let used = l.peek(7, q).used;
+    assert_eq!(used.requests, 10, "{used:?}");
 }

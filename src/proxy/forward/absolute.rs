@@ -76,7 +76,7 @@ impl ProxyHttp for ForwardGateway {
         match admit(fp, &rt, &host, port).await {
             Ok((addrs, slot)) => {
                 ctx.backend = addrs.first().copied();
-                ctx.slot = Some(slot);
+                ctx.admission.hold_slot(slot);
                 Ok(false)
             }
             Err(r) => respond::refuse(session, ctx, r).await,
@@ -110,6 +110,7 @@ impl ProxyHttp for ForwardGateway {
         req: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.admission.mark_sent();
         let target = absolute_target(req);
         let authority = target.authority().map(|a| a.as_str().to_string());
         let origin = target
@@ -132,6 +133,21 @@ impl ProxyHttp for ForwardGateway {
         headers::prepare_upstream(req, peer, trusted, false, &ctx.request_id)
     }
 
+    /// Runs when the destination's response header arrives: a header that
+    /// is the whole response (HEAD, 204, 304, an empty body) frees the slot.
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut pingora::http::ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.upstream_failed = resp.status.is_server_error();
+        if !headers::is_interim(resp) && headers::ends_with_header(session.req_header(), resp) {
+            ctx.upstream_response_ended();
+        }
+        Ok(())
+    }
+
     /// Runs for each chunk of the response: frees the slot at its end.
     fn response_body_filter(
         &self,
@@ -141,7 +157,7 @@ impl ProxyHttp for ForwardGateway {
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
         if end_of_stream {
-            ctx.upstream_done();
+            ctx.upstream_response_ended();
         }
         Ok(None)
     }
@@ -156,8 +172,9 @@ impl ProxyHttp for ForwardGateway {
         respond::fail_to_proxy(session, ctx, e).await
     }
 
-    /// Runs last: metrics and the access log.
+    /// Runs last: what is still held is settled; metrics and the access log.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        respond::settle_leftovers(ctx);
         crate::proxy::log::request_done(session, e, ctx);
     }
 

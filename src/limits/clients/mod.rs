@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use super::clock::Clock;
 use super::rate::{
-    Exceeded, OverQuota, Quota, QuotaState, RateLimiter, Reservation, TableKind, Usage,
+    Exceeded, OverQuota, OverflowKind, Quota, QuotaState, RateLimiter, Reservation, TableKind,
+    Usage,
 };
 use super::RejectReason;
 
@@ -44,8 +45,13 @@ pub struct ClientsPolicy {
     /// The "minute" of RPM and TPM.
     pub window: Duration,
     pub mode: Mode,
-    /// Unlisted clients a window counted exactly.
+    /// Unlisted clients a window counts exactly from the start; the table
+    /// grows with demand from there.
     pub max_tracked_clients: usize,
+    /// Bytes the unlisted clients' three window tables may reserve.
+    pub max_client_table_memory: usize,
+    /// Which sketch counts unlisted clients past the table.
+    pub overflow: OverflowKind,
     /// The policy of unlisted clients; `None`: not limited.
     pub default: Option<Quota>,
     /// Configured clients by id.
@@ -58,6 +64,8 @@ impl Default for ClientsPolicy {
             window: Duration::from_secs(60),
             mode: Mode::Enforce,
             max_tracked_clients: 100_000,
+            max_client_table_memory: 256 << 20,
+            overflow: OverflowKind::Packed,
             default: None,
             limits: BTreeMap::new(),
         }
@@ -181,12 +189,13 @@ pub enum Decision {
 impl ClientPolicies {
     /// Builds the policies, keeping the counters of `previous` for clients
     /// whose limiter is unchanged (same window), so a rebuild never hands a
-    /// client a fresh quota.
+    /// client a fresh quota. Fails only when the unlisted clients' tables
+    /// cannot be reserved.
     pub fn build(
         config: &ClientsPolicy,
         clock: Arc<dyn Clock>,
         previous: Option<&ClientPolicies>,
-    ) -> Self {
+    ) -> Result<Self, String> {
         let window_ms = config.window.as_millis() as u64;
         let same_window = previous.is_some_and(|p| p.policy.window == config.window);
         let mut clients = HashMap::with_hasher(ahash::RandomState::new());
@@ -214,29 +223,31 @@ impl ClientPolicies {
                 }),
             );
         }
-        let unlisted = config.default.map(|_| {
-            previous
-                .filter(|p| {
-                    same_window && p.policy.max_tracked_clients == config.max_tracked_clients
-                })
-                .and_then(|p| p.unlisted.clone())
-                .unwrap_or_else(|| {
-                    Arc::new(RateLimiter::new(
-                        TableKind::Clients {
-                            capacity: config.max_tracked_clients,
-                        },
-                        window_ms,
-                        clock.clone(),
-                    ))
-                })
-        });
-        ClientPolicies {
+        let kind = TableKind::Clients {
+            capacity: config.max_tracked_clients,
+            memory: config.max_client_table_memory,
+            overflow: config.overflow,
+        };
+        let kept = previous
+            .filter(|p| {
+                same_window
+                    && p.policy.max_tracked_clients == config.max_tracked_clients
+                    && p.policy.max_client_table_memory == config.max_client_table_memory
+                    && p.policy.overflow == config.overflow
+            })
+            .and_then(|p| p.unlisted.clone());
+        let unlisted = match (config.default, kept) {
+            (None, _) => None,
+            (Some(_), Some(kept)) => Some(kept),
+            (Some(_), None) => Some(Arc::new(RateLimiter::new(kind, window_ms, clock.clone())?)),
+        };
+        Ok(ClientPolicies {
             policy: config.clone(),
             clients,
             api_keys,
             unlisted,
             hasher: previous.map_or_else(ahash::RandomState::new, |p| p.hasher.clone()),
-        }
+        })
     }
 
     /// Whether any client has API keys (then an unknown key is refused).
@@ -376,15 +387,28 @@ impl ClientPolicies {
     }
 }
 
-/// An admitted request's charge. Settled with the actual token count when
-/// the upstream reports it; refunded (its tokens) when dropped unsettled —
-/// a failed upstream request, a client gone before the response, a refusal
-/// further down the request path (which refunds the request too).
+/// An admitted request's charge: one request and its token estimate,
+/// counted in the window it was admitted in. It ends one of three ways:
+/// [`settle`](Charge::settle) (the tokens become the count given: actual
+/// usage, or the estimate kept), [`refund_tokens`](Charge::refund_tokens)
+/// (the upstream failed: the request stays counted, its tokens do not), or
+/// [`refund_all`](Charge::refund_all) (refused after all: nothing stays).
+/// Dropped without any of these, it stays as charged.
 pub struct Charge {
     limiter: Arc<RateLimiter>,
     reservation: Reservation,
     open: bool,
     stats: Option<Arc<ClientStats>>,
+}
+
+/// What a settlement counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settled {
+    /// Tokens counted for the request.
+    pub tokens: u64,
+    /// The count given was over what a window can count (and counted as
+    /// that maximum).
+    pub clamped: bool,
 }
 
 impl Charge {
@@ -393,23 +417,41 @@ impl Charge {
         self.reservation.charged.tokens
     }
 
-    /// Replaces the estimate with the actual count (or keeps the estimate
-    /// when no count was reported).
-    pub fn settle(mut self, actual_tokens: Option<u64>) {
-        if let Some(t) = actual_tokens {
-            self.limiter.settle_tokens(&mut self.reservation, t);
+    /// Counts `tokens` for this request instead of what was charged.
+    pub fn settle(mut self, tokens: u64) -> Settled {
+        let clamped = self.limiter.settle_tokens(&mut self.reservation, tokens);
+        self.close();
+        Settled {
+            tokens: self.reservation.charged.tokens,
+            clamped,
         }
-        if let Some(s) = &self.stats {
-            s.tokens
-                .fetch_add(self.reservation.charged.tokens, Ordering::Relaxed);
-        }
-        self.open = false;
+    }
+
+    /// Keeps the estimate as the count.
+    pub fn keep(self) -> Settled {
+        let estimate = self.tokens();
+        self.settle(estimate)
+    }
+
+    /// Keeps the request counted and takes its tokens back (a failed
+    /// upstream did no work worth charging).
+    pub fn refund_tokens(self) -> Settled {
+        self.settle(0)
     }
 
     /// Takes the whole charge back: the request was refused after all.
     pub fn refund_all(mut self) {
         self.limiter
             .refund(&self.reservation, self.reservation.charged);
+        self.reservation.charged = Usage::default();
+        self.close();
+    }
+
+    fn close(&mut self) {
+        if let Some(s) = &self.stats {
+            s.tokens
+                .fetch_add(self.reservation.charged.tokens, Ordering::Relaxed);
+        }
         self.open = false;
     }
 }
@@ -417,133 +459,10 @@ impl Charge {
 impl Drop for Charge {
     fn drop(&mut self) {
         if self.open {
-            let tokens = Usage {
-                requests: 0,
-                tokens: self.reservation.charged.tokens,
-            };
-            self.limiter.refund(&self.reservation, tokens);
+            self.close();
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::limits::clock::ManualClock;
-
-    fn config() -> ClientsPolicy {
-        let mut c = ClientsPolicy {
-            default: Some(Quota {
-                rpm: Some(2),
-                tpm: Some(100),
-            }),
-            max_tracked_clients: 1024,
-            ..ClientsPolicy::default()
-        };
-        c.limits.insert(
-            "gold".into(),
-            ClientLimit {
-                quota: Quota {
-                    rpm: Some(3),
-                    tpm: Some(1000),
-                },
-                enabled: true,
-                mode: Mode::Enforce,
-                api_keys: vec![[7; 32]],
-            },
-        );
-        c.limits.insert(
-            "free".into(),
-            ClientLimit {
-                quota: Quota::default(),
-                enabled: false,
-                mode: Mode::Enforce,
-                api_keys: vec![],
-            },
-        );
-        c
-    }
-
-    fn admitted(d: Decision) -> Charge {
-        match d {
-            Decision::Admitted { charge, .. } => charge,
-            _ => panic!("not admitted"),
-        }
-    }
-
-    #[test]
-    fn configured_unlisted_and_disabled_clients() {
-        let clock = ManualClock::new(1_000_000);
-        let p = ClientPolicies::build(&config(), clock, None);
-        for _ in 0..3 {
-            admitted(p.decide("gold", 10)).settle(None);
-        }
-        assert!(matches!(
-            p.decide("gold", 10),
-            Decision::Refused {
-                reason: RejectReason::RpmExceeded,
-                ..
-            }
-        ));
-        // Each unlisted client has the default on its own.
-        for id in ["a", "b", "c"] {
-            admitted(p.decide(id, 1)).settle(None);
-            admitted(p.decide(id, 1)).settle(None);
-            assert!(matches!(p.decide(id, 1), Decision::Refused { .. }));
-        }
-        assert!(matches!(p.decide("free", 1_000_000), Decision::Unlimited));
-        assert_eq!(p.client_of_key(&[7; 32]), Some("gold"));
-        assert_eq!(p.label("gold"), "gold");
-        assert_eq!(p.label("a"), "other");
-    }
-
-    #[test]
-    fn unsettled_charge_refunds_its_tokens_and_refund_all_everything() {
-        let clock = ManualClock::new(1_000_000);
-        let p = ClientPolicies::build(&config(), clock, None);
-        drop(admitted(p.decide("gold", 500)));
-        assert_eq!(
-            p.peek("gold").unwrap().used,
-            Usage {
-                requests: 1,
-                tokens: 0
-            }
-        );
-        admitted(p.decide("gold", 500)).refund_all();
-        assert_eq!(
-            p.peek("gold").unwrap().used,
-            Usage {
-                requests: 1,
-                tokens: 0
-            }
-        );
-        admitted(p.decide("gold", 500)).settle(Some(42));
-        assert_eq!(
-            p.peek("gold").unwrap().used,
-            Usage {
-                requests: 2,
-                tokens: 42
-            }
-        );
-    }
-
-    #[test]
-    fn rebuild_keeps_counters() {
-        let clock = ManualClock::new(1_000_000);
-        let p = ClientPolicies::build(&config(), clock.clone(), None);
-        admitted(p.decide("gold", 5)).settle(None);
-        admitted(p.decide("zed", 5)).settle(None);
-        let p2 = ClientPolicies::build(&config(), clock, Some(&p));
-        assert_eq!(p2.peek("gold").unwrap().used.requests, 1);
-        assert_eq!(p2.peek("zed").unwrap().used.requests, 1);
-    }
-
-    #[test]
-    fn client_ids() {
-        assert!(check_client_id(b"acme-1").is_ok());
-        assert!(check_client_id(b"").is_err());
-        assert!(check_client_id(b"a\nb").is_err());
-        assert!(check_client_id(&[b'a'; 257]).is_err());
-        assert!(check_client_id(&[0xff, 0xfe]).is_err());
-    }
-}
+mod tests;

@@ -1,0 +1,152 @@
+//! Client policies: configured, unlisted and disabled clients, charges,
+//! rebuilds, client ids.
+
+use super::*;
+use crate::limits::clock::ManualClock;
+use crate::limits::rate::MAX_TPM;
+
+fn config() -> ClientsPolicy {
+    let mut c = ClientsPolicy {
+        default: Some(Quota {
+            rpm: Some(2),
+            tpm: Some(100),
+        }),
+        max_tracked_clients: 1024,
+        ..ClientsPolicy::default()
+    };
+    c.limits.insert(
+        "gold".into(),
+        ClientLimit {
+            quota: Quota {
+                rpm: Some(3),
+                tpm: Some(1000),
+            },
+            enabled: true,
+            mode: Mode::Enforce,
+            api_keys: vec![[7; 32]],
+        },
+    );
+    c.limits.insert(
+        "free".into(),
+        ClientLimit {
+            quota: Quota::default(),
+            enabled: false,
+            mode: Mode::Enforce,
+            api_keys: vec![],
+        },
+    );
+    c
+}
+
+fn admitted(d: Decision) -> Charge {
+    match d {
+        Decision::Admitted { charge, .. } => charge,
+        _ => panic!("not admitted"),
+    }
+}
+
+#[test]
+fn configured_unlisted_and_disabled_clients() {
+    let clock = ManualClock::new(1_000_000);
+    let p = ClientPolicies::build(&config(), clock, None).unwrap();
+    for _ in 0..3 {
+        admitted(p.decide("gold", 10)).keep();
+    }
+    assert!(matches!(
+        p.decide("gold", 10),
+        Decision::Refused {
+            reason: RejectReason::RpmExceeded,
+            ..
+        }
+    ));
+    // Each unlisted client has the default on its own.
+    for id in ["a", "b", "c"] {
+        admitted(p.decide(id, 1)).keep();
+        admitted(p.decide(id, 1)).keep();
+        assert!(matches!(p.decide(id, 1), Decision::Refused { .. }));
+    }
+    assert!(matches!(p.decide("free", 1_000_000), Decision::Unlimited));
+    assert_eq!(p.client_of_key(&[7; 32]), Some("gold"));
+    assert_eq!(p.label("gold"), "gold");
+    assert_eq!(p.label("a"), "other");
+}
+
+#[test]
+fn a_charge_ends_in_one_of_three_ways() {
+    let clock = ManualClock::new(1_000_000);
+    let p = ClientPolicies::build(&config(), clock, None).unwrap();
+    let used = |p: &ClientPolicies| p.peek("gold").unwrap().used;
+    // Dropped unsettled: stays as charged.
+    drop(admitted(p.decide("gold", 100)));
+    assert_eq!(
+        used(&p),
+        Usage {
+            requests: 1,
+            tokens: 100
+        }
+    );
+    // Refused after all: nothing stays.
+    admitted(p.decide("gold", 500)).refund_all();
+    assert_eq!(
+        used(&p),
+        Usage {
+            requests: 1,
+            tokens: 100
+        }
+    );
+    // The upstream failed: the request stays, its tokens do not.
+    admitted(p.decide("gold", 500)).refund_tokens();
+    assert_eq!(
+        used(&p),
+        Usage {
+            requests: 2,
+            tokens: 100
+        }
+    );
+    // Settled to the actual count; a huge count is clamped.
+    let p2 = ClientPolicies::build(&config(), ManualClock::new(1_000_000), None).unwrap();
+    let s = admitted(p2.decide("gold", 500)).settle(42);
+    assert_eq!(s.tokens, 42);
+    assert_eq!(
+        used(&p2),
+        Usage {
+            requests: 1,
+            tokens: 42
+        }
+    );
+    let s = admitted(p2.decide("gold", 5)).settle(u64::MAX);
+    assert!(s.clamped);
+    assert_eq!(
+        used(&p2).requests,
+        2,
+        "the count did not carry into the requests"
+    );
+    assert_eq!(
+        p2.configured("gold")
+            .unwrap()
+            .stats
+            .tokens
+            .load(Ordering::Relaxed),
+        42 + MAX_TPM
+    );
+}
+
+#[test]
+fn rebuild_keeps_counters() {
+    let clock = ManualClock::new(1_000_000);
+    let p = ClientPolicies::build(&config(), clock.clone(), None).unwrap();
+    admitted(p.decide("gold", 5)).keep();
+    admitted(p.decide("zed", 5)).keep();
+    let p2 = ClientPolicies::build(&config(), clock, Some(&p)).unwrap();
+    assert_eq!(p2.peek("gold").unwrap().used.requests, 1);
+    assert_eq!(p2.peek("zed").unwrap().used.requests, 1);
+}
+
+#[test]
+fn client_ids() {
+    assert!(check_client_id(b"acme-1").is_ok());
+    assert!(check_client_id(b"").is_err());
+    assert!(check_client_id(b"a\nb").is_err());
+    assert!(check_client_id(&[b'a'; 257]).is_err());
+    assert!(check_client_id(&[0xff, 0xfe]).is_err());
+}
