@@ -143,12 +143,12 @@ fn rotation(c: &mut Criterion) {
 fn connections(c: &mut Criterion) {
     let mut g = c.benchmark_group("connections");
     let r = HostRegistry::new();
-    let host = r.configure("10.0.0.1:8000", 1_000_000);
+    let host = r.counter("10.0.0.1:8000");
     g.bench_function("slot acquire + release", |b| {
-        b.iter(|| drop(host.try_acquire()))
+        b.iter(|| drop(host.try_acquire(1_000_000)))
     });
     g.bench_function("slot acquire + release, 2 threads", |b| {
-        b.iter_custom(|iters| contended(2, iters, |_| drop(host.try_acquire())))
+        b.iter_custom(|iters| contended(2, iters, |_| drop(host.try_acquire(1_000_000))))
     });
     g.finish();
 }

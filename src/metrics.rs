@@ -33,10 +33,13 @@ pub struct Metrics {
     /// shadow-mode policy would have refused, by the code it would have
     /// answered.
     pub shadow_refusals_total: IntCounterVec,
-    /// `floodgate_upstream_connections{host}`: requests (reverse proxy) or
-    /// connections and tunnels (forward proxy) in flight to each host.
+    /// `floodgate_upstream_connections{host, proxy}`: requests (`proxy` =
+    /// `reverse`) or connections and tunnels (`forward`) in flight to each
+    /// host; forward destinations no `host_limits` names are summed as
+    /// `other`.
     pub upstream_connections: IntGaugeVec,
-    /// `floodgate_upstream_connection_limit{host}`: each host's cap; 0 = none.
+    /// `floodgate_upstream_connection_limit{host, proxy}`: each host's cap;
+    /// 0 = none.
     pub upstream_connection_limit: IntGaugeVec,
     /// `floodgate_backpressure_window{scope}`: the adaptive window;
     /// `scope` is `global` or an upstream name.
@@ -109,14 +112,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "floodgate_upstream_connections",
             "Requests or tunnels in flight to each upstream or destination host.",
         ),
-        &["host"],
+        &["host", "proxy"],
     )?;
     let upstream_connection_limit = IntGaugeVec::new(
         Opts::new(
             "floodgate_upstream_connection_limit",
             "Connection cap of each upstream or destination host (0 = none).",
         ),
-        &["host"],
+        &["host", "proxy"],
     )?;
     let gauge = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["scope"]);
     let backpressure_window = gauge(
@@ -232,18 +235,51 @@ pub fn metrics() -> &'static Metrics {
 }
 
 /// Publishes the host counters as gauges (called at scrape time, so the
-/// request path never touches a gauge).
-pub fn export_hosts(hosts: &[crate::limits::connections::HostInfo]) {
+/// request path never touches a gauge). Labels stay bounded: a backend is
+/// its `host:port` (configured), a forward-proxy destination is its key
+/// when `host_limits` names it, else `other` (summed).
+pub fn export_hosts(
+    hosts: &[crate::limits::connections::HostInfo],
+    config: &crate::config::Config,
+) {
+    use crate::limits::connections::Proxy;
     let m = metrics();
     m.upstream_connections.reset();
     m.upstream_connection_limit.reset();
+    let configured = |h: &str| {
+        config
+            .forward_proxy
+            .as_ref()
+            .is_some_and(|f| f.host_limits.contains_key(h))
+    };
+    let mut other_active = 0i64;
     for h in hosts {
+        let label = match h.proxy {
+            Proxy::Forward
+                if !configured(&h.host)
+                    && h.source != crate::limits::connections::CapSource::Api =>
+            {
+                other_active += h.active as i64;
+                continue;
+            }
+            _ => h.host.as_str(),
+        };
+        let l = [label, h.proxy.as_str()];
         m.upstream_connections
-            .with_label_values(&[h.host.as_str()])
+            .with_label_values(&l)
             .set(h.active as i64);
         m.upstream_connection_limit
-            .with_label_values(&[h.host.as_str()])
+            .with_label_values(&l)
             .set(h.max_connections as i64);
+    }
+    if let Some(f) = &config.forward_proxy {
+        let l = ["other", "forward"];
+        m.upstream_connections
+            .with_label_values(&l)
+            .set(other_active);
+        m.upstream_connection_limit
+            .with_label_values(&l)
+            .set(f.default_max_connections as i64);
     }
 }
 

@@ -88,7 +88,7 @@ pub fn prepare(config: Config, path: &Path, opts: &RunOptions) -> Result<Prepare
     let conf = server_conf(&config);
     let clock: Arc<dyn crate::limits::clock::Clock> =
         Arc::new(crate::limits::clock::SystemClock::default());
-    let hosts = Arc::new(crate::limits::connections::HostRegistry::new());
+    let hosts = Arc::new(crate::limits::connections::Hosts::default());
     let effective = crate::runtime::control::with_overrides(&config, &overrides);
     let runtime = Runtime::build(effective.clone(), clock.clone(), hosts.clone(), None)
         .map_err(|e| e.to_string())?;

@@ -76,14 +76,14 @@ async fn reverse_proxy_cap_admits_exactly_the_cap() {
     let m = gw.metrics().await;
     assert!(
         m.contains(&format!(
-            "floodgate_upstream_connection_limit{{host=\"{}\"}} 3",
+            "floodgate_upstream_connection_limit{{host=\"{}\",proxy=\"reverse\"}} 3",
             up.addr
         )),
         "{m}"
     );
     assert!(
         m.contains(&format!(
-            "floodgate_upstream_connections{{host=\"{}\"}} 0",
+            "floodgate_upstream_connections{{host=\"{}\",proxy=\"reverse\"}} 0",
             up.addr
         )),
         "{m}"

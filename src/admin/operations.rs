@@ -3,12 +3,13 @@
 use std::sync::atomic::Ordering;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::{bad_request, blocking, json_body, not_found, Admin, ApiError};
+use crate::limits::connections::Proxy;
 
 pub(super) async fn health() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
@@ -33,7 +34,7 @@ pub(super) async fn ready(State(s): State<Admin>) -> impl IntoResponse {
 
 pub(super) async fn metrics(State(s): State<Admin>) -> impl IntoResponse {
     let rt = s.runtime.load();
-    crate::metrics::export_hosts(&rt.hosts.list());
+    crate::metrics::export_hosts(&rt.host_infos(), &rt.config);
     let scopes: Vec<_> = rt
         .adaptive_windows()
         .into_iter()
@@ -77,18 +78,26 @@ pub(super) async fn backpressure(State(s): State<Admin>) -> impl IntoResponse {
 }
 
 pub(super) async fn list_hosts(State(s): State<Admin>) -> impl IntoResponse {
-    Json(serde_json::json!({ "hosts": s.runtime.load().hosts.list() }))
+    Json(serde_json::json!({ "hosts": s.runtime.load().host_infos() }))
+}
+
+/// `?proxy=reverse|forward`: which proxy's host a call means, when a host
+/// could be both (a backend `host:port` is also a possible destination).
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Which {
+    proxy: Option<Proxy>,
 }
 
 pub(super) async fn get_host(
     State(s): State<Admin>,
     Path(host): Path<String>,
+    Query(which): Query<Which>,
 ) -> Result<Response, ApiError> {
     let rt = s.runtime.load();
-    rt.hosts
-        .list()
+    rt.host_infos()
         .into_iter()
-        .find(|h| h.host == host)
+        .find(|h| h.host == host && which.proxy.is_none_or(|p| p == h.proxy))
         .map(|h| Json(h).into_response())
         .ok_or_else(|| not_found(format!("no host {host:?}")))
 }
@@ -100,19 +109,30 @@ struct HostCap {
 }
 
 /// `PUT /api/v1/hosts/{host}` with `{"max_connections": N}`: overrides the
-/// host's cap at once (0 = none), for running and future requests alike.
+/// host's cap at once (0 = none, at most 4 294 967 295), for running and
+/// future requests alike. Persisted first: a failed write changes nothing.
 pub(super) async fn put_host(
     State(s): State<Admin>,
     Path(host): Path<String>,
+    Query(which): Query<Which>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let cap: HostCap = json_body(&body, r#"{"max_connections": N} with N >= 0"#)?;
+    let cap: HostCap = json_body(&body, r#"{"max_connections": N} with 0 <= N <= 4294967295"#)?;
+    let proxy = which
+        .proxy
+        .or_else(|| s.control.proxy_of(&host))
+        .ok_or_else(|| not_found(format!("no backend {host:?}, and no forward proxy")))?;
     let (control, h) = (s.control.clone(), host.clone());
-    blocking(move || control.set_host_cap(&h, Some(cap.max_connections)))
+    blocking(move || control.set_host_cap(proxy, &h, Some(cap.max_connections)))
         .await?
         .map_err(bad_request)?;
-    tracing::info!(target: "admin", host = %host, max_connections = cap.max_connections, "connection cap set through the admin API");
-    get_host(State(s.clone()), Path(host)).await
+    tracing::info!(target: "admin", host = %host, proxy = proxy.as_str(), max_connections = cap.max_connections, "connection cap set through the admin API");
+    get_host(
+        State(s.clone()),
+        Path(host),
+        Query(Which { proxy: Some(proxy) }),
+    )
+    .await
 }
 
 /// `DELETE /api/v1/hosts/{host}`: drops the override; the config's cap
@@ -120,16 +140,26 @@ pub(super) async fn put_host(
 pub(super) async fn delete_host(
     State(s): State<Admin>,
     Path(host): Path<String>,
+    Query(which): Query<Which>,
 ) -> Result<Response, ApiError> {
+    let proxy = which
+        .proxy
+        .or_else(|| s.control.proxy_of(&host))
+        .ok_or_else(|| not_found(format!("no host {host:?}")))?;
     let (control, h) = (s.control.clone(), host.clone());
-    if !blocking(move || control.set_host_cap(&h, None))
+    if !blocking(move || control.set_host_cap(proxy, &h, None))
         .await?
         .map_err(bad_request)?
     {
-        return Err(not_found(format!("no host {host:?}")));
+        return Err(not_found(format!("host {host:?} has no API cap")));
     }
     tracing::info!(target: "admin", host = %host, "connection cap override removed");
-    get_host(State(s.clone()), Path(host)).await
+    get_host(
+        State(s.clone()),
+        Path(host),
+        Query(Which { proxy: Some(proxy) }),
+    )
+    .await
 }
 
 /// `POST /api/v1/reload`: 200 with what needs a restart, or 400 with every

@@ -56,6 +56,7 @@ pub(super) fn validate_forward_proxy(
                     None
                 }
             })
+            .flatten()
             .collect()
     };
     let ports = |v: Option<Vec<i64>>, key: &str, d: &mut Diagnostics<'_>| -> Vec<u16> {

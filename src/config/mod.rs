@@ -88,6 +88,17 @@ impl std::fmt::Display for PrometheusEndpoint {
     }
 }
 
+impl ForwardProxyConfig {
+    /// The configured cap of a destination key (`host_limits`, else the
+    /// default).
+    pub fn cap_of(&self, key: &str) -> u64 {
+        self.host_limits
+            .get(key)
+            .copied()
+            .unwrap_or(self.default_max_connections)
+    }
+}
+
 /// `[forward_proxy]`, when enabled.
 #[derive(Clone, Debug)]
 pub struct ForwardProxyConfig {

@@ -2,26 +2,32 @@
 //! slot guard that gives its place back on drop — so a client that hangs
 //! up, an upstream that fails or a timeout can never leak a slot.
 //!
-//! One [`HostRegistry`] serves the reverse proxy (backend `host:port`) and
-//! the forward proxy (destination host). It outlives config reloads: a
-//! reload changes caps, never active counts.
+//! A [`HostRegistry`] is one namespace of counters; the gateway keeps two,
+//! so that the reverse proxy's backends and the forward proxy's
+//! destinations never share a count even when they are the same
+//! `host:port`. Registries outlive reloads: a reload changes caps, never
+//! active counts. A counter holds only what the admin API set (an
+//! override); the cap a config sets is passed in by whoever holds the
+//! config, so building a new config never touches a live counter.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-/// One host's counter and cap.
+/// The largest cap the admin API accepts (and so the largest a counter
+/// holds); beyond it a cap means nothing a host could reach.
+pub const MAX_CAP: u64 = u32::MAX as u64;
+
+/// Marks "no override" in [`HostCounter::overridden`]; never a cap.
+const NO_OVERRIDE: u64 = u64::MAX;
+
+/// One host's counter, and the cap the admin API set for it if any.
 #[derive(Debug)]
 pub struct HostCounter {
     pub host: String,
     active: AtomicU64,
-    /// The cap from the config; 0 = none.
-    configured: AtomicU64,
-    /// A cap set through the admin API; `u64::MAX` = none set.
     overridden: AtomicU64,
 }
-
-const NO_OVERRIDE: u64 = u64::MAX;
 
 /// Where a host's cap comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -32,11 +38,10 @@ pub enum CapSource {
 }
 
 impl HostCounter {
-    fn new(host: &str, cap: u64) -> Self {
+    fn new(host: &str) -> Self {
         HostCounter {
             host: host.to_string(),
             active: AtomicU64::new(0),
-            configured: AtomicU64::new(cap),
             overridden: AtomicU64::new(NO_OVERRIDE),
         }
     }
@@ -46,19 +51,28 @@ impl HostCounter {
         self.active.load(Ordering::Acquire)
     }
 
-    /// The cap in force (0 = none) and where it comes from.
-    pub fn limit(&self) -> (u64, CapSource) {
+    /// The cap set through the admin API, if any.
+    pub fn overridden(&self) -> Option<u64> {
         match self.overridden.load(Ordering::Acquire) {
-            NO_OVERRIDE => (self.configured.load(Ordering::Acquire), CapSource::File),
-            o => (o, CapSource::Api),
+            NO_OVERRIDE => None,
+            o => Some(o),
         }
     }
 
-    /// Takes a slot unless the host is at its cap. Check and increment are
-    /// one atomic step: the cap is never exceeded, however many requests
-    /// race for the last slot.
-    pub fn try_acquire(self: &Arc<Self>) -> Option<HostSlot> {
-        let (limit, _) = self.limit();
+    /// The cap in force (0 = none) given the config's, and its source.
+    pub fn cap(&self, configured: u64) -> (u64, CapSource) {
+        match self.overridden() {
+            Some(o) => (o, CapSource::Api),
+            None => (configured, CapSource::File),
+        }
+    }
+
+    /// Takes a slot unless the host is at its cap (the override, else
+    /// `configured`; 0 = none). Check and increment are one atomic step:
+    /// the cap is never exceeded, however many requests race for the last
+    /// slot.
+    pub fn try_acquire(self: &Arc<Self>, configured: u64) -> Option<HostSlot> {
+        let (limit, _) = self.cap(configured);
         let taken = self
             .active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
@@ -91,86 +105,60 @@ impl Drop for HostSlot {
     }
 }
 
-/// Every host with a counter.
+/// One namespace of host counters.
 #[derive(Debug, Default)]
 pub struct HostRegistry {
     hosts: RwLock<HashMap<String, Arc<HostCounter>>>,
 }
 
-/// A snapshot of one host, for the admin API and metrics.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct HostInfo {
-    pub host: String,
-    pub active: u64,
-    pub max_connections: u64,
-    pub source: CapSource,
-}
-
-// The map's lock is taken when a host's counter is looked up by name: by the
-// forward proxy once per destination connection, and off the request path
-// (reloads, the admin API, scrapes). The reverse proxy holds its backends'
-// counters directly and never takes it.
+// The map's lock is taken when a counter is looked up by name: by the
+// forward proxy once per destination connection (after its policy passed),
+// and off the request path (runtime builds, the admin API, scrapes). The
+// reverse proxy holds its backends' counters directly and never takes it.
 #[allow(clippy::disallowed_methods)]
 impl HostRegistry {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The counter of `host`, created with `default_cap` if new.
-    pub fn counter(&self, host: &str, default_cap: u64) -> Arc<HostCounter> {
-        if let Some(c) = self.hosts.read().ok().and_then(|m| m.get(host).cloned()) {
+    /// The counter of `host`, created if new.
+    pub fn counter(&self, host: &str) -> Arc<HostCounter> {
+        if let Some(c) = self.get(host) {
             return c;
         }
         let Ok(mut m) = self.hosts.write() else {
             // A poisoned lock (a panic elsewhere): count without sharing.
-            return Arc::new(HostCounter::new(host, default_cap));
+            return Arc::new(HostCounter::new(host));
         };
         m.entry(host.to_string())
-            .or_insert_with(|| Arc::new(HostCounter::new(host, default_cap)))
+            .or_insert_with(|| Arc::new(HostCounter::new(host)))
             .clone()
-    }
-
-    /// Sets the configured cap of `host` (at start and on reload).
-    pub fn configure(&self, host: &str, cap: u64) -> Arc<HostCounter> {
-        let c = self.counter(host, cap);
-        c.configured.store(cap, Ordering::Release);
-        c
-    }
-
-    /// Sets (`Some`) or clears (`None`) the admin override of `host`'s cap.
-    /// Returns false for a host nobody configured or connected to.
-    pub fn set_override(&self, host: &str, cap: Option<u64>) -> bool {
-        let c = match (cap, self.get(host)) {
-            (_, Some(c)) => c,
-            (Some(_), None) => self.counter(host, 0),
-            (None, None) => return false,
-        };
-        c.overridden
-            .store(cap.unwrap_or(NO_OVERRIDE), Ordering::Release);
-        true
     }
 
     pub fn get(&self, host: &str) -> Option<Arc<HostCounter>> {
         self.hosts.read().ok()?.get(host).cloned()
     }
 
-    /// Every host, sorted by name.
-    pub fn list(&self) -> Vec<HostInfo> {
+    /// Sets (`Some`, at most [`MAX_CAP`]) or clears (`None`) the admin
+    /// override of `host`'s cap.
+    pub fn set_override(&self, host: &str, cap: Option<u64>) {
+        let c = match cap {
+            Some(_) => self.counter(host),
+            None => match self.get(host) {
+                Some(c) => c,
+                None => return,
+            },
+        };
+        let v = cap.map_or(NO_OVERRIDE, |c| c.min(MAX_CAP));
+        c.overridden.store(v, Ordering::Release);
+    }
+
+    /// Every counter, sorted by host.
+    pub fn counters(&self) -> Vec<Arc<HostCounter>> {
         let Ok(m) = self.hosts.read() else {
             return Vec::new();
         };
-        let mut v: Vec<HostInfo> = m
-            .values()
-            .map(|c| {
-                let (max_connections, source) = c.limit();
-                HostInfo {
-                    host: c.host.clone(),
-                    active: c.active(),
-                    max_connections,
-                    source,
-                }
-            })
-            .collect();
+        let mut v: Vec<_> = m.values().cloned().collect();
         v.sort_by(|a, b| a.host.cmp(&b.host));
         v
     }
@@ -180,13 +168,66 @@ impl HostRegistry {
     pub fn sweep(&self, keep: &dyn Fn(&str) -> bool) {
         if let Ok(mut m) = self.hosts.write() {
             m.retain(|host, c| {
-                keep(host)
-                    || Arc::strong_count(c) > 1
-                    || c.active() > 0
-                    || c.overridden.load(Ordering::Acquire) != NO_OVERRIDE
+                keep(host) || Arc::strong_count(c) > 1 || c.active() > 0 || c.overridden().is_some()
             });
         }
     }
+
+    /// Counters held, for a bound on what client traffic can make it keep.
+    pub fn len(&self) -> usize {
+        self.hosts.read().map_or(0, |m| m.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The two namespaces: the reverse proxy's backends and the forward
+/// proxy's destinations.
+#[derive(Debug, Default)]
+pub struct Hosts {
+    pub upstream: HostRegistry,
+    pub forward: HostRegistry,
+}
+
+impl Hosts {
+    pub fn registry(&self, proxy: Proxy) -> &HostRegistry {
+        match proxy {
+            Proxy::Reverse => &self.upstream,
+            Proxy::Forward => &self.forward,
+        }
+    }
+}
+
+/// Which proxy a host's counter belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proxy {
+    /// An upstream's backend.
+    Reverse,
+    /// A forward-proxy destination.
+    Forward,
+}
+
+impl Proxy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proxy::Reverse => "reverse",
+            Proxy::Forward => "forward",
+        }
+    }
+}
+
+/// A snapshot of one host, for the admin API and metrics.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct HostInfo {
+    pub host: String,
+    /// An upstream's backend, or a forward-proxy destination.
+    pub proxy: Proxy,
+    pub active: u64,
+    pub max_connections: u64,
+    pub source: CapSource,
 }
 
 #[cfg(test)]
@@ -196,12 +237,12 @@ mod tests {
     #[test]
     fn cap_is_exact_and_slots_come_back() {
         let r = HostRegistry::new();
-        let c = r.configure("a:80", 2);
-        let s1 = c.try_acquire().unwrap();
-        let s2 = c.try_acquire().unwrap();
-        assert!(c.try_acquire().is_none());
+        let c = r.counter("a:80");
+        let s1 = c.try_acquire(2).unwrap();
+        let s2 = c.try_acquire(2).unwrap();
+        assert!(c.try_acquire(2).is_none());
         drop(s1);
-        let s3 = c.try_acquire().unwrap();
+        let s3 = c.try_acquire(2).unwrap();
         assert_eq!(c.active(), 2);
         drop((s2, s3));
         assert_eq!(c.active(), 0);
@@ -210,29 +251,33 @@ mod tests {
     #[test]
     fn zero_is_unlimited_and_overrides_win() {
         let r = HostRegistry::new();
-        let c = r.configure("a", 0);
-        let slots: Vec<_> = (0..100).map(|_| c.try_acquire().unwrap()).collect();
+        let c = r.counter("a");
+        let slots: Vec<_> = (0..100).map(|_| c.try_acquire(0).unwrap()).collect();
         assert_eq!(c.active(), 100);
         drop(slots);
-        assert!(r.set_override("a", Some(1)));
-        assert_eq!(c.limit(), (1, CapSource::Api));
-        let _s = c.try_acquire().unwrap();
-        assert!(c.try_acquire().is_none());
-        assert!(r.set_override("a", None));
-        assert_eq!(c.limit(), (0, CapSource::File));
-        assert!(!r.set_override("nobody", None));
+        r.set_override("a", Some(1));
+        assert_eq!(c.cap(0), (1, CapSource::Api));
+        let _s = c.try_acquire(0).unwrap();
+        assert!(c.try_acquire(0).is_none());
+        r.set_override("a", None);
+        assert_eq!(c.cap(5), (5, CapSource::File));
+        // The "no override" marker can never be set as a cap.
+        r.set_override("a", Some(u64::MAX));
+        assert_eq!(c.cap(0), (MAX_CAP, CapSource::Api));
+        r.set_override("nobody", None);
+        assert!(r.get("nobody").is_none());
     }
 
     #[test]
     fn racing_threads_never_exceed_the_cap() {
         let r = HostRegistry::new();
-        let c = r.configure("h", 3);
+        let c = r.counter("h");
         let peak = AtomicU64::new(0);
         std::thread::scope(|s| {
             for _ in 0..4 {
                 s.spawn(|| {
                     for _ in 0..10_000 {
-                        if let Some(slot) = c.try_acquire() {
+                        if let Some(slot) = c.try_acquire(3) {
                             peak.fetch_max(c.active(), Ordering::Relaxed);
                             drop(slot);
                         }
@@ -247,10 +292,10 @@ mod tests {
     #[test]
     fn sweep_keeps_what_is_in_use() {
         let r = HostRegistry::new();
-        let a = r.counter("a", 1);
-        let slot = a.try_acquire().unwrap();
+        let a = r.counter("a");
+        let slot = a.try_acquire(1).unwrap();
         drop(a);
-        r.counter("b", 1);
+        r.counter("b");
         r.sweep(&|_| false);
         assert!(r.get("a").is_some(), "held slot");
         assert!(r.get("b").is_none());

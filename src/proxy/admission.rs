@@ -44,7 +44,9 @@ pub struct Admission {
     /// Places in the adaptive windows: the gateway-wide one, the
     /// upstream's.
     permits: Vec<AdaptivePermit>,
-    slot: Option<HostSlot>,
+    /// Host slots: the backend's (reverse proxy), or a destination's
+    /// address and name (forward proxy).
+    slots: [Option<HostSlot>; 2],
     /// The request was sent upstream (the upstream may be doing its work).
     sent: bool,
     abort: AbortRefund,
@@ -61,7 +63,7 @@ impl Admission {
         Admission {
             charge: None,
             permits: Vec::new(),
-            slot: None,
+            slots: [None, None],
             sent: false,
             abort,
         }
@@ -77,14 +79,17 @@ impl Admission {
         self.permits.push(permit);
     }
 
-    /// The backend's host slot (phase 6, and again on a retry).
+    /// A host slot (phase 6, and again on a retry; a forward-proxy
+    /// destination may hold two). A third replaces the second.
     pub fn hold_slot(&mut self, slot: HostSlot) {
-        self.slot = Some(slot);
+        match &mut self.slots {
+            [s @ None, _] | [_, s] => *s = Some(slot),
+        }
     }
 
-    /// Frees the host slot (a retry moves to another backend).
+    /// Frees the host slots (a retry moves to another backend).
     pub fn release_slot(&mut self) {
-        self.slot = None;
+        self.slots = [None, None];
     }
 
     /// The request header is going upstream.
@@ -103,7 +108,7 @@ impl Admission {
 
     /// Whether it still holds anything.
     pub fn is_open(&self) -> bool {
-        self.charge.is_some() || !self.permits.is_empty() || self.slot.is_some()
+        self.charge.is_some() || !self.permits.is_empty() || self.slots.iter().any(Option::is_some)
     }
 
     /// Gives everything back: the request was answered by the gateway.
@@ -113,13 +118,13 @@ impl Admission {
         }
         // Dropped without completing: freed, and the window does not grow.
         self.permits.clear();
-        self.slot = None;
+        self.release_slot();
     }
 
     /// Settles what the request took; returns what its tokens settled to
     /// (when it had a charge).
     pub fn finish(&mut self, outcome: Outcome) -> Option<Settled> {
-        self.slot = None;
+        self.release_slot();
         let success = matches!(outcome, Outcome::Answered { .. });
         for p in self.permits.drain(..) {
             if success {
@@ -206,7 +211,7 @@ mod tests {
             _ => panic!("not admitted"),
         }
         a.hold_permit(p.window.try_acquire(false).unwrap());
-        a.hold_slot(p.hosts.counter("h:1", 0).try_acquire().unwrap());
+        a.hold_slot(p.hosts.counter("h:1").try_acquire(0).unwrap());
         a
     }
 
@@ -223,7 +228,7 @@ mod tests {
         // Never sent: everything back.
         assert_eq!(used(&p), (0, 0));
         assert_eq!(p.window.inflight(), 0);
-        assert_eq!(p.hosts.counter("h:1", 0).active(), 0);
+        assert_eq!(p.hosts.counter("h:1").active(), 0);
         assert!(crate::metrics::metrics().admission_safety_net_total.get() > before);
         // A finished one does not count.
         let mut a = admission(&p, 900, AbortRefund::Unstarted);
@@ -258,7 +263,7 @@ mod tests {
         assert_eq!(used(&p), (3, 2500));
         // Every way out frees the permit and the slot.
         assert_eq!(p.window.inflight(), 0);
-        assert_eq!(p.hosts.counter("h:1", 0).active(), 0);
+        assert_eq!(p.hosts.counter("h:1").active(), 0);
     }
 
     #[test]

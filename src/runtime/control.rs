@@ -22,7 +22,7 @@ use super::{Runtime, SharedRuntime};
 use crate::config::{self, Config, ConfigError, ConfigErrors, KeyPath};
 use crate::limits::clients::ClientLimit;
 use crate::limits::clock::Clock;
-use crate::limits::connections::HostRegistry;
+use crate::limits::connections::{Hosts, Proxy, MAX_CAP};
 use crate::limits::rate::{Quota, MAX_RPM, MAX_TPM};
 
 /// A client's limits set through the admin API.
@@ -49,9 +49,21 @@ fn yes() -> bool {
 pub struct Overrides {
     #[serde(default)]
     pub clients: BTreeMap<String, ClientOverride>,
-    /// Host caps by host.
+    /// Caps of upstream backends, by `host:port`.
     #[serde(default)]
     pub hosts: BTreeMap<String, u64>,
+    /// Caps of forward-proxy destinations, by destination key.
+    #[serde(default)]
+    pub forward_hosts: BTreeMap<String, u64>,
+}
+
+impl Overrides {
+    fn host_caps(&mut self, proxy: Proxy) -> &mut BTreeMap<String, u64> {
+        match proxy {
+            Proxy::Reverse => &mut self.hosts,
+            Proxy::Forward => &mut self.forward_hosts,
+        }
+    }
 }
 
 impl Overrides {
@@ -128,7 +140,7 @@ pub struct ControlPlane {
     path: PathBuf,
     runtime: SharedRuntime,
     clock: Arc<dyn Clock>,
-    hosts: Arc<HostRegistry>,
+    hosts: Arc<Hosts>,
     inner: Mutex<Inner>,
 }
 
@@ -139,10 +151,13 @@ impl ControlPlane {
         overrides: Overrides,
         runtime: SharedRuntime,
         clock: Arc<dyn Clock>,
-        hosts: Arc<HostRegistry>,
+        hosts: Arc<Hosts>,
     ) -> Self {
         for (h, cap) in &overrides.hosts {
-            hosts.set_override(h, Some(*cap));
+            hosts.upstream.set_override(h, Some(*cap));
+        }
+        for (h, cap) in &overrides.forward_hosts {
+            hosts.forward.set_override(h, Some(*cap));
         }
         ControlPlane {
             path,
@@ -308,20 +323,45 @@ impl ControlPlane {
         Ok(true)
     }
 
-    /// Sets (`Some`) or removes (`None`) an API cap for `host`.
-    pub fn set_host_cap(&self, host: &str, cap: Option<u64>) -> Result<bool, String> {
-        let known = self.hosts.set_override(host, cap);
-        if known {
-            let mut inner = self.lock();
-            let mut overrides = inner.overrides.clone();
-            match cap {
-                Some(c) => overrides.hosts.insert(host.to_string(), c),
-                None => overrides.hosts.remove(host),
-            };
-            self.persist(&self.runtime.load().config, &overrides)?;
-            inner.overrides = overrides;
+    /// Which proxy `host` means when the caller does not say: a backend of
+    /// an upstream, else a forward-proxy destination (when the forward
+    /// proxy runs); `None` when it is neither.
+    pub fn proxy_of(&self, host: &str) -> Option<Proxy> {
+        let rt = self.runtime.load();
+        if rt
+            .upstreams
+            .iter()
+            .any(|u| u.host_infos().any(|h| h.host == host))
+        {
+            Some(Proxy::Reverse)
+        } else {
+            rt.config.forward_proxy.as_ref().map(|_| Proxy::Forward)
         }
-        Ok(known)
+    }
+
+    /// Sets (`Some`) or removes (`None`) an API cap for `host`: persisted
+    /// first, then applied, so a failed write changes nothing.
+    /// `Ok(false)`: removing, and there was nothing to remove.
+    pub fn set_host_cap(&self, proxy: Proxy, host: &str, cap: Option<u64>) -> Result<bool, String> {
+        if cap.is_some_and(|c| c > MAX_CAP) {
+            return Err(format!("max_connections must be at most {MAX_CAP}"));
+        }
+        let mut inner = self.lock();
+        let mut overrides = inner.overrides.clone();
+        let changed = match cap {
+            Some(c) => {
+                overrides.host_caps(proxy).insert(host.to_string(), c);
+                true
+            }
+            None => overrides.host_caps(proxy).remove(host).is_some(),
+        };
+        if !changed {
+            return Ok(false);
+        }
+        self.persist(&self.runtime.load().config, &overrides)?;
+        self.hosts.registry(proxy).set_override(host, cap);
+        inner.overrides = overrides;
+        Ok(true)
     }
 }
 

@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use crate::config::{Config, ConfigError, ConfigErrors, KeyPath};
 use crate::limits::clients::ClientPolicies;
 use crate::limits::clock::Clock;
-use crate::limits::connections::HostRegistry;
+use crate::limits::connections::{HostInfo, Hosts};
 use routing::Router;
 use upstream::Upstream;
 pub use window::AdaptiveWindow;
@@ -31,8 +31,9 @@ pub struct Runtime {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Client policies and their counters.
     pub clients: ClientPolicies,
-    /// Connection counters of every host, shared by every runtime.
-    pub hosts: Arc<HostRegistry>,
+    /// Connection counters of every host (backends and forward-proxy
+    /// destinations), shared by every runtime.
+    pub hosts: Arc<Hosts>,
     /// The gateway-wide adaptive window.
     pub adaptive: Option<AdaptiveWindow>,
 }
@@ -47,7 +48,7 @@ impl Runtime {
     pub fn build(
         config: Config,
         clock: Arc<dyn Clock>,
-        hosts: Arc<HostRegistry>,
+        hosts: Arc<Hosts>,
         previous: Option<&Runtime>,
     ) -> Result<Self, ConfigErrors> {
         let mut errors = Vec::new();
@@ -59,7 +60,7 @@ impl Runtime {
                     .and_then(|x| x.adaptive.as_ref());
                 AdaptiveWindow::build(&u.name, b, &clock, prev)
             });
-            match Upstream::build(u, &hosts, adaptive) {
+            match Upstream::build(u, &hosts.upstream, adaptive) {
                 Ok(u) => upstreams.push(Arc::new(u)),
                 Err(message) => errors.push(ConfigError {
                     path: KeyPath::root().key("upstreams").index(i),
@@ -70,11 +71,6 @@ impl Runtime {
         }
         if !errors.is_empty() {
             return Err(ConfigErrors { file: None, errors });
-        }
-        if let Some(f) = &config.forward_proxy {
-            for (h, cap) in &f.host_limits {
-                hosts.configure(h, *cap);
-            }
         }
         let adaptive = config.backpressure.as_ref().map(|b| {
             let prev = previous.and_then(|p| p.adaptive.as_ref());
@@ -110,6 +106,40 @@ impl Runtime {
             .chain(self.upstreams.iter().filter_map(|u| u.adaptive.as_ref()))
             .cloned()
             .collect()
+    }
+
+    /// Every host with a counter or a cap: each backend (once, as the first
+    /// upstream listing it caps it), then the forward proxy's destinations
+    /// (those in use and those `host_limits` names).
+    pub fn host_infos(&self) -> Vec<HostInfo> {
+        let mut out: Vec<HostInfo> = Vec::new();
+        for u in &self.upstreams {
+            for h in u.host_infos() {
+                if !out.iter().any(|o| o.host == h.host) {
+                    out.push(h);
+                }
+            }
+        }
+        if let Some(fp) = &self.config.forward_proxy {
+            let mut names: std::collections::BTreeSet<String> =
+                fp.host_limits.keys().cloned().collect();
+            names.extend(self.hosts.forward.counters().iter().map(|c| c.host.clone()));
+            for host in names {
+                let configured = fp.cap_of(&host);
+                let (active, (max_connections, source)) = match self.hosts.forward.get(&host) {
+                    Some(c) => (c.active(), c.cap(configured)),
+                    None => (0, (configured, crate::limits::connections::CapSource::File)),
+                };
+                out.push(HostInfo {
+                    host,
+                    proxy: crate::limits::connections::Proxy::Forward,
+                    active,
+                    max_connections,
+                    source,
+                });
+            }
+        }
+        out
     }
 
     /// Whether `ip` is a configured trusted proxy.

@@ -13,7 +13,7 @@ use pingora::utils::tls::{parse_x509, WrappedX509};
 
 use super::AdaptiveWindow;
 use crate::config::UpstreamConfig;
-use crate::limits::connections::{HostCounter, HostRegistry, HostSlot};
+use crate::limits::connections::{HostCounter, HostInfo, HostRegistry, HostSlot};
 
 /// One named pool of backends, as the request path sees it.
 pub struct Upstream {
@@ -31,8 +31,11 @@ pub struct Upstream {
     /// Separates this upstream's pooled connections from any other's, so
     /// two upstreams with different TLS trust never share a connection.
     pool_group: u64,
-    /// The connection counter of each backend host.
+    /// The connection counter of each backend host (shared with every
+    /// upstream listing the same backend, and across reloads).
     counters: Vec<(SocketAddr, Arc<HostCounter>)>,
+    /// This upstream's cap per backend host (0 = none).
+    max_connections: u64,
     /// This upstream's own adaptive window.
     pub adaptive: Option<AdaptiveWindow>,
 }
@@ -95,11 +98,12 @@ impl Upstream {
         let counters = c
             .backends
             .iter()
-            .map(|a| (*a, hosts.configure(&a.to_string(), c.max_connections)))
+            .map(|a| (*a, hosts.counter(&a.to_string())))
             .collect();
         Ok(Upstream {
             adaptive,
             counters,
+            max_connections: c.max_connections,
             name: c.name.clone(),
             lb,
             tls,
@@ -133,7 +137,10 @@ impl Upstream {
                     return false;
                 }
                 any_fresh.set(true);
-                match self.counter(*addr).map(|c| c.try_acquire()) {
+                match self
+                    .counter(*addr)
+                    .map(|c| c.try_acquire(self.max_connections))
+                {
                     Some(Some(s)) => {
                         *slot.borrow_mut() = Some(s);
                         true
@@ -162,6 +169,20 @@ impl Upstream {
             .iter()
             .find(|(a, _)| *a == addr)
             .map(|(_, c)| c)
+    }
+
+    /// Each backend's counter, as the admin API and metrics show it.
+    pub fn host_infos(&self) -> impl Iterator<Item = HostInfo> + '_ {
+        self.counters.iter().map(|(_, c)| {
+            let (max_connections, source) = c.cap(self.max_connections);
+            HostInfo {
+                host: c.host.clone(),
+                proxy: crate::limits::connections::Proxy::Reverse,
+                active: c.active(),
+                max_connections,
+                source,
+            }
+        })
     }
 
     pub fn backend_count(&self) -> usize {

@@ -25,7 +25,7 @@ impl HealthChecks {
 }
 
 const TICK: Duration = Duration::from_millis(100);
-const SWEEP: Duration = Duration::from_secs(30);
+const SWEEP: Duration = Duration::from_secs(5);
 
 #[async_trait]
 impl BackgroundService for HealthChecks {
@@ -37,18 +37,22 @@ impl BackgroundService for HealthChecks {
             let now = Instant::now();
             if now.duration_since(last_sweep) >= SWEEP {
                 // Forget forward-proxy destinations nobody uses any more.
+                // Destinations nobody uses any more.
                 let keep = |h: &str| {
+                    rt.config
+                        .forward_proxy
+                        .as_ref()
+                        .is_some_and(|f| f.host_limits.contains_key(h))
+                };
+                rt.hosts.forward.sweep(&keep);
+                // Backends a reload removed.
+                let backend = |h: &str| {
                     rt.config
                         .upstreams
                         .iter()
                         .any(|u| u.backends.iter().any(|b| b.to_string() == h))
-                        || rt
-                            .config
-                            .forward_proxy
-                            .as_ref()
-                            .is_some_and(|f| f.host_limits.contains_key(h))
                 };
-                rt.hosts.sweep(&keep);
+                rt.hosts.upstream.sweep(&backend);
                 last_sweep = now;
             }
             let due: Vec<_> = rt

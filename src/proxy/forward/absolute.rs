@@ -74,9 +74,11 @@ impl ProxyHttp for ForwardGateway {
             }
         };
         match admit(fp, &rt, &host, port).await {
-            Ok((addrs, slot)) => {
-                ctx.backend = addrs.first().copied();
-                ctx.admission.hold_slot(slot);
+            Ok(admitted) => {
+                ctx.backend = Some(admitted.addr);
+                for slot in admitted.slots {
+                    ctx.admission.hold_slot(slot);
+                }
                 Ok(false)
             }
             Err(r) => respond::refuse(session, ctx, r).await,

@@ -33,7 +33,7 @@ use tokio::io::AsyncWriteExt;
 use super::guard::{refuse, serve_http1};
 use crate::config::ForwardProxyConfig;
 use crate::limits::connections::HostSlot;
-use crate::limits::destinations::host_key;
+use crate::limits::destinations::{host_key, ip_literal};
 use crate::limits::{Refusal, RejectReason};
 use crate::runtime::{Runtime, SharedRuntime};
 pub use absolute::ForwardGateway;
@@ -60,61 +60,130 @@ impl ForwardApp {
 fn split_authority(a: &str) -> Option<(String, u16)> {
     let (host, port) = a.rsplit_once(':')?;
     let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = match host.strip_prefix('[') {
+        Some(h) => h.strip_suffix(']')?,
+        // An unbracketed IPv6 literal is ambiguous with its port.
+        None if host.contains(':') => return None,
+        None => host,
+    };
     (!host.is_empty()).then(|| (host.to_ascii_lowercase(), port))
 }
 
-/// The checks every destination passes: policy on the name, a slot under
-/// the host's cap, resolution, policy on every address.
+/// A destination that passed every check, and the slots it holds.
+pub struct Admitted {
+    /// The address to connect to (checked, canonical).
+    pub addr: SocketAddr,
+    /// Its slot under the address's cap, and under the name's when
+    /// `host_limits` caps the name.
+    pub slots: Vec<HostSlot>,
+}
+
+/// The checks every destination passes, in this order, so that nothing is
+/// allocated or counted for a destination the policy refuses: the port and
+/// the name (or literal address); resolution; every address it resolves to
+/// (canonical: `::ffff:127.0.0.1` is `127.0.0.1`; unspecified refused; the
+/// gateway's own listeners refused); then a slot under the cap of the
+/// address connected to (so every alias of an address shares one count:
+/// `localhost`, `127.1`, `2130706433`, `[::ffff:127.0.0.1]`), and under the
+/// name's cap too when `host_limits` names it.
 async fn admit(
     fp: &ForwardProxyConfig,
     rt: &Runtime,
     host: &str,
     port: u16,
-) -> Result<(Vec<SocketAddr>, HostSlot), Refusal> {
-    fp.policy
-        .check_name(host, port)
-        .map_err(|e| Refusal::new(RejectReason::DestinationDenied, e))?;
-    let key = host_key(host, port);
-    let cap = fp
-        .host_limits
-        .get(&key)
-        .copied()
-        .unwrap_or(fp.default_max_connections);
-    let slot = rt.hosts.counter(&key, cap).try_acquire().ok_or_else(|| {
-        Refusal::new(
-            RejectReason::ConnectionLimit,
-            format!("destination {key} is at its connection cap"),
-        )
-    })?;
-    let lookup = tokio::net::lookup_host((host, port));
-    let addrs: Vec<SocketAddr> = match tokio::time::timeout(fp.connect_timeout, lookup).await {
-        Ok(Ok(a)) => a.collect(),
-        Ok(Err(e)) => {
-            return Err(Refusal::new(
-                RejectReason::UpstreamError,
-                format!("cannot resolve {host}: {e}"),
-            ))
-        }
-        Err(_) => {
-            return Err(Refusal::new(
-                RejectReason::UpstreamTimeout,
-                format!("resolving {host} timed out"),
-            ))
+) -> Result<Admitted, Refusal> {
+    let denied = |e| Refusal::new(RejectReason::DestinationDenied, e);
+    fp.policy.check_name(host, port).map_err(denied)?;
+    let addrs: Vec<SocketAddr> = match ip_literal(host) {
+        Some(ip) => vec![SocketAddr::new(ip, port)],
+        None => {
+            let lookup = tokio::net::lookup_host((host, port));
+            match tokio::time::timeout(fp.connect_timeout, lookup).await {
+                Ok(Ok(a)) => a.collect(),
+                Ok(Err(e)) => {
+                    return Err(Refusal::new(
+                        RejectReason::UpstreamError,
+                        format!("cannot resolve {host}: {e}"),
+                    ))
+                }
+                Err(_) => {
+                    return Err(Refusal::new(
+                        RejectReason::UpstreamTimeout,
+                        format!("resolving {host} timed out"),
+                    ))
+                }
+            }
         }
     };
-    if addrs.is_empty() {
+    let Some(first) = addrs.first() else {
         return Err(Refusal::new(
             RejectReason::UpstreamError,
             format!("{host} has no address"),
         ));
-    }
+    };
     for a in &addrs {
-        fp.policy
-            .check_addr(host, a.ip())
-            .map_err(|e| Refusal::new(RejectReason::DestinationDenied, e))?;
+        fp.policy.check_addr(host, a.ip()).map_err(denied)?;
+        if is_the_gateway(rt, a) {
+            return Err(denied(format!(
+                "{host}:{port} is this gateway's own listener"
+            )));
+        }
     }
-    Ok((addrs, slot))
+    let addr = SocketAddr::new(first.ip().to_canonical(), port);
+    let mut keys = vec![host_key(&addr.ip().to_string(), port)];
+    let name_key = host_key(host, port);
+    if ip_literal(host).is_none() && fp.host_limits.contains_key(&name_key) {
+        keys.push(name_key);
+    }
+    let mut slots = Vec::with_capacity(keys.len());
+    for key in keys {
+        let counter = rt.hosts.forward.counter(&key);
+        match counter.try_acquire(fp.cap_of(&key)) {
+            Some(s) => slots.push(s),
+            None => {
+                return Err(Refusal::new(
+                    RejectReason::ConnectionLimit,
+                    format!("destination {key} is at its connection cap"),
+                )
+                .retry_after(1))
+            }
+        }
+    }
+    Ok(Admitted { addr, slots })
+}
+
+/// Whether `dest` is one of the gateway's own listeners (proxy, TLS,
+/// admin, forward proxy): never reachable through the forward proxy. A
+/// listener on an unspecified address listens on every local address.
+fn is_the_gateway(rt: &Runtime, dest: &SocketAddr) -> bool {
+    let ip = dest.ip().to_canonical();
+    let c = &rt.config;
+    let listeners = c
+        .server
+        .listen
+        .iter()
+        .chain(c.server.tls.iter().map(|t| &t.listen))
+        .chain(std::iter::once(&c.server.admin_listen))
+        .chain(c.forward_proxy.iter().map(|f| &f.listen));
+    for l in listeners {
+        if l.port() != dest.port() {
+            continue;
+        }
+        let lip = l.ip().to_canonical();
+        if lip == ip {
+            return true;
+        }
+        if lip.is_unspecified() && (ip.is_loopback() || is_local(ip)) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Whether `ip` is an address of this host: binding a socket to it works
+/// only then (no I/O; only asked for destinations on a listener's port).
+fn is_local(ip: std::net::IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 impl ForwardApp {
@@ -155,14 +224,14 @@ impl ForwardApp {
             .await;
             return;
         };
-        let (addrs, slot) = match admit(fp, &rt, &host, port).await {
+        let Admitted { addr, slots } = match admit(fp, &rt, &host, port).await {
             Ok(x) => x,
             Err(r) => {
                 refuse(client, FORWARD_ROUTE, r).await;
                 return;
             }
         };
-        let connect = tokio::net::TcpStream::connect(&addrs[..]);
+        let connect = tokio::net::TcpStream::connect(addr);
         let mut upstream = match tokio::time::timeout(fp.connect_timeout, connect).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
@@ -205,7 +274,7 @@ impl ForwardApp {
         let (up, down) = tokio::io::copy_bidirectional(&mut client, &mut upstream)
             .await
             .unwrap_or((0, 0));
-        drop(slot);
+        drop(slots);
         m.request_duration_seconds
             .with_label_values(&[FORWARD_ROUTE])
             .observe(started.elapsed().as_secs_f64());
