@@ -3,7 +3,10 @@
 //!   cargo bench --bench limits -- --quick
 //!
 //! - quota check-and-charge for a configured client (exact counter) and an
-//!   unlisted one (the shared table), also with 2 M clients tracked;
+//!   unlisted one (the shared table), at 100 k and 2 M distinct clients a
+//!   window, on the shipped defaults: in the steady state (the tables sized
+//!   from the windows before) and in the first window (which nothing
+//!   predicts: its table is as large as `max_client_table_memory` allows);
 //! - a host slot taken and given back;
 //! - an adaptive-window admission;
 //! - each of those contended by two threads;
@@ -24,14 +27,14 @@ use floodgate::limits::rate::{
     OverflowKind, Quota, RateLimiter, TableKind, TablePlan, MAX_RPM, MAX_TPM,
 };
 
-fn policies(capacity: usize) -> ClientPolicies {
+/// The shipped defaults, a configured client "gold", and time by hand (a
+/// read is one atomic load, as with the gateway's coarse clock).
+fn policies() -> (ClientPolicies, Arc<ManualClock>) {
     let mut c = ClientsPolicy {
         default: Some(Quota {
             rpm: Some(MAX_RPM),
             tpm: Some(MAX_TPM),
         }),
-        max_tracked_clients: capacity,
-        max_client_table_memory: TablePlan::memory_needed(capacity).max(256 << 20),
         ..ClientsPolicy::default()
     };
     c.limits.insert(
@@ -44,9 +47,29 @@ fn policies(capacity: usize) -> ClientPolicies {
             enabled: true,
             mode: Mode::Enforce,
             api_keys: vec![],
+            privileges: Default::default(),
         },
     );
-    ClientPolicies::build(&c, Arc::new(SystemClock::default()), None).expect("tables")
+    let clock = ManualClock::new(1_000_000 * 60_000);
+    let p = ClientPolicies::build(&c, clock.clone() as Arc<dyn Clock>, None).expect("tables");
+    (p, clock)
+}
+
+/// Two windows of every id, the rotation running as the gateway's does:
+/// afterwards the current and previous tables are sized from demand.
+fn steady_state(p: &ClientPolicies, clock: &ManualClock, ids: &[String]) {
+    for _ in 0..2 {
+        for id in ids {
+            decide(p, id);
+        }
+        clock.advance(30_000);
+        p.rotate();
+        clock.advance(30_000);
+        p.rotate();
+    }
+    for id in ids {
+        decide(p, id);
+    }
 }
 
 fn decide(p: &ClientPolicies, id: &str) {
@@ -74,14 +97,25 @@ fn contended(threads: usize, iters: u64, f: impl Fn(u64) + Sync) -> Duration {
 
 fn quotas(c: &mut Criterion) {
     let mut g = c.benchmark_group("quota");
-    let small = policies(100_000);
+    let (steady, clock) = policies();
     let ids: Vec<String> = (0..100_000).map(|i| format!("client-{i}")).collect();
-    g.bench_function("configured client", |b| b.iter(|| decide(&small, "gold")));
+    g.bench_function("configured client", |b| b.iter(|| decide(&steady, "gold")));
+    steady_state(&steady, &clock, &ids);
     let mut i = 0usize;
-    g.bench_function("unlisted client (100 k tracked)", |b| {
+    g.bench_function("unlisted client, 100 k a window", |b| {
         b.iter(|| {
-            i = (i + 1) % ids.len();
-            decide(&small, &ids[i])
+            i = (i + 7919) % ids.len();
+            decide(&steady, &ids[i])
+        })
+    });
+    let (first, _) = policies();
+    for id in &ids {
+        decide(&first, id);
+    }
+    g.bench_function("unlisted client, 100 k, first window", |b| {
+        b.iter(|| {
+            i = (i + 7919) % ids.len();
+            decide(&first, &ids[i])
         })
     });
     {
@@ -89,26 +123,25 @@ fn quotas(c: &mut Criterion) {
         g.bench_with_input(
             BenchmarkId::new("configured client, contended", threads),
             &threads,
-            |b, &t| b.iter_custom(|iters| contended(t, iters, |_| decide(&small, "gold"))),
+            |b, &t| b.iter_custom(|iters| contended(t, iters, |_| decide(&steady, "gold"))),
         );
         g.bench_with_input(
             BenchmarkId::new("unlisted clients, contended", threads),
             &threads,
             |b, &t| {
                 b.iter_custom(|iters| {
-                    contended(t, iters, |k| decide(&small, &ids[k as usize % ids.len()]))
+                    contended(t, iters, |k| decide(&steady, &ids[k as usize % ids.len()]))
                 })
             },
         );
     }
-    // Two million clients in the current window.
-    let big = policies(2_000_000);
+    drop((steady, first));
+    // Two million clients a window.
     let big_ids: Vec<String> = (0..2_000_000).map(|i| format!("client-{i}")).collect();
-    for id in &big_ids {
-        decide(&big, id);
-    }
+    let (big, clock) = policies();
+    steady_state(&big, &clock, &big_ids);
     let mut j = 0usize;
-    g.bench_function("unlisted client (2 M tracked)", |b| {
+    g.bench_function("unlisted client, 2 M a window", |b| {
         b.iter(|| {
             j = (j + 7919) % big_ids.len();
             decide(&big, &big_ids[j])

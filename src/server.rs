@@ -86,8 +86,8 @@ pub fn prepare(config: Config, path: &Path, opts: &RunOptions) -> Result<Prepare
         None => Overrides::default(),
     };
     let conf = server_conf(&config);
-    let clock: Arc<dyn crate::limits::clock::Clock> =
-        Arc::new(crate::limits::clock::SystemClock::default());
+    let clock: Arc<dyn crate::limits::clock::Clock> = crate::limits::clock::CoarseClock::start()
+        .map_err(|e| format!("cannot start the clock thread: {e}"))?;
     let hosts = Arc::new(crate::limits::connections::Hosts::default());
     let effective = crate::runtime::control::with_overrides(&config, &overrides);
     let runtime = Runtime::build(effective.clone(), clock.clone(), hosts.clone(), None)

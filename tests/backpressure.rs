@@ -265,7 +265,8 @@ async fn queue_admits_waiters_and_times_out_the_rest() {
         "api",
         &[up.addr],
         "[upstreams.backpressure]\nmin_window = 1\nmax_window = 1\nqueue_timeout = \"300ms\"\nmax_queue = 5",
-    ) + &route_toml("main", "/", "api");
+    ) + &route_toml("main", "/", "api")
+        + "[clients]\n[clients.limits.patient]\nmax_wait = \"10s\"\n";
     let gw = Gateway::start("", &rest);
     let hold = {
         let (c, url) = (c.clone(), gw.url("/x?delay_ms=1500"));
@@ -284,10 +285,21 @@ async fn queue_admits_waiters_and_times_out_the_rest() {
         "{:?}",
         started.elapsed()
     );
-    // X-Can-Wait buys a longer wait: this one outlasts the slow request.
+    // X-Can-Wait from anyone else buys nothing.
+    let (status, _, _) = c
+        .get(gw.url("/x"))
+        .header("x-can-wait", "3s")
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), (), ()))
+        .unwrap();
+    assert_eq!(status, 503, "an unprivileged client may not wait longer");
+    // From a client allowed to wait, it buys a longer wait: this one
+    // outlasts the slow request.
     let r = c
         .get(gw.url("/x"))
         .header("x-can-wait", "3s")
+        .header("x-client-id", "patient")
         .send()
         .await
         .unwrap();
@@ -305,7 +317,8 @@ async fn critical_requests_use_the_reserve_and_skip_jitter() {
         "api",
         &[up.addr],
         "[upstreams.backpressure]\nmin_window = 2\nmax_window = 2\ncritical_reserve = 0.5\njitter = \"200ms\"",
-    ) + &route_toml("main", "/", "api");
+    ) + &route_toml("main", "/", "api")
+        + "[clients]\n[clients.limits.ops]\nallow_criticality = true\n";
     let gw = Gateway::start("", &rest);
     let c = client();
     // One normal request fills the normal share (half of 2).
@@ -319,10 +332,19 @@ async fn critical_requests_use_the_reserve_and_skip_jitter() {
         (status, v["error"].as_str().unwrap()),
         (503, "backpressure")
     );
-    // A critical one draws on the reserve.
+    // Anyone may say "critical"; it counts only from a client allowed to.
     let r = c
         .get(gw.url("/x"))
         .header("x-request-criticality", "critical")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "an unprivileged critical request");
+    // An allowed critical one draws on the reserve.
+    let r = c
+        .get(gw.url("/x"))
+        .header("x-request-criticality", "critical")
+        .header("x-client-id", "ops")
         .send()
         .await
         .unwrap();
@@ -337,7 +359,9 @@ async fn critical_requests_use_the_reserve_and_skip_jitter() {
             for _ in 0..10 {
                 let mut r = c.get(&url);
                 if critical {
-                    r = r.header("x-request-criticality", "critical");
+                    r = r
+                        .header("x-request-criticality", "critical")
+                        .header("x-client-id", "ops");
                 }
                 assert_eq!(r.send().await.unwrap().status(), 200);
             }

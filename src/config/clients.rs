@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use crate::limits::clients::{ClientLimit, ClientsPolicy, Mode};
+use crate::limits::clients::{ClientLimit, ClientsPolicy, Mode, Privileges};
+
+/// The longest queue wait a client may be allowed.
+const MAX_WAIT: Duration = Duration::from_secs(60);
 use crate::limits::rate::TablePlan;
 
 /// Bounds of `max_client_table_memory`.
@@ -161,7 +164,16 @@ pub(super) fn validate_clients(c: RawClients, d: &mut Diagnostics<'_>) -> Option
                 ),
             }
         }
-        if let (Some(rpm), Some(tpm), Some(m)) = (rpm, tpm, cmode) {
+        let max_wait = match l.max_wait {
+            None => Some(None),
+            Some(w) => duration_or(Some(w), "0s", &lp.key("max_wait"), d).map(|w| {
+                if w > MAX_WAIT {
+                    d.error(&lp.key("max_wait"), "must be at most 60s");
+                }
+                Some(w.min(MAX_WAIT))
+            }),
+        };
+        if let (Some(rpm), Some(tpm), Some(m), Some(max_wait)) = (rpm, tpm, cmode, max_wait) {
             limits.insert(
                 id,
                 ClientLimit {
@@ -169,6 +181,10 @@ pub(super) fn validate_clients(c: RawClients, d: &mut Diagnostics<'_>) -> Option
                     enabled: l.enabled.unwrap_or(true),
                     mode: m,
                     api_keys,
+                    privileges: Privileges {
+                        critical: l.allow_criticality.unwrap_or(false),
+                        max_wait,
+                    },
                 },
             );
         }

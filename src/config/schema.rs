@@ -184,6 +184,11 @@ pub struct RawClientLimit {
     pub mode: Option<String>,
     /// API keys of this client, as `"sha256:<64 hex digits>"`.
     pub api_keys: Vec<String>,
+    /// May send `X-Request-Criticality: critical` (the critical reserve,
+    /// no jitter).
+    pub allow_criticality: Option<bool>,
+    /// How long `X-Can-Wait` may make this client wait in a queue.
+    pub max_wait: Option<String>,
 }
 
 /// `[forward_proxy]`

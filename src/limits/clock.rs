@@ -33,6 +33,49 @@ impl Clock for SystemClock {
     }
 }
 
+/// [`SystemClock`] read once a millisecond by a thread of its own, so that
+/// reading it is one atomic load (a decision reads the time twice: reading
+/// the system clock costs more than the rest of a configured client's
+/// decision). It lags the system clock by at most a tick, and never goes
+/// back. The thread ends when the clock is dropped.
+#[derive(Debug)]
+pub struct CoarseClock {
+    now: AtomicU64,
+}
+
+/// How often the coarse clock is read.
+const TICK: std::time::Duration = std::time::Duration::from_millis(1);
+
+impl CoarseClock {
+    /// Starts the clock and its thread.
+    pub fn start() -> std::io::Result<Arc<Self>> {
+        let system = SystemClock::default();
+        let clock = Arc::new(CoarseClock {
+            now: AtomicU64::new(system.now_ms()),
+        });
+        let weak = Arc::downgrade(&clock);
+        std::thread::Builder::new()
+            .name("floodgate-clock".into())
+            .spawn(move || {
+                while let Some(c) = weak.upgrade() {
+                    c.now.fetch_max(system.now_ms(), Ordering::Relaxed);
+                    drop(c);
+                    // Its own thread: nothing else waits on this sleep.
+                    #[allow(clippy::disallowed_methods)]
+                    std::thread::sleep(TICK);
+                }
+            })?;
+        Ok(clock)
+    }
+}
+
+impl Clock for CoarseClock {
+    #[inline]
+    fn now_ms(&self) -> u64 {
+        self.now.load(Ordering::Relaxed)
+    }
+}
+
 /// A clock tests move by hand.
 #[derive(Debug, Default)]
 pub struct ManualClock {
@@ -58,5 +101,26 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now_ms(&self) -> u64 {
         self.now.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_coarse_clock_follows_the_system_clock() {
+        let c = CoarseClock::start().unwrap();
+        let s = SystemClock::default();
+        let a = c.now_ms();
+        assert!(s.now_ms().abs_diff(a) < 1000);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while c.now_ms() == a {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the clock never ticked"
+            );
+            std::thread::yield_now();
+        }
     }
 }

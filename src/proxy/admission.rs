@@ -194,6 +194,7 @@ mod tests {
                 enabled: true,
                 mode: Mode::Enforce,
                 api_keys: vec![],
+                privileges: Default::default(),
             },
         );
         let clock = ManualClock::new(1_000_000);

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::admission::{Admission, Outcome};
+use super::headers::Origin;
 use super::usage::UsageScanner;
+use crate::limits::clients::Privileges;
 use crate::limits::rate::QuotaState;
 use crate::limits::RejectReason;
 use crate::runtime::upstream::Upstream;
@@ -28,8 +30,16 @@ pub struct RequestCtx {
     pub failed_backends: Vec<SocketAddr>,
     /// Set when the gateway answered the request itself.
     pub reject: Option<RejectReason>,
+    /// Who sent the request: peer, whether it is a trusted proxy, the
+    /// client behind it.
+    pub origin: Origin,
     /// The resolved client id, when client limits apply.
     pub client_id: Option<String>,
+    /// The client named itself with one of its Floodgate API keys (which
+    /// then never goes upstream).
+    pub by_api_key: bool,
+    /// What the client may ask of the adaptive windows.
+    pub privileges: Privileges,
     /// Everything the request took (quota charge, permits, host slot).
     pub admission: Admission,
     /// The client's quotas after the decision, for the response headers.
@@ -58,7 +68,10 @@ impl RequestCtx {
             backend: None,
             failed_backends: Vec::new(),
             reject: None,
+            origin: Origin::default(),
             client_id: None,
+            by_api_key: false,
+            privileges: Privileges::default(),
             admission: Admission::default(),
             quota_state: None,
             shadow: None,

@@ -51,29 +51,115 @@ pub fn host(req: &RequestHeader) -> Option<&str> {
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
 }
 
+/// Who sent a request, as far as the gateway can trust it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Origin {
+    /// The TCP peer.
+    pub peer: Option<IpAddr>,
+    /// The peer is one of `trusted_proxies`: its forwarding headers hold.
+    pub trusted: bool,
+    /// The client: the right-most address of `X-Forwarded-For` that is not
+    /// a trusted proxy (when the peer is trusted), else the peer.
+    pub client: Option<IpAddr>,
+    /// The request came over TLS.
+    pub tls: bool,
+}
+
+impl Origin {
+    /// Works out the client behind `peer`, walking `X-Forwarded-For` from
+    /// the right past every trusted proxy (as nginx's realip module and
+    /// Envoy's `xff_num_trusted_hops` do). A malformed entry stops the walk:
+    /// the last trusted hop is the client then.
+    pub fn of(
+        req: &RequestHeader,
+        peer: Option<IpAddr>,
+        tls: bool,
+        trusted: impl Fn(IpAddr) -> bool,
+    ) -> Origin {
+        let peer_trusted = peer.is_some_and(&trusted);
+        let mut client = peer;
+        if peer_trusted {
+            let entries = req
+                .headers
+                .get_all(X_FORWARDED_FOR)
+                .iter()
+                .rev()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.rsplit(','));
+            for e in entries {
+                match parse_forwarded_ip(e.trim()) {
+                    Some(ip) => {
+                        client = Some(ip);
+                        if !trusted(ip) {
+                            break;
+                        }
+                    }
+                    None => break,
+                }
+            }
+        }
+        Origin {
+            peer,
+            trusted: peer_trusted,
+            client,
+            tls,
+        }
+    }
+}
+
+/// An address in a forwarding header: `1.2.3.4`, `1.2.3.4:5678`, `::1`,
+/// `[::1]:5678`.
+fn parse_forwarded_ip(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        return Some(sa.ip().to_canonical());
+    }
+    s.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .ok()
+        .map(|ip| ip.to_canonical())
+}
+
+/// Headers that say who a client is or what it asked for, believed only
+/// from a trusted proxy.
+const FORWARDING: &[&str] = &["forwarded", "x-forwarded-host", "x-forwarded-port"];
+const X_REAL_IP: &str = "x-real-ip";
+
 /// Rewrites the upstream request's headers:
 /// - `X-Forwarded-For`: the peer address is appended to a client-sent list
 ///   only when the peer is a trusted proxy; otherwise it replaces the list;
 /// - `X-Forwarded-Proto`: kept from a trusted proxy, else set from the
 ///   downstream transport;
+/// - `Forwarded`, `X-Forwarded-Host`, `X-Forwarded-Port`: kept from a
+///   trusted proxy, else removed; `X-Real-IP` is the client's address;
 /// - hop-by-hop headers and the headers `Connection` names are removed,
 ///   except what a protocol upgrade (WebSocket) needs;
 /// - `Host` is set from `:authority` when an HTTP/2 request has none;
+///   cookies an HTTP/2 client split into several fields are joined into
+///   one (RFC 9113 §8.2.3), for an HTTP/1 upstream;
+/// - `Content-Length` is written in its canonical form (`0010` is `10`);
 /// - `X-Request-Id` carries the request id.
-pub fn prepare_upstream(
-    req: &mut RequestHeader,
-    peer: Option<IpAddr>,
-    trusted_peer: bool,
-    downstream_tls: bool,
-    request_id: &str,
-) -> Result<()> {
+pub fn prepare_upstream(req: &mut RequestHeader, origin: &Origin, request_id: &str) -> Result<()> {
     strip_hop_by_hop(req);
 
-    let xff = match (peer, trusted_peer) {
-        (Some(ip), true) => match req.headers.get(X_FORWARDED_FOR).map(|v| v.to_str()) {
-            Some(Ok(prev)) if !prev.trim().is_empty() => Some(format!("{prev}, {ip}")),
-            _ => Some(ip.to_string()),
-        },
+    let xff = match (origin.peer, origin.trusted) {
+        (Some(ip), true) => {
+            let prev: Vec<&str> = req
+                .headers
+                .get_all(X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .collect();
+            match prev.is_empty() {
+                true => Some(ip.to_string()),
+                false => Some(format!("{}, {ip}", prev.join(", "))),
+            }
+        }
         (Some(ip), false) => Some(ip.to_string()),
         (None, _) => None,
     };
@@ -85,16 +171,67 @@ pub fn prepare_upstream(
             req.remove_header(X_FORWARDED_FOR);
         }
     }
-    if !(trusted_peer && req.headers.contains_key(X_FORWARDED_PROTO)) {
-        let proto = if downstream_tls { "https" } else { "http" };
+    if !(origin.trusted && req.headers.contains_key(X_FORWARDED_PROTO)) {
+        let proto = if origin.tls { "https" } else { "http" };
         req.insert_header(X_FORWARDED_PROTO, proto)?;
+    }
+    if !origin.trusted {
+        for h in FORWARDING {
+            req.remove_header(*h);
+        }
+    }
+    match origin.client {
+        Some(ip) => {
+            req.insert_header(X_REAL_IP, ip.to_string())?;
+        }
+        None => {
+            req.remove_header(X_REAL_IP);
+        }
     }
     if !req.headers.contains_key(HOST) {
         if let Some(a) = req.uri.authority().map(|a| a.as_str().to_string()) {
             req.insert_header(HOST, a)?;
         }
     }
+    join_cookies(req)?;
+    canonical_content_length(req)?;
     req.insert_header(X_REQUEST_ID, request_id)?;
+    Ok(())
+}
+
+/// One `Cookie` field for an HTTP/1 upstream (HTTP/2 clients may split
+/// it into one field per cookie).
+fn join_cookies(req: &mut RequestHeader) -> Result<()> {
+    let values: Vec<String> = req
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    if values.len() > 1 {
+        req.insert_header(http::header::COOKIE, values.join("; "))?;
+    }
+    Ok(())
+}
+
+/// `Content-Length` as one canonical number (Pingora has already refused
+/// requests whose copies disagree).
+fn canonical_content_length(req: &mut RequestHeader) -> Result<()> {
+    let mut values = req.headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let (Some(first), rest) = (values.next(), values.count()) else {
+        return Ok(());
+    };
+    let text = first.as_bytes();
+    let canonical = text.first() != Some(&b'0') || text.len() == 1;
+    if rest == 0 && canonical {
+        return Ok(());
+    }
+    if let Some(n) = std::str::from_utf8(text)
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+    {
+        req.insert_header(http::header::CONTENT_LENGTH, n)?;
+    }
     Ok(())
 }
 
@@ -210,17 +347,73 @@ mod tests {
             ("x-forwarded-for", "1.2.3.4"),
             ("x-forwarded-proto", "https"),
         ]);
-        prepare_upstream(
-            &mut r,
-            Some("10.0.0.9".parse().unwrap()),
-            false,
-            false,
-            "id1",
-        )
-        .unwrap();
+        let o = origin(&r, "10.0.0.9", &[]);
+        prepare_upstream(&mut r, &o, "id1").unwrap();
         assert_eq!(get(&r, "x-forwarded-for"), Some("10.0.0.9"));
         assert_eq!(get(&r, "x-forwarded-proto"), Some("http"));
         assert_eq!(get(&r, "x-request-id"), Some("id1"));
+    }
+
+    fn origin(r: &RequestHeader, peer: &str, trusted: &[&str]) -> Origin {
+        let nets: Vec<ipnet::IpNet> = trusted.iter().map(|t| t.parse().unwrap()).collect();
+        Origin::of(r, Some(peer.parse().unwrap()), false, |ip| {
+            nets.iter().any(|n| n.contains(&ip))
+        })
+    }
+
+    #[test]
+    fn the_client_is_the_rightmost_untrusted_address() {
+        let trusted = ["10.0.0.0/8"];
+        let r = req(&[("x-forwarded-for", "203.0.113.7, 198.51.100.2, 10.0.0.5")]);
+        assert_eq!(
+            origin(&r, "10.0.0.9", &trusted).client,
+            Some("198.51.100.2".parse().unwrap())
+        );
+        // From an untrusted peer the header is a claim, not a fact.
+        assert_eq!(
+            origin(&r, "192.0.2.1", &trusted).client,
+            Some("192.0.2.1".parse().unwrap())
+        );
+        // Several header lines, ports and brackets; a malformed entry stops.
+        let r = req(&[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-for", "[2001:db8::1]:443, 10.1.1.1:80"),
+        ]);
+        assert_eq!(
+            origin(&r, "10.0.0.9", &trusted).client,
+            Some("2001:db8::1".parse().unwrap())
+        );
+        let r = req(&[("x-forwarded-for", "203.0.113.7, garbage, 10.0.0.5")]);
+        assert_eq!(
+            origin(&r, "10.0.0.9", &trusted).client,
+            Some("10.0.0.5".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn forwarding_headers_only_from_trusted_peers() {
+        let headers = [
+            ("forwarded", "for=1.2.3.4;host=evil"),
+            ("x-forwarded-host", "evil"),
+            ("x-real-ip", "1.2.3.4"),
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+            ("content-length", "0010"),
+        ];
+        let mut r = req(&headers);
+        let o = origin(&r, "192.0.2.1", &["10.0.0.0/8"]);
+        prepare_upstream(&mut r, &o, "id").unwrap();
+        assert!(get(&r, "forwarded").is_none());
+        assert!(get(&r, "x-forwarded-host").is_none());
+        assert_eq!(get(&r, "x-real-ip"), Some("192.0.2.1"));
+        assert_eq!(get(&r, "cookie"), Some("a=1; b=2"));
+        assert_eq!(r.headers.get_all("cookie").iter().count(), 1);
+        assert_eq!(get(&r, "content-length"), Some("10"));
+        let mut r = req(&headers);
+        let o = origin(&r, "10.0.0.9", &["10.0.0.0/8"]);
+        prepare_upstream(&mut r, &o, "id").unwrap();
+        assert_eq!(get(&r, "x-forwarded-host"), Some("evil"));
+        assert_eq!(get(&r, "x-real-ip"), Some("10.0.0.9"));
     }
 
     #[test]
@@ -229,7 +422,8 @@ mod tests {
             ("x-forwarded-for", "1.2.3.4"),
             ("x-forwarded-proto", "https"),
         ]);
-        prepare_upstream(&mut r, Some("10.0.0.9".parse().unwrap()), true, false, "id").unwrap();
+        let o = origin(&r, "10.0.0.9", &["10.0.0.0/8"]);
+        prepare_upstream(&mut r, &o, "id").unwrap();
         assert_eq!(get(&r, "x-forwarded-for"), Some("1.2.3.4, 10.0.0.9"));
         assert_eq!(get(&r, "x-forwarded-proto"), Some("https"));
     }
@@ -244,7 +438,11 @@ mod tests {
             ("proxy-authorization", "Basic x"),
             ("x-keep", "k"),
         ]);
-        prepare_upstream(&mut r, None, false, true, "id").unwrap();
+        let tls = Origin {
+            tls: true,
+            ..Origin::default()
+        };
+        prepare_upstream(&mut r, &tls, "id").unwrap();
         for h in [
             "connection",
             "keep-alive",
@@ -258,7 +456,7 @@ mod tests {
         assert_eq!(get(&r, "x-forwarded-proto"), Some("https"));
 
         let mut r = req(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
-        prepare_upstream(&mut r, None, false, false, "id").unwrap();
+        prepare_upstream(&mut r, &Origin::default(), "id").unwrap();
         assert_eq!(get(&r, "upgrade"), Some("websocket"));
         assert_eq!(get(&r, "connection"), Some("upgrade"));
     }

@@ -8,7 +8,15 @@ use pingora::http::RequestHeader;
 use sha2::{Digest, Sha256};
 
 use crate::config::{ClientsConfig, MissingId};
-use crate::limits::clients::{check_client_id, ClientPolicies};
+use crate::limits::clients::{check_claimed_id, ClientPolicies, IP_PREFIX};
+
+/// Who a request's client is, and how it said so.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub id: String,
+    /// Named by one of its Floodgate API keys.
+    pub by_api_key: bool,
+}
 use crate::limits::{Refusal, RejectReason};
 
 /// The client id of a request:
@@ -17,17 +25,23 @@ use crate::limits::{Refusal, RejectReason};
 /// 2. the `id_header` (one value, 1-256 bytes, no control characters, else
 ///    400 `invalid_header`); a client that has API keys cannot be claimed
 ///    this way (401);
-/// 3. else the peer address (`missing_id = "ip"`) or 400 `missing_header`.
+/// 3. else the client's address as `ip:<address>` (`missing_id = "ip"`;
+///    a namespace no header may claim) or 400 `missing_header`.
 pub fn client_id(
     req: &RequestHeader,
     cfg: &ClientsConfig,
     policies: &ClientPolicies,
-    peer: Option<IpAddr>,
-) -> Result<String, Refusal> {
+    client_addr: Option<IpAddr>,
+) -> Result<Identity, Refusal> {
     if let Some(key) = bearer(req) {
         let digest: [u8; 32] = Sha256::digest(key).into();
         match policies.client_of_key(&digest) {
-            Some(id) => return Ok(id.to_string()),
+            Some(id) => {
+                return Ok(Identity {
+                    id: id.to_string(),
+                    by_api_key: true,
+                })
+            }
             None if policies.has_api_keys() => {
                 return Err(Refusal::new(RejectReason::InvalidApiKey, "unknown API key"));
             }
@@ -44,7 +58,7 @@ pub fn client_id(
             ));
         }
         let raw = first.as_bytes();
-        if let Err(e) = check_client_id(raw) {
+        if let Err(e) = check_claimed_id(raw) {
             return Err(Refusal::new(
                 RejectReason::InvalidHeader,
                 format!("{} {e}", cfg.id_header),
@@ -57,11 +71,18 @@ pub fn client_id(
                 format!("client {id:?} must authenticate with its API key"),
             ));
         }
-        return Ok(id);
+        return Ok(Identity {
+            id,
+            by_api_key: false,
+        });
     }
-    match (cfg.missing_id, peer) {
-        (MissingId::Ip, Some(ip)) => Ok(ip.to_string()),
-        (MissingId::Ip, None) => Ok("unknown".to_string()),
+    let by_address = |id: String| Identity {
+        id,
+        by_api_key: false,
+    };
+    match (cfg.missing_id, client_addr) {
+        (MissingId::Ip, Some(ip)) => Ok(by_address(format!("{IP_PREFIX}{ip}"))),
+        (MissingId::Ip, None) => Ok(by_address(format!("{IP_PREFIX}unknown"))),
         (MissingId::Reject, _) => Err(Refusal::new(
             RejectReason::MissingHeader,
             format!("the {} header is required", cfg.id_header),
@@ -145,6 +166,7 @@ mod tests {
                 enabled: true,
                 mode: Mode::Enforce,
                 api_keys: vec![digest],
+                privileges: Default::default(),
             },
         );
         (
@@ -157,7 +179,7 @@ mod tests {
     fn identity_sources() {
         let (c, p) = policies(MissingId::Ip);
         let ip: Option<IpAddr> = Some("10.1.2.3".parse().unwrap());
-        let id = |h: &[(&str, &[u8])]| client_id(&req(h), &c, &p, ip);
+        let id = |h: &[(&str, &[u8])]| client_id(&req(h), &c, &p, ip).map(|i| i.id);
         assert_eq!(id(&[("authorization", b"Bearer s3cret")]).unwrap(), "acme");
         assert_eq!(
             id(&[
@@ -187,7 +209,18 @@ mod tests {
                 .reason,
             RejectReason::InvalidHeader
         );
-        assert_eq!(id(&[]).unwrap(), "10.1.2.3");
+        assert_eq!(id(&[]).unwrap(), "ip:10.1.2.3");
+        // The address namespace is not for headers to claim.
+        assert_eq!(
+            id(&[("x-client-id", b"ip:10.1.2.3")]).unwrap_err().reason,
+            RejectReason::InvalidHeader
+        );
+        // A key-named client is marked so (its key never goes upstream).
+        assert!(
+            client_id(&req(&[("authorization", b"Bearer s3cret")]), &c, &p, ip)
+                .unwrap()
+                .by_api_key
+        );
         let (c, p) = policies(MissingId::Reject);
         assert_eq!(
             client_id(&req(&[]), &c, &p, ip).unwrap_err().reason,

@@ -95,6 +95,12 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let rt = self.runtime.load_full();
         ctx.admission = admission::Admission::new(rt.config.clients.refund_on_client_abort);
+        ctx.origin = headers::Origin::of(
+            session.req_header(),
+            peer_ip(session),
+            downstream_tls(session),
+            |ip| rt.is_trusted_proxy(ip),
+        );
         ctx.runtime = Some(rt.clone());
         ctx.request_id = headers::request_id(session.req_header());
         // The phases in order; the first refusal answers the request (and
@@ -196,25 +202,19 @@ impl ProxyHttp for Gateway {
     /// upstream may be doing the work.
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.admission.mark_sent();
-        let peer = peer_ip(session);
-        let trusted = match (&ctx.runtime, peer) {
-            (Some(rt), Some(ip)) => rt.is_trusted_proxy(ip),
-            _ => false,
-        };
-        headers::prepare_upstream(
-            upstream_request,
-            peer,
-            trusted,
-            downstream_tls(session),
-            &ctx.request_id,
-        )?;
+        headers::prepare_upstream(upstream_request, &ctx.origin, &ctx.request_id)?;
         if let (Some(rt), Some(id)) = (&ctx.runtime, &ctx.client_id) {
             headers::set_client_id(upstream_request, &rt.config.clients.id_header, id)?;
+        }
+        if ctx.by_api_key {
+            // A Floodgate API key is the gateway's secret, never the
+            // upstream's.
+            upstream_request.remove_header(&http::header::AUTHORIZATION);
         }
         Ok(())
     }

@@ -64,15 +64,16 @@ pub fn client_quotas(session: &Session, ctx: &mut RequestCtx, rt: &Runtime) -> O
         return None;
     }
     let req = session.req_header();
-    let peer = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip());
     let c = &rt.config.clients;
-    let id = match identity::client_id(req, c, policies, peer) {
-        Ok(id) => id,
+    let identity = match identity::client_id(req, c, policies, ctx.origin.client) {
+        Ok(i) => i,
         Err(r) => return Some(r),
     };
+    ctx.by_api_key = identity.by_api_key;
+    let id = identity.id;
+    if let Some(client) = policies.configured(&id) {
+        ctx.privileges = client.privileges;
+    }
     let cost = match identity::token_cost(req, &c.token_header, c.default_tokens) {
         Ok(n) => n,
         Err(r) => return Some(r),
@@ -152,8 +153,15 @@ pub async fn adaptive_windows(
     let Some(upstream) = ctx.upstream.clone() else {
         return Error::e_explain(InternalError, "route without upstream");
     };
+    // What the request may ask for with its own headers: what its client
+    // was granted, or anything when a trusted proxy vouches for it.
+    let privileges = if ctx.origin.trusted {
+        window::TRUSTED
+    } else {
+        ctx.privileges
+    };
     for scope in rt.adaptive.iter().chain(upstream.adaptive.iter()) {
-        match window::admit(session, scope).await? {
+        match window::admit(session, scope, privileges).await? {
             Some(permit) => ctx.admission.hold_permit(permit),
             None => {
                 let msg = format!(

@@ -1,5 +1,10 @@
 //! Request-path side of the adaptive windows: criticality, jitter, how long
 //! a request may wait, and leaving the queue when the client hangs up.
+//!
+//! A client's own headers count only as far as it is trusted:
+//! `X-Request-Criticality: critical` only for a client configured with
+//! `allow_criticality`, `X-Can-Wait` only up to its `max_wait` — or
+//! anything, through a trusted proxy (which decides for its own clients).
 
 use std::time::Duration;
 
@@ -7,6 +12,7 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 
 use crate::limits::adaptive::AdaptivePermit;
+use crate::limits::clients::Privileges;
 use crate::runtime::AdaptiveWindow;
 
 /// `X-Request-Criticality: critical` skips jitter and may use the reserved
@@ -14,28 +20,38 @@ use crate::runtime::AdaptiveWindow;
 const CRITICALITY: &str = "x-request-criticality";
 /// `X-Can-Wait: <duration>`: the client accepts a longer queue wait.
 const CAN_WAIT: &str = "x-can-wait";
-/// The longest wait a client may ask for.
+/// The longest wait anyone may ask for.
 const MAX_CAN_WAIT: Duration = Duration::from_secs(60);
 
-fn is_critical(session: &Session) -> bool {
-    session
-        .req_header()
-        .headers
-        .get(CRITICALITY)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"critical"))
+/// What a request through a trusted proxy may ask for.
+pub const TRUSTED: Privileges = Privileges {
+    critical: true,
+    max_wait: Some(MAX_CAN_WAIT),
+};
+
+fn is_critical(session: &Session, privileges: Privileges) -> bool {
+    privileges.critical
+        && session
+            .req_header()
+            .headers
+            .get(CRITICALITY)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"critical"))
 }
 
 /// How long this request may wait for a slot: `queue_timeout`, or longer if
-/// the client says it can wait.
-fn wait_for(session: &Session, scope: &AdaptiveWindow) -> Duration {
+/// the client says it can wait and is allowed to.
+fn wait_for(session: &Session, scope: &AdaptiveWindow, privileges: Privileges) -> Duration {
+    let base = scope.config.adaptive.queue_timeout;
+    let Some(allowed) = privileges.max_wait else {
+        return base;
+    };
     let asked = session
         .req_header()
         .headers
         .get(CAN_WAIT)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| crate::config::parse_duration(v).ok())
-        .map(|d| d.min(MAX_CAN_WAIT));
-    let base = scope.config.adaptive.queue_timeout;
+        .map(|d| d.min(allowed).min(MAX_CAN_WAIT));
     asked.map_or(base, |a| a.max(base))
 }
 
@@ -45,9 +61,10 @@ fn wait_for(session: &Session, scope: &AdaptiveWindow) -> Duration {
 pub async fn admit(
     session: &mut Session,
     scope: &AdaptiveWindow,
+    privileges: Privileges,
 ) -> Result<Option<AdaptivePermit>> {
     let ctl = &scope.controller;
-    let critical = is_critical(session);
+    let critical = is_critical(session, privileges);
     let jitter = scope.config.adaptive.jitter;
     if !critical && !jitter.is_zero() {
         let ms = fastrand::u64(0..=jitter.as_millis() as u64);
@@ -56,7 +73,7 @@ pub async fn admit(
     if let Some(p) = ctl.try_acquire(critical) {
         return Ok(Some(p));
     }
-    let wait = wait_for(session, scope);
+    let wait = wait_for(session, scope, privileges);
     if wait.is_zero() {
         return Ok(None);
     }

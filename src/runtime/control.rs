@@ -105,6 +105,7 @@ pub fn with_overrides(base: &Config, overrides: &Overrides) -> Config {
                 enabled: o.enabled,
                 mode: file.map_or(base.clients.policy.mode, |f| f.mode),
                 api_keys: file.map(|f| f.api_keys.clone()).unwrap_or_default(),
+                privileges: file.map(|f| f.privileges).unwrap_or_default(),
             },
         );
     }

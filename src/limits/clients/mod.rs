@@ -20,8 +20,9 @@ use super::rate::{
 use super::RejectReason;
 
 /// How a refusal is applied.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Mode {
+    #[default]
     /// Refusals are answered.
     Enforce,
     /// Refusals are computed, logged and counted, but the request passes.
@@ -29,13 +30,26 @@ pub enum Mode {
 }
 
 /// One configured client, its missing fields filled from the default.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClientLimit {
     pub quota: Quota,
     pub enabled: bool,
     pub mode: Mode,
     /// SHA-256 digests of the client's API keys.
     pub api_keys: Vec<[u8; 32]>,
+    /// What the client may ask of the adaptive windows.
+    pub privileges: Privileges,
+}
+
+/// What a client may ask of the adaptive windows with its own headers
+/// (`X-Request-Criticality: critical`, `X-Can-Wait`). Nobody may unless
+/// the config says so, or the request comes through a trusted proxy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Privileges {
+    /// May use the critical reserve and skip jitter.
+    pub critical: bool,
+    /// May wait this long in a queue (beyond `queue_timeout`) when asking.
+    pub max_wait: Option<std::time::Duration>,
 }
 
 /// The quota policy of every client: what `[clients]` says about limits
@@ -90,6 +104,22 @@ pub fn check_client_id(id: &[u8]) -> Result<(), String> {
     }
     if s.trim() != s {
         return Err("has leading or trailing spaces".into());
+    }
+    Ok(())
+}
+
+/// The prefix of ids derived from a client's address (`ip:10.0.0.1`): a
+/// namespace of its own, which an id header may not claim.
+pub const IP_PREFIX: &str = "ip:";
+
+/// Checks an id a request claims in a header: a valid id, and not one of
+/// the `ip:` namespace.
+pub fn check_claimed_id(id: &[u8]) -> Result<(), String> {
+    check_client_id(id)?;
+    if id.starts_with(IP_PREFIX.as_bytes()) {
+        return Err(format!(
+            "may not start with {IP_PREFIX:?} (ids of client addresses)"
+        ));
     }
     Ok(())
 }
@@ -149,6 +179,7 @@ pub struct ConfiguredClient {
     /// Whether the client must present one of its API keys (so nobody can
     /// spend its quota by sending its id).
     pub requires_key: bool,
+    pub privileges: Privileges,
     pub stats: Arc<ClientStats>,
     limiter: Arc<RateLimiter>,
 }
@@ -218,6 +249,7 @@ impl ClientPolicies {
                     enabled: l.enabled,
                     mode: l.mode,
                     requires_key: !l.api_keys.is_empty(),
+                    privileges: l.privileges,
                     stats,
                     limiter,
                 }),

@@ -24,6 +24,7 @@ fn config() -> ClientsPolicy {
             enabled: true,
             mode: Mode::Enforce,
             api_keys: vec![[7; 32]],
+            privileges: Default::default(),
         },
     );
     c.limits.insert(
@@ -33,6 +34,7 @@ fn config() -> ClientsPolicy {
             enabled: false,
             mode: Mode::Enforce,
             api_keys: vec![],
+            privileges: Default::default(),
         },
     );
     c

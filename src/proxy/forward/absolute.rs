@@ -128,11 +128,11 @@ impl ProxyHttp for ForwardGateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let trusted = match (&ctx.runtime, peer) {
-            (Some(rt), Some(ip)) => rt.is_trusted_proxy(ip),
-            _ => false,
+        let origin = match &ctx.runtime {
+            Some(rt) => headers::Origin::of(req, peer, false, |ip| rt.is_trusted_proxy(ip)),
+            None => headers::Origin::default(),
         };
-        headers::prepare_upstream(req, peer, trusted, false, &ctx.request_id)
+        headers::prepare_upstream(req, &origin, &ctx.request_id)
     }
 
     /// Runs when the destination's response header arrives: a header that

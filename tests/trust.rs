@@ -1,0 +1,209 @@
+//! Trust boundaries, through the real gateway: what a client's own headers
+//! may claim (an address, an id, forwarding facts, a log field) and what
+//! never leaves the gateway (its API keys). Each test asserts what the
+//! upstream actually received.
+
+#![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // tests and benches may block: they are not the gateway
+
+mod common;
+
+use common::*;
+
+fn sha(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))
+}
+
+async fn status(c: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> u16 {
+    let mut r = c.get(url);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    r.send().await.unwrap().status().as_u16()
+}
+
+/// Behind a trusted load balancer every client keeps its own address
+/// quota (the right-most untrusted `X-Forwarded-For` entry); from an
+/// untrusted peer the header changes nothing.
+#[tokio::test]
+async fn the_client_behind_a_trusted_proxy_is_its_own_client() {
+    let up = Upstream::start("a");
+    let routes = upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api");
+    let quota = "[clients]\ndefault = { rpm = 2 }\n";
+    let c = client();
+    let trusting = Gateway::start(
+        "trusted_proxies = [\"127.0.0.1/32\"]",
+        &(routes.clone() + quota),
+    );
+    for client in ["203.0.113.1", "203.0.113.2"] {
+        let xff = format!("198.51.100.9, {client}");
+        for _ in 0..2 {
+            assert_eq!(
+                status(&c, &trusting.url("/x"), &[("x-forwarded-for", &xff)]).await,
+                200
+            );
+        }
+        assert_eq!(
+            status(&c, &trusting.url("/x"), &[("x-forwarded-for", &xff)]).await,
+            429
+        );
+    }
+    let v = json_at(&c, &format!("{}?x", trusting.url("/echo"))).await;
+    assert_eq!(
+        v["headers"]["x-real-ip"],
+        serde_json::json!(["127.0.0.1"]),
+        "{v}"
+    );
+    let r: serde_json::Value = c
+        .get(trusting.url("/echo"))
+        .header("x-forwarded-for", "203.0.113.77")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        r["headers"]["x-real-ip"],
+        serde_json::json!(["203.0.113.77"]),
+        "{r}"
+    );
+
+    // Not trusted: the header is a claim, and everyone is 127.0.0.1.
+    let wary = Gateway::start("", &(routes + quota));
+    assert_eq!(
+        status(&c, &wary.url("/x"), &[("x-forwarded-for", "203.0.113.1")]).await,
+        200
+    );
+    assert_eq!(
+        status(&c, &wary.url("/x"), &[("x-forwarded-for", "203.0.113.2")]).await,
+        200
+    );
+    assert_eq!(
+        status(&c, &wary.url("/x"), &[("x-forwarded-for", "203.0.113.3")]).await,
+        429
+    );
+}
+
+/// An id header equal to an address spends that id's quota, never the
+/// address's; the address namespace cannot be claimed.
+#[tokio::test]
+async fn ids_and_addresses_are_separate_namespaces() {
+    let up = Upstream::start("a");
+    let rest = upstream_toml("api", &[up.addr], "")
+        + &route_toml("main", "/", "api")
+        + "[clients]\ndefault = { rpm = 1 }\n";
+    let gw = Gateway::start("", &rest);
+    let c = client();
+    assert_eq!(
+        status(&c, &gw.url("/x"), &[("x-client-id", "127.0.0.1")]).await,
+        200
+    );
+    assert_eq!(
+        status(&c, &gw.url("/x"), &[("x-client-id", "127.0.0.1")]).await,
+        429
+    );
+    // The address 127.0.0.1 still has its own request.
+    assert_eq!(status(&c, &gw.url("/x"), &[]).await, 200);
+    assert_eq!(status(&c, &gw.url("/x"), &[]).await, 429);
+    let r = c
+        .get(gw.url("/x"))
+        .header("x-client-id", "ip:127.0.0.1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "invalid_header");
+    let stats = json_at(&c, &gw.admin_url("/api/v1/clients/ip:127.0.0.1/stats")).await;
+    assert_eq!(stats["usage"]["requests_used"], 1, "{stats}");
+}
+
+/// Forwarding facts from an untrusted peer do not reach the upstream; a
+/// Floodgate API key never does; an upstream's own credentials do.
+#[tokio::test]
+async fn what_the_upstream_receives() {
+    let up = Upstream::start("a");
+    let rest = upstream_toml("api", &[up.addr], "")
+        + &route_toml("main", "/", "api")
+        + &format!(
+            "[clients]\n[clients.limits.acme]\nrpm = 100\napi_keys = [\"{}\"]\n",
+            sha("floodgate-key")
+        );
+    let gw = Gateway::start("", &rest);
+    let c = client();
+    let v: serde_json::Value = c
+        .get(gw.url("/x"))
+        .header("authorization", "Bearer floodgate-key")
+        .header("forwarded", "for=1.2.3.4;host=evil.example")
+        .header("x-forwarded-host", "evil.example")
+        .header("x-real-ip", "1.2.3.4")
+        .header("x-forwarded-for", "1.2.3.4")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let h = &v["headers"];
+    assert!(
+        h.get("authorization").is_none(),
+        "the API key went upstream: {v}"
+    );
+    assert!(h.get("forwarded").is_none(), "{v}");
+    assert!(h.get("x-forwarded-host").is_none(), "{v}");
+    assert_eq!(h["x-real-ip"], serde_json::json!(["127.0.0.1"]), "{v}");
+    assert_eq!(
+        h["x-forwarded-for"],
+        serde_json::json!(["127.0.0.1"]),
+        "{v}"
+    );
+    assert_eq!(h["x-client-id"], serde_json::json!(["acme"]), "{v}");
+    // A token that is not a Floodgate key is the upstream's business.
+    let other = Gateway::start(
+        "",
+        &(upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api")),
+    );
+    let v: serde_json::Value = c
+        .get(other.url("/x"))
+        .header("authorization", "Bearer upstream-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["headers"]["authorization"],
+        serde_json::json!(["Bearer upstream-token"])
+    );
+}
+
+/// A header value cannot forge fields of a text access-log line.
+#[tokio::test]
+async fn log_lines_cannot_be_forged() {
+    let up = Upstream::start("a");
+    let rest = upstream_toml("api", &[up.addr], "")
+        + &route_toml("main", "/", "api")
+        + "[clients]\ndefault = { rpm = 100 }\n";
+    let gw = Gateway::start("", &rest);
+    let c = client();
+    let forged = "bob route=admin status=999 outcome=allowed";
+    assert_eq!(
+        status(&c, &gw.url("/x"), &[("x-client-id", forged)]).await,
+        200
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let log = gw.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("access") && l.contains("bob"))
+        .unwrap_or_else(|| panic!("no access line:\n{log}"));
+    assert!(line.contains(&format!("client=\"{forged}\"")), "{line}");
+    // Outside the quoted value there is exactly one route and one status.
+    let outside: String = line.split('"').step_by(2).collect();
+    assert_eq!(outside.matches(" route=").count(), 1, "{line}");
+    assert!(outside.contains(" route=main"), "{line}");
+    assert!(!outside.contains("status=999"), "{line}");
+}
