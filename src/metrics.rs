@@ -70,6 +70,10 @@ pub struct Metrics {
     /// ended in neither of its two ways and was settled when its context
     /// was dropped (a bug to report when it moves).
     pub admission_safety_net_total: IntCounter,
+    /// `floodgate_connections_refused_total{reason}`: client connections
+    /// closed before any request: `listener` or `address` (over a cap),
+    /// `tls_handshake_timeout`.
+    pub connections_refused_total: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -199,6 +203,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "Requests whose admission was settled only when their context was dropped.",
     )?;
     registry.register(Box::new(admission_safety_net_total.clone()))?;
+    let connections_refused_total = IntCounterVec::new(
+        Opts::new(
+            "floodgate_connections_refused_total",
+            "Client connections closed before any request, by reason (listener, address, tls_handshake_timeout).",
+        ),
+        &["reason"],
+    )?;
+    registry.register(Box::new(connections_refused_total.clone()))?;
     Ok(Metrics {
         registry,
         requests_total,
@@ -219,6 +231,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         config_reloads_total,
         usage_clamped_total,
         admission_safety_net_total,
+        connections_refused_total,
     })
 }
 

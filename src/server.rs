@@ -5,7 +5,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use pingora::listeners::tls::TlsSettings;
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::{Acceptor, TlsSettings};
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 use pingora::services::listening::Service;
@@ -14,7 +15,7 @@ use std::path::Path;
 
 use crate::admin::{Admin, AdminService};
 use crate::config::Config;
-use crate::proxy::guard::EdgeApp;
+use crate::proxy::guard::{EdgeApp, Listeners};
 use crate::proxy::Gateway;
 use crate::runtime::control::{ControlPlane, Overrides};
 use crate::runtime::{Runtime, SharedRuntime};
@@ -48,6 +49,72 @@ fn server_conf(c: &Config) -> ServerConf {
     conf
 }
 
+/// Pingora's HTTP settings: an idle HTTP/2 connection is closed after
+/// `keepalive_timeout`, as an idle HTTP/1 one is.
+fn server_options(c: &Config) -> HttpServerOptions {
+    let mut o = HttpServerOptions::default();
+    o.h2_idle_timeout = Some(c.server.keepalive_timeout);
+    o
+}
+
+/// A TLS listener's acceptor (HTTP/2 offered by ALPN when `http2`). The
+/// files are loaded here first, so that a bad one is an error, not a panic.
+fn tls_acceptor(t: &crate::config::TlsListener) -> Result<Arc<Acceptor>, String> {
+    let cert = t.cert_file.display().to_string();
+    let key = t.key_file.display().to_string();
+    match pingora::tls::load_certs_and_key_files(&cert, &key) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return Err(format!(
+                "server.tls {}: no certificate or key found",
+                t.listen
+            ))
+        }
+        Err(e) => return Err(format!("server.tls {}: {e}", t.listen)),
+    }
+    let mut tls = TlsSettings::intermediate(&cert, &key)
+        .map_err(|e| format!("server.tls {}: {e}", t.listen))?;
+    if t.http2 {
+        tls.enable_h2();
+    }
+    Ok(Arc::new(tls.build()))
+}
+
+/// File descriptors kept for everything but client connections: upstream
+/// connections are counted per client connection below; these are for
+/// the admin API, logs, the config watcher and the like.
+const RESERVED_FDS: u64 = 256;
+
+/// The connections one listener holds at most: as configured, else from
+/// the file-descriptor limit (raised to its hard limit first), shared by
+/// the listeners, each client connection counted with one upstream
+/// connection — so that a flood reaches this cap, never the process's
+/// limit, where every listener (the admin one too) would stop accepting.
+fn per_listener_cap(c: &Config) -> u64 {
+    if let Some(n) = c.server.max_connections_per_listener {
+        return n;
+    }
+    let nofile = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    let listeners = (c.server.listen.len()
+        + c.server.tls.len()
+        + usize::from(c.forward_proxy.is_some())) as u64;
+    (nofile.saturating_sub(RESERVED_FDS) / (2 * listeners.max(1))).max(16)
+}
+
+/// The admin listener, with `SO_REUSEPORT`: while an old process drains
+/// after an upgrade (its `/ready` answering 503), the new one listens on
+/// the same port.
+fn bind_admin(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
 /// The admin bearer token, from the variable `admin_token_env` names. An
 /// admin endpoint off loopback refuses to start without one.
 fn admin_token(config: &Config) -> Result<Option<String>, String> {
@@ -79,6 +146,13 @@ pub fn prepare(config: Config, path: &Path, opts: &RunOptions) -> Result<Prepare
     // Before any listener opens: SIGHUP reloads instead of killing.
     let sighup =
         crate::services::watcher::install_sighup().map_err(|e| format!("SIGHUP handler: {e}"))?;
+    // SIGTERM (shutdown) and SIGQUIT (upgrade) also mark the gateway as
+    // draining; Pingora's own handlers still do the rest.
+    let draining = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGQUIT] {
+        signal_hook::flag::register(sig, draining.clone())
+            .map_err(|e| format!("signal handler: {e}"))?;
+    }
     let token = admin_token(&config)?;
     let overrides = match &config.server.state_file {
         Some(f) => Overrides::load(f)
@@ -113,31 +187,37 @@ pub fn prepare(config: Config, path: &Path, opts: &RunOptions) -> Result<Prepare
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let proxy = pingora::proxy::http_proxy(&server.configuration, Gateway::new(runtime.clone()));
-    let app = EdgeApp::new(proxy, runtime.clone());
-    let mut svc = Service::new("floodgate proxy".to_string(), app);
-    for a in &config.server.listen {
-        svc.add_tcp(&a.to_string());
-    }
+    let per_listener = per_listener_cap(&config);
+    let mut proxy =
+        pingora::proxy::http_proxy(&server.configuration, Gateway::new(runtime.clone()));
+    proxy.server_options = Some(server_options(&config));
+    let mut acceptors = Vec::new();
     for t in &config.server.tls {
-        let mut tls = TlsSettings::intermediate(
-            &t.cert_file.display().to_string(),
-            &t.key_file.display().to_string(),
-        )
-        .map_err(|e| format!("server.tls {}: {e}", t.listen))?;
-        if t.http2 {
-            tls.enable_h2();
-        }
-        svc.add_tls_with_settings(&t.listen.to_string(), None, tls);
+        acceptors.push((t.listen, tls_acceptor(t)?));
+    }
+    let listeners = Listeners::new(&config.server.listen, acceptors, per_listener);
+    let app = EdgeApp::new(proxy, runtime.clone(), listeners);
+    let mut svc = Service::new("floodgate proxy".to_string(), app);
+    // TLS listeners too are plain TCP to Pingora: the guard completes their
+    // handshakes itself, under tls_handshake_timeout and the caps.
+    for a in config
+        .server
+        .listen
+        .iter()
+        .chain(config.server.tls.iter().map(|t| &t.listen))
+    {
+        svc.add_tcp(&a.to_string());
     }
     server.add_service(svc);
 
     if let Some(fp) = &config.forward_proxy {
-        let proxy = pingora::proxy::http_proxy(
+        let mut proxy = pingora::proxy::http_proxy(
             &server.configuration,
             crate::proxy::forward::ForwardGateway::new(runtime.clone()),
         );
-        let app = crate::proxy::forward::ForwardApp::new(proxy, runtime.clone());
+        proxy.server_options = Some(server_options(&config));
+        let listeners = Listeners::new(&[fp.listen], Vec::new(), per_listener);
+        let app = crate::proxy::forward::ForwardApp::new(proxy, runtime.clone(), listeners);
         let mut svc = Service::new("floodgate forward proxy".to_string(), app);
         svc.add_tcp(&fp.listen.to_string());
         server.add_service(svc);
@@ -162,12 +242,8 @@ pub fn prepare(config: Config, path: &Path, opts: &RunOptions) -> Result<Prepare
     ));
 
     let addr = config.server.admin_listen;
-    let admin = match std::net::TcpListener::bind(addr) {
-        Ok(l) => {
-            l.set_nonblocking(true)
-                .map_err(|e| format!("server.admin_listen {addr}: {e}"))?;
-            Some(l)
-        }
+    let admin = match bind_admin(addr) {
+        Ok(l) => Some(l),
         // Upgrading: the old process still holds the port until it starts
         // shutting down; the admin service binds as soon as it is free.
         Err(e) if opts.upgrade && e.kind() == std::io::ErrorKind::AddrInUse => None,
@@ -176,6 +252,7 @@ pub fn prepare(config: Config, path: &Path, opts: &RunOptions) -> Result<Prepare
     let admin_state = Admin {
         runtime: runtime.clone(),
         ready: Arc::new(AtomicBool::new(false)),
+        draining,
         control,
         token,
     };

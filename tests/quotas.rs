@@ -119,7 +119,7 @@ async fn unknown_clients_each_get_the_default() {
         assert_eq!(s, 200);
         assert_eq!(
             v["headers"]["x-client-id"],
-            serde_json::json!(["127.0.0.1"])
+            serde_json::json!(["ip:127.0.0.1"])
         );
     }
     let (s, _, _) = call(&c, &gw.url("/x"), &[]).await;

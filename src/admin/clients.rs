@@ -9,7 +9,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::{bad_request, blocking, json_body, not_found, Admin, ApiError};
+use super::{bad_request, blocking, change_failed, json_body, not_found, Admin, ApiError};
 use crate::limits::clients::Decision;
 use crate::runtime::control::ClientOverride;
 
@@ -75,7 +75,7 @@ pub(super) async fn post_client(State(s): State<Admin>, body: Bytes) -> Result<R
     let (control, id) = (s.control.clone(), c.id.clone());
     blocking(move || control.put_client(&id, o))
         .await?
-        .map_err(bad_request)?;
+        .map_err(change_failed)?;
     let rec = s.control.client(&c.id);
     Ok((StatusCode::CREATED, Json(rec)).into_response())
 }
@@ -90,7 +90,7 @@ pub(super) async fn put_client(
     let (control, i) = (s.control.clone(), id.clone());
     blocking(move || control.put_client(&i, o))
         .await?
-        .map_err(bad_request)?;
+        .map_err(change_failed)?;
     tracing::info!(target: "admin", client = %id, "client limits set through the admin API");
     Ok(Json(s.control.client(&id)).into_response())
 }
@@ -111,7 +111,7 @@ pub(super) async fn delete_client(
             )
         }
         Ok(false) => Err(not_found(format!("client {id:?} has no API override"))),
-        Err(e) => Err(bad_request(e)),
+        Err(e) => Err(change_failed(e)),
     }
 }
 

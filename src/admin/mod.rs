@@ -43,6 +43,10 @@ pub struct Admin {
     pub runtime: SharedRuntime,
     /// Set once the admin endpoint serves.
     pub ready: Arc<AtomicBool>,
+    /// Set by SIGTERM or SIGQUIT: the gateway is finishing its requests
+    /// before it exits (`/ready` answers 503 so that load balancers stop
+    /// sending).
+    pub draining: Arc<AtomicBool>,
     pub control: Arc<ControlPlane>,
     /// Bearer token for mutating calls.
     pub token: Option<String>,
@@ -85,6 +89,18 @@ impl IntoResponse for ApiError {
 
 pub(super) fn bad_request(message: String) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+/// A control-plane change that did not happen: the caller's mistake (400)
+/// or the state file's (500, `state_not_saved`).
+pub(super) fn change_failed(e: crate::runtime::control::ChangeError) -> ApiError {
+    use crate::runtime::control::ChangeError;
+    match e {
+        ChangeError::Rejected(m) => bad_request(m),
+        ChangeError::NotSaved(m) => {
+            ApiError(StatusCode::INTERNAL_SERVER_ERROR, "state_not_saved", m)
+        }
+    }
 }
 
 pub(super) fn not_found(message: String) -> ApiError {
@@ -183,8 +199,18 @@ impl BackgroundService for AdminService {
         self.state.ready.store(true, Ordering::Release);
         crate::metrics::metrics().ready.set(1);
         let app = router(self.state.clone());
+        // While the gateway drains (SIGTERM, or SIGQUIT: the old process
+        // of an upgrade) the admin endpoint keeps answering through the
+        // grace period — `/ready` with 503, `/health` with 200 — and ends
+        // with the process (the new process of an upgrade shares the port:
+        // SO_REUSEPORT). Otherwise (SIGINT) it stops at once.
+        let draining = self.state.draining.clone();
         let stop = async move {
             let _ = shutdown.changed().await;
+            if draining.load(Ordering::Acquire) {
+                crate::metrics::metrics().ready.set(0);
+                std::future::pending::<()>().await;
+            }
         };
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop)

@@ -8,7 +8,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::{bad_request, blocking, json_body, not_found, Admin, ApiError};
+use super::{blocking, change_failed, json_body, not_found, Admin, ApiError};
 use crate::limits::connections::Proxy;
 
 pub(super) async fn health() -> impl IntoResponse {
@@ -16,11 +16,13 @@ pub(super) async fn health() -> impl IntoResponse {
 }
 
 pub(super) async fn ready(State(s): State<Admin>) -> impl IntoResponse {
-    let ok = s.ready.load(Ordering::Acquire);
+    let draining = s.draining.load(Ordering::Acquire);
+    let ok = s.ready.load(Ordering::Acquire) && !draining;
     crate::metrics::metrics().ready.set(i64::from(ok));
     let rt = s.runtime.load();
     let body = serde_json::json!({
         "ready": ok,
+        "draining": draining,
         "routes": rt.router.routes().len(),
         "upstreams": rt.upstreams.len(),
     });
@@ -125,7 +127,7 @@ pub(super) async fn put_host(
     let (control, h) = (s.control.clone(), host.clone());
     blocking(move || control.set_host_cap(proxy, &h, Some(cap.max_connections)))
         .await?
-        .map_err(bad_request)?;
+        .map_err(change_failed)?;
     tracing::info!(target: "admin", host = %host, proxy = proxy.as_str(), max_connections = cap.max_connections, "connection cap set through the admin API");
     get_host(
         State(s.clone()),
@@ -149,7 +151,7 @@ pub(super) async fn delete_host(
     let (control, h) = (s.control.clone(), host.clone());
     if !blocking(move || control.set_host_cap(proxy, &h, None))
         .await?
-        .map_err(bad_request)?
+        .map_err(change_failed)?
     {
         return Err(not_found(format!("host {host:?} has no API cap")));
     }

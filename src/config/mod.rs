@@ -169,6 +169,15 @@ pub struct ServerConfig {
     pub max_header_size: usize,
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub body_idle_timeout: Duration,
+    pub body_timeout: Duration,
+    pub client_write_timeout: Duration,
+    /// Bodies up to this many bytes are buffered before upstream slots.
+    pub request_buffer_size: usize,
+    /// `None`: derived from the file-descriptor limit at start.
+    pub max_connections_per_listener: Option<u64>,
+    pub max_connections_per_ip: u64,
     pub upstream_keepalive_pool_size: usize,
     pub upgrade_sock: PathBuf,
     pub pid_file: PathBuf,

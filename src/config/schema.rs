@@ -48,6 +48,23 @@ pub struct RawServer {
     pub header_timeout: Option<String>,
     /// Idle time a client connection is kept open between requests.
     pub keepalive_timeout: Option<String>,
+    /// Time a client has to finish its TLS handshake.
+    pub tls_handshake_timeout: Option<String>,
+    /// Longest pause while a client sends its request body.
+    pub body_idle_timeout: Option<String>,
+    /// Time a client has to send its whole request body.
+    pub body_timeout: Option<String>,
+    /// Longest a client may leave the gateway unable to write its response.
+    pub client_write_timeout: Option<String>,
+    /// Request bodies up to this size are read in full before the request
+    /// takes an upstream slot; bytes or `"1MiB"`; 0 = stream every body.
+    pub request_buffer_size: Option<toml::Value>,
+    /// Connections a proxy listener holds at most; 0 = no cap (default:
+    /// from the process's file-descriptor limit).
+    pub max_connections_per_listener: Option<i64>,
+    /// Connections one client address holds at most on a listener (trusted
+    /// proxies exempt); 0 = no cap.
+    pub max_connections_per_ip: Option<i64>,
     /// Idle upstream connections kept in the pool, over all upstreams.
     pub upstream_keepalive_pool_size: Option<i64>,
     /// Unix socket used to hand listeners over on `--upgrade`.

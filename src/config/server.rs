@@ -74,6 +74,54 @@ pub(super) fn validate_server(
     let grace_period = duration_or(s.grace_period, "10s", &p.key("grace_period"), d);
     let header_timeout = duration_or(s.header_timeout, "10s", &p.key("header_timeout"), d);
     let keepalive_timeout = duration_or(s.keepalive_timeout, "60s", &p.key("keepalive_timeout"), d);
+    let nonzero = |v: Option<Duration>, key: &str, d: &mut Diagnostics<'_>| {
+        if v.is_some_and(|v| v.is_zero()) {
+            d.error(&p.key(key), "must be more than 0");
+            return None;
+        }
+        v
+    };
+    let tls_handshake_timeout = duration_or(
+        s.tls_handshake_timeout,
+        "10s",
+        &p.key("tls_handshake_timeout"),
+        d,
+    );
+    let tls_handshake_timeout = nonzero(tls_handshake_timeout, "tls_handshake_timeout", d);
+    let body_idle_timeout = duration_or(s.body_idle_timeout, "15s", &p.key("body_idle_timeout"), d);
+    let body_idle_timeout = nonzero(body_idle_timeout, "body_idle_timeout", d);
+    let body_timeout = duration_or(s.body_timeout, "60s", &p.key("body_timeout"), d);
+    let body_timeout = nonzero(body_timeout, "body_timeout", d);
+    let client_write_timeout = duration_or(
+        s.client_write_timeout,
+        "30s",
+        &p.key("client_write_timeout"),
+        d,
+    );
+    let client_write_timeout = nonzero(client_write_timeout, "client_write_timeout", d);
+    let request_buffer_size = match &s.request_buffer_size {
+        None => Some(1024 * 1024),
+        Some(v) => byte_size(v, &p.key("request_buffer_size"), d).filter(|n| {
+            let ok = *n <= 64 * 1024 * 1024;
+            if !ok {
+                d.error(&p.key("request_buffer_size"), "must be at most 64MiB");
+            }
+            ok
+        }),
+    };
+    let cap = |v: Option<i64>, key: &str, d: &mut Diagnostics<'_>| match v {
+        Some(n) if n < 0 => {
+            d.error(&p.key(key), "must be >= 0 (0: no cap)");
+            None
+        }
+        other => Some(other.map(|n| n as u64)),
+    };
+    let max_connections_per_listener = cap(
+        s.max_connections_per_listener,
+        "max_connections_per_listener",
+        d,
+    );
+    let max_connections_per_ip = cap(s.max_connections_per_ip, "max_connections_per_ip", d);
     let max_header_size = match s.max_header_size {
         None => Some(64 * 1024),
         Some(v) => byte_size(&v, &p.key("max_header_size"), d),
@@ -113,6 +161,13 @@ pub(super) fn validate_server(
         max_header_size: max_header_size?,
         header_timeout: header_timeout?,
         keepalive_timeout: keepalive_timeout?,
+        tls_handshake_timeout: tls_handshake_timeout?,
+        body_idle_timeout: body_idle_timeout?,
+        body_timeout: body_timeout?,
+        client_write_timeout: client_write_timeout?,
+        request_buffer_size: request_buffer_size?,
+        max_connections_per_listener: max_connections_per_listener?,
+        max_connections_per_ip: max_connections_per_ip?.unwrap_or(256),
         upstream_keepalive_pool_size: pool?,
         upgrade_sock,
         pid_file,

@@ -55,6 +55,9 @@ pub struct RequestCtx {
     /// The route's body limit, and the body bytes seen so far.
     pub max_body_size: Option<usize>,
     pub body_bytes: usize,
+    /// When a body still streaming from the client is too late
+    /// (`server.body_timeout` after the request was admitted).
+    pub body_deadline: Option<std::time::Instant>,
 }
 
 impl RequestCtx {
@@ -80,6 +83,7 @@ impl RequestCtx {
             upstream_failed: false,
             max_body_size: None,
             body_bytes: 0,
+            body_deadline: None,
         }
     }
 

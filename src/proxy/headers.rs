@@ -25,21 +25,29 @@ const HOP_BY_HOP: &[&str] = &[
     "trailer",
 ];
 
-/// The client's `X-Request-Id` when it is well formed (1-128 characters of
-/// `[A-Za-z0-9._:-]`), else a fresh random one.
-pub fn request_id(req: &RequestHeader) -> String {
-    if let Some(v) = req.headers.get(X_REQUEST_ID) {
-        let b = v.as_bytes();
-        let ok = !b.is_empty()
-            && b.len() <= 128
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'));
-        if ok {
-            // Checked ASCII above.
-            return String::from_utf8_lossy(b).into_owned();
-        }
-    }
+/// Whether a client's `X-Request-Id` is kept: 1-128 characters of
+/// `[A-Za-z0-9._:-]`.
+pub fn valid_request_id(b: &[u8]) -> bool {
+    !b.is_empty()
+        && b.len() <= 128
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
+}
+
+/// A fresh random request id.
+pub fn new_request_id() -> String {
     format!("{:032x}", fastrand::u128(..))
+}
+
+/// The client's `X-Request-Id` when it is well formed, else a fresh one.
+pub fn request_id(req: &RequestHeader) -> String {
+    match req.headers.get(X_REQUEST_ID) {
+        // Checked ASCII by `valid_request_id`.
+        Some(v) if valid_request_id(v.as_bytes()) => {
+            String::from_utf8_lossy(v.as_bytes()).into_owned()
+        }
+        _ => new_request_id(),
+    }
 }
 
 /// The host the request is for: the Host header (HTTP/1) or the

@@ -35,16 +35,18 @@ pub fn request_done(session: &Session, error: Option<&Error>, ctx: &RequestCtx) 
     let client_addr = ctx.origin.client.map(|a| a.to_string()).unwrap_or_default();
     let upstream = ctx.upstream.as_ref().map_or("", |u| u.name.as_str());
     let backend = ctx.backend.map(|b| b.to_string()).unwrap_or_default();
-    // Values a client controls are written quoted and escaped (`?`), so no
+    let error = error.map(|e| e.to_string()).unwrap_or_default();
+    // Values a client controls are recorded as strings: the text format
+    // writes them quoted and escaped, the JSON one as JSON strings, so no
     // header can forge another field of the line.
     tracing::info!(
         target: "access",
         request_id = %ctx.request_id,
-        client = ?client,
+        client = client,
         client_addr = %client_addr,
         peer = %peer,
-        method = ?req.method.as_str(),
-        path = ?req.uri.path(),
+        method = req.method.as_str(),
+        path = req.uri.path(),
         route = %route,
         upstream = %upstream,
         backend = %backend,
@@ -52,6 +54,6 @@ pub fn request_done(session: &Session, error: Option<&Error>, ctx: &RequestCtx) 
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         outcome = outcome,
         shadow = ctx.shadow.map_or("", |r| r.as_str()),
-        error = ?error.map(|e| e.to_string()).unwrap_or_default(),
+        error = error.as_str(),
     );
 }

@@ -111,24 +111,40 @@ impl ProxyHttp for Gateway {
         if let Some(r) = phases::client_quotas(session, ctx, &rt) {
             return respond::refuse(session, ctx, r).await;
         }
+        // A client that stops reading its answer is let go (HTTP/1: set by
+        // the guard).
+        session.set_write_timeout(Some(rt.config.server.client_write_timeout));
+        if let Some(r) = phases::read_small_body(session, &rt).await {
+            return respond::refuse(session, ctx, r).await;
+        }
         if let Some(r) = phases::adaptive_windows(session, ctx, &rt).await? {
             return respond::refuse(session, ctx, r).await;
         }
         if let Some(r) = phases::backend_slot(ctx) {
             return respond::refuse(session, ctx, r).await;
         }
+        ctx.body_deadline = Some(std::time::Instant::now() + rt.config.server.body_timeout);
         Ok(false)
     }
 
     /// Runs for each chunk of the request body on its way upstream: enforces
-    /// the route's body limit on bodies without a declared length.
+    /// the route's body limit on bodies without a declared length, and the
+    /// time a streamed body may take (`body_timeout`).
     async fn request_body_filter(
         &self,
         _session: &mut Session,
         body: &mut Option<bytes::Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if !end_of_stream
+            && ctx
+                .body_deadline
+                .is_some_and(|d| std::time::Instant::now() > d)
+        {
+            ctx.reject = Some(RejectReason::RequestTimeout);
+            return Error::e_explain(HTTPStatus(408), "the request body took too long");
+        }
         if let (Some(limit), Some(b)) = (ctx.max_body_size, body.as_ref()) {
             ctx.body_bytes += b.len();
             if ctx.body_bytes > limit {

@@ -8,6 +8,7 @@
 //! 2. client           API key | id header | peer address → 400 / 401
 //! 3. token cost       X-Token-Estimate                  → 400; 413 if it can never fit
 //! 4. quotas           RPM and TPM, one check-and-add    → 429 + rate-limit headers
+//!    body             HTTP/2: a body up to 64 KiB read now → 408 (HTTP/1: the guard did)
 //! 5. adaptive windows gateway-wide, then the upstream's → 503 backpressure (after the queue)
 //! 6. backend slot     a backend with room under its cap → 503 connection_limit
 //! ```
@@ -201,4 +202,61 @@ pub fn backend_slot(ctx: &mut RequestCtx) -> Option<Refusal> {
         // No backend at all: upstream_peer reports it as a 502.
         Err(upstream::NoBackend::Exhausted) => None,
     }
+}
+
+/// Pingora replays at most this much of a body read before the upstream
+/// is chosen (its retry buffer).
+const REPLAY_LIMIT: u64 = 64 * 1024;
+
+/// Between the quotas and the windows: an HTTP/2 request's body, when it
+/// declares one small enough to replay, is read in full here — no pause
+/// over `body_idle_timeout`, all of it within `body_timeout` — so that a
+/// slow sender holds no adaptive permit or upstream slot. (HTTP/1 bodies
+/// are read by the connection guard; a larger body streams, each HTTP/1
+/// read under `body_idle_timeout`.)
+pub async fn read_small_body(session: &mut Session, rt: &Runtime) -> Option<Refusal> {
+    if !session.is_http2() {
+        return None;
+    }
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())?;
+    let s = &rt.config.server;
+    if declared == 0 || declared > REPLAY_LIMIT.min(s.request_buffer_size as u64) {
+        return None;
+    }
+    session.enable_retry_buffering();
+    let total = tokio::time::Instant::now() + s.body_timeout;
+    let late = || {
+        Some(Refusal::new(
+            RejectReason::RequestTimeout,
+            "the request body was not received in time",
+        ))
+    };
+    let mut read = 0u64;
+    while !session.is_body_done() {
+        let idle = (tokio::time::Instant::now() + s.body_idle_timeout).min(total);
+        match tokio::time::timeout_at(idle, session.read_request_body()).await {
+            Err(_) => return late(),
+            Ok(Ok(Some(b))) => {
+                read += b.len() as u64;
+                // More than declared: h2 ends the stream itself; stop
+                // reading so the replay buffer is never truncated.
+                if read >= declared {
+                    break;
+                }
+            }
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
+                return Some(Refusal::new(
+                    RejectReason::BadRequest,
+                    format!("reading the request body: {e}"),
+                ))
+            }
+        }
+    }
+    None
 }

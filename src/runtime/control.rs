@@ -244,25 +244,25 @@ impl ControlPlane {
 
     /// Applies a state change: rebuild, swap, persist. On failure nothing
     /// changes.
-    fn change(&self, f: impl FnOnce(&mut Overrides)) -> Result<(), String> {
+    fn change(&self, f: impl FnOnce(&mut Overrides)) -> Result<(), ChangeError> {
         let mut inner = self.lock();
         let mut overrides = inner.overrides.clone();
         f(&mut overrides);
         let current = self.runtime.load_full();
         let next = self
             .build(&inner.base, &overrides, &current)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ChangeError::Rejected(e.to_string()))?;
         self.persist(&current.config, &overrides)?;
         self.runtime.store(Arc::new(next));
         inner.overrides = overrides;
         Ok(())
     }
 
-    fn persist(&self, config: &Config, overrides: &Overrides) -> Result<(), String> {
+    fn persist(&self, config: &Config, overrides: &Overrides) -> Result<(), ChangeError> {
         match &config.server.state_file {
-            Some(path) => overrides
-                .save(path)
-                .map_err(|e| format!("cannot write state file {}: {e}", path.display())),
+            Some(path) => overrides.save(path).map_err(|e| {
+                ChangeError::NotSaved(format!("cannot write state file {}: {e}", path.display()))
+            }),
             None => Ok(()),
         }
     }
@@ -298,14 +298,18 @@ impl ControlPlane {
     }
 
     /// Creates or replaces an API override for `id`.
-    pub fn put_client(&self, id: &str, o: ClientOverride) -> Result<(), String> {
+    pub fn put_client(&self, id: &str, o: ClientOverride) -> Result<(), ChangeError> {
         crate::limits::clients::check_client_id(id.as_bytes())
-            .map_err(|e| format!("client id {e}"))?;
+            .map_err(|e| ChangeError::Rejected(format!("client id {e}")))?;
         if o.rpm.is_some_and(|r| r > MAX_RPM) {
-            return Err(format!("rpm must be at most {MAX_RPM}"));
+            return Err(ChangeError::Rejected(format!(
+                "rpm must be at most {MAX_RPM}"
+            )));
         }
         if o.tpm.is_some_and(|t| t > MAX_TPM) {
-            return Err(format!("tpm must be at most {MAX_TPM}"));
+            return Err(ChangeError::Rejected(format!(
+                "tpm must be at most {MAX_TPM}"
+            )));
         }
         self.change(|s| {
             s.clients.insert(id.to_string(), o);
@@ -314,7 +318,7 @@ impl ControlPlane {
 
     /// Removes `id`'s API override; the file's value applies again.
     /// `Ok(false)`: there was none.
-    pub fn delete_client(&self, id: &str) -> Result<bool, String> {
+    pub fn delete_client(&self, id: &str) -> Result<bool, ChangeError> {
         if !self.lock().overrides.clients.contains_key(id) {
             return Ok(false);
         }
@@ -343,9 +347,16 @@ impl ControlPlane {
     /// Sets (`Some`) or removes (`None`) an API cap for `host`: persisted
     /// first, then applied, so a failed write changes nothing.
     /// `Ok(false)`: removing, and there was nothing to remove.
-    pub fn set_host_cap(&self, proxy: Proxy, host: &str, cap: Option<u64>) -> Result<bool, String> {
+    pub fn set_host_cap(
+        &self,
+        proxy: Proxy,
+        host: &str,
+        cap: Option<u64>,
+    ) -> Result<bool, ChangeError> {
         if cap.is_some_and(|c| c > MAX_CAP) {
-            return Err(format!("max_connections must be at most {MAX_CAP}"));
+            return Err(ChangeError::Rejected(format!(
+                "max_connections must be at most {MAX_CAP}"
+            )));
         }
         let mut inner = self.lock();
         let mut overrides = inner.overrides.clone();
@@ -363,6 +374,24 @@ impl ControlPlane {
         self.hosts.registry(proxy).set_override(host, cap);
         inner.overrides = overrides;
         Ok(true)
+    }
+}
+
+/// Why a change through the control plane did not happen (nothing
+/// changed either way).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeError {
+    /// The change itself is invalid (the caller's to fix).
+    Rejected(String),
+    /// It could not be persisted (the state file could not be written).
+    NotSaved(String),
+}
+
+impl std::fmt::Display for ChangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChangeError::Rejected(m) | ChangeError::NotSaved(m) => f.write_str(m),
+        }
     }
 }
 

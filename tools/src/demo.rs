@@ -17,7 +17,8 @@
 //! - `usage_header=N`: report `N` tokens in an `x-usage-tokens` header;
 //! - `stream=K` (with `usage`): answer as a server-sent event stream of K
 //!   chunks, the last event carrying the usage;
-//! - `empty=1`: answer with an empty body (`Content-Length: 0`).
+//! - `empty=1`: answer with an empty body (`Content-Length: 0`);
+//! - `size=N`: answer with N bytes (`x`, at most 64 MiB) instead of JSON.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -241,8 +242,11 @@ async fn handle(
         }
         None => ("application/json", body.to_string()),
     };
+    let size = query.get("size").and_then(|v| v.parse::<usize>().ok());
     let payload = if query.contains_key("empty") {
         String::new()
+    } else if let Some(n) = size {
+        "x".repeat(n.min(64 << 20))
     } else {
         payload
     };

@@ -30,7 +30,8 @@ use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
 
-use super::guard::{refuse, serve_http1};
+use super::guard::http1::Head;
+use super::guard::{refuse, serve_http1, Listeners};
 use crate::config::ForwardProxyConfig;
 use crate::limits::connections::HostSlot;
 use crate::limits::destinations::{host_key, ip_literal};
@@ -45,19 +46,25 @@ pub const FORWARD_ROUTE: &str = "forward_proxy";
 pub struct ForwardApp {
     proxy: Arc<HttpProxy<ForwardGateway>>,
     runtime: SharedRuntime,
+    listeners: Listeners,
 }
 
 impl ForwardApp {
-    pub fn new(proxy: HttpProxy<ForwardGateway>, runtime: SharedRuntime) -> Self {
+    pub fn new(
+        proxy: HttpProxy<ForwardGateway>,
+        runtime: SharedRuntime,
+        listeners: Listeners,
+    ) -> Self {
         ForwardApp {
             proxy: Arc::new(proxy),
             runtime,
+            listeners,
         }
     }
 }
 
 /// Splits `host:port` (`[v6]:port` for IPv6); the port is required.
-fn split_authority(a: &str) -> Option<(String, u16)> {
+pub fn split_authority(a: &str) -> Option<(String, u16)> {
     let (host, port) = a.rsplit_once(':')?;
     let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
     let host = match host.strip_prefix('[') {
@@ -188,7 +195,7 @@ fn is_local(ip: std::net::IpAddr) -> bool {
 
 impl ForwardApp {
     /// Runs one CONNECT tunnel to its end.
-    async fn tunnel(&self, mut client: Stream, head: BytesMut) {
+    async fn tunnel(&self, mut client: Stream, bytes: BytesMut, head: Head) {
         let started = Instant::now();
         let rt = self.runtime.load_full();
         let Some(fp) = rt.config.forward_proxy.as_ref() else {
@@ -196,19 +203,21 @@ impl ForwardApp {
                 client,
                 FORWARD_ROUTE,
                 Refusal::new(RejectReason::NoRoute, "the forward proxy is off"),
+                None,
             )
             .await;
             return;
         };
         let mut parsed = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut parsed);
-        let (target, body_start) = match req.parse(&head) {
+        let (target, body_start) = match req.parse(&bytes[..head.len]) {
             Ok(httparse::Status::Complete(n)) => (req.path.unwrap_or("").to_string(), n),
             _ => {
                 refuse(
                     client,
                     FORWARD_ROUTE,
                     Refusal::new(RejectReason::BadRequest, "malformed CONNECT request"),
+                    None,
                 )
                 .await;
                 return;
@@ -220,6 +229,7 @@ impl ForwardApp {
                 client,
                 FORWARD_ROUTE,
                 Refusal::new(RejectReason::BadRequest, msg),
+                None,
             )
             .await;
             return;
@@ -227,7 +237,7 @@ impl ForwardApp {
         let Admitted { addr, slots } = match admit(fp, &rt, &host, port).await {
             Ok(x) => x,
             Err(r) => {
-                refuse(client, FORWARD_ROUTE, r).await;
+                refuse(client, FORWARD_ROUTE, r, None).await;
                 return;
             }
         };
@@ -240,6 +250,7 @@ impl ForwardApp {
                     client,
                     FORWARD_ROUTE,
                     Refusal::new(RejectReason::UpstreamError, msg),
+                    None,
                 )
                 .await;
                 return;
@@ -250,6 +261,7 @@ impl ForwardApp {
                     client,
                     FORWARD_ROUTE,
                     Refusal::new(RejectReason::UpstreamTimeout, msg),
+                    None,
                 )
                 .await;
                 return;
@@ -261,7 +273,7 @@ impl ForwardApp {
             return;
         }
         // Bytes the client sent right after its CONNECT header.
-        if upstream.write_all(&head[body_start..]).await.is_err() {
+        if upstream.write_all(&bytes[body_start..]).await.is_err() {
             return;
         }
         let m = crate::metrics::metrics();
@@ -291,14 +303,6 @@ impl ForwardApp {
     }
 }
 
-fn is_connect(head: &[u8]) -> bool {
-    let start = head
-        .iter()
-        .position(|b| *b != b'\r' && *b != b'\n')
-        .unwrap_or(0);
-    head[start..].starts_with(b"CONNECT ")
-}
-
 #[async_trait]
 impl ServerApp for ForwardApp {
     async fn process_new(
@@ -306,11 +310,19 @@ impl ServerApp for ForwardApp {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let (stream, _permit) = self.listeners.accept(stream, &self.runtime).await?;
         // A CONNECT becomes a tunnel; anything else goes to Pingora.
-        if let Some((io, head)) =
-            serve_http1(&self.proxy, &self.runtime, stream, shutdown, is_connect).await
-        {
-            self.tunnel(io, head).await;
+        let diverted = serve_http1(
+            &self.proxy,
+            &self.runtime,
+            stream,
+            shutdown,
+            FORWARD_ROUTE,
+            |h| h.connect,
+        )
+        .await;
+        if let Some((io, bytes, head)) = diverted {
+            self.tunnel(io, bytes, head).await;
         }
         None
     }
@@ -335,7 +347,5 @@ mod tests {
         assert_eq!(split_authority("example.com"), None);
         assert_eq!(split_authority(":80"), None);
         assert_eq!(split_authority("a:0"), None);
-        assert!(is_connect(b"CONNECT a:1 HTTP/1.1\r\n\r\n"));
-        assert!(!is_connect(b"GET http://a/ HTTP/1.1\r\n\r\n"));
     }
 }

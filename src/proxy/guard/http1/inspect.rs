@@ -1,0 +1,248 @@
+//! The look at a request's header block the guard takes before Pingora
+//! parses it: where the request ends, and what would make that ambiguous
+//! (RFC 9112 §6.3, §3.2, §5).
+
+use std::ops::Range;
+
+use crate::limits::{Refusal, RejectReason};
+
+/// Header fields a request may carry (Pingora's own limit).
+pub const MAX_HEADERS: usize = 256;
+
+/// How a request's body is framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// What the header of a request says about where the request ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// Bytes of the header block, through its blank line.
+    pub len: usize,
+    pub framing: Framing,
+    /// A `CONNECT` request (the forward proxy tunnels it).
+    pub connect: bool,
+    /// The `Expect: 100-continue` line, to answer and remove when the body
+    /// is read here.
+    pub expect_continue: Option<Range<usize>>,
+}
+
+/// The length of the header block (through its blank line), searching from
+/// `from`; leading empty lines before the request line are skipped, as RFC
+/// 9112 §2.2 allows.
+pub fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = buf
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(buf.len());
+    let from = from.max(start);
+    memchr::memchr_iter(b'\n', &buf[from..])
+        .map(|i| i + from)
+        .find_map(|i| match (buf.get(i + 1), buf.get(i + 2)) {
+            (Some(b'\n'), _) => Some(i + 2),
+            (Some(b'\r'), Some(b'\n')) => Some(i + 3),
+            _ => None,
+        })
+}
+
+fn bad(message: impl Into<String>) -> Refusal {
+    Refusal::new(RejectReason::BadRequest, message)
+}
+
+/// Whether `b` may appear in a header field name (an RFC 9110 token).
+fn tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Looks at the header block `buf[..len]`: the request line, every field
+/// name and value, and the fields that frame the body. Refuses what is
+/// malformed or ambiguous: obsolete line folding, control characters,
+/// more than [`MAX_HEADERS`] fields, `Content-Length` values that disagree
+/// or are not numbers, a transfer coding other than a final `chunked`,
+/// framing fields spelt with `_`, and an HTTP/1.1 request without exactly
+/// one valid `Host`.
+pub fn inspect(buf: &[u8], len: usize) -> Result<Head, Refusal> {
+    let start = buf[..len]
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(len);
+    let mut lines = LineIter {
+        buf,
+        pos: start,
+        end: len,
+    };
+    let Some((line, _)) = lines.next() else {
+        return Err(bad("empty request"));
+    };
+    let mut parts = line.split(|b| *b == b' ');
+    let method = parts.next().unwrap_or_default();
+    let target = parts.next().unwrap_or_default();
+    let version = parts.next().unwrap_or_default();
+    if parts.next().is_some() || method.is_empty() || target.is_empty() {
+        return Err(bad("malformed request line"));
+    }
+    let http11 = match version {
+        b"HTTP/1.1" => true,
+        b"HTTP/1.0" => false,
+        _ => return Err(bad("only HTTP/1.0 and HTTP/1.1 are served here")),
+    };
+    if !method.iter().all(|b| tchar(*b)) {
+        return Err(bad("malformed method"));
+    }
+    let mut fields = 0usize;
+    let mut length: Option<u64> = None;
+    let mut chunked: Option<bool> = None;
+    let mut hosts = 0usize;
+    let mut host_ok = true;
+    let mut expect_continue = None;
+    for (line, range) in lines {
+        if line.is_empty() {
+            break;
+        }
+        fields += 1;
+        if fields > MAX_HEADERS {
+            return Err(Refusal::new(
+                RejectReason::HeadersTooLarge,
+                format!("more than {MAX_HEADERS} header fields"),
+            ));
+        }
+        if matches!(line[0], b' ' | b'\t') {
+            return Err(bad("obsolete line folding in a header"));
+        }
+        let Some(colon) = memchr::memchr(b':', line) else {
+            return Err(bad("a header line without a colon"));
+        };
+        let name = &line[..colon];
+        if name.is_empty() || !name.iter().all(|b| tchar(*b)) {
+            return Err(bad("malformed header name"));
+        }
+        let value = trim(&line[colon + 1..]);
+        if value
+            .iter()
+            .any(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f)
+        {
+            return Err(bad("control characters in a header value"));
+        }
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        // `_` spellings of framing fields: some servers read them as the
+        // real thing, which would let the two sides disagree on framing.
+        let spelt = |n: &[u8]| {
+            name.len() == n.len()
+                && name
+                    .iter()
+                    .zip(n)
+                    .all(|(a, b)| a.eq_ignore_ascii_case(b) || (*a == b'_' && *b == b'-'))
+        };
+        if (spelt(b"content-length") && !is(b"content-length"))
+            || (spelt(b"transfer-encoding") && !is(b"transfer-encoding"))
+        {
+            return Err(bad(format!(
+                "ambiguous header name {}",
+                String::from_utf8_lossy(name)
+            )));
+        }
+        if is(b"content-length") {
+            for v in value.split(|b| *b == b',') {
+                let v = trim(v);
+                if v.is_empty() || !v.iter().all(u8::is_ascii_digit) || v.len() > 19 {
+                    return Err(bad("Content-Length is not a number"));
+                }
+                let n: u64 = v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0'));
+                if length.is_some_and(|l| l != n) {
+                    return Err(bad("Content-Length values disagree"));
+                }
+                length = Some(n);
+            }
+        } else if is(b"transfer-encoding") {
+            if !http11 {
+                return Err(bad("Transfer-Encoding in an HTTP/1.0 request"));
+            }
+            let last = value
+                .rsplit(|b| *b == b',')
+                .next()
+                .map(trim)
+                .unwrap_or_default();
+            chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+        } else if is(b"host") {
+            hosts += 1;
+            host_ok &= valid_host(value);
+        } else if is(b"expect") && value.eq_ignore_ascii_case(b"100-continue") {
+            expect_continue = Some(range);
+        }
+    }
+    let framing = match (chunked, length) {
+        (Some(false), _) => {
+            return Err(bad("the body's transfer coding must end in chunked"));
+        }
+        // Both: chunked wins (RFC 9112 §6.3); Pingora closes after it.
+        (Some(true), _) => Framing::Chunked,
+        (None, Some(0)) | (None, None) => Framing::None,
+        (None, Some(n)) => Framing::Length(n),
+    };
+    let connect = method == b"CONNECT";
+    if http11 && hosts != 1 {
+        return Err(bad("an HTTP/1.1 request needs exactly one Host header"));
+    }
+    if !host_ok {
+        return Err(bad("malformed Host header"));
+    }
+    Ok(Head {
+        len,
+        framing,
+        connect,
+        expect_continue,
+    })
+}
+
+/// A `Host` value: `host` or `host:port`, a bracketed IPv6 literal, no
+/// user info, no spaces (empty is allowed: RFC 9112 §3.2).
+fn valid_host(v: &[u8]) -> bool {
+    if v.is_empty() {
+        return true;
+    }
+    let Ok(s) = std::str::from_utf8(v) else {
+        return false;
+    };
+    !s.contains(['@', ' ', '/', '\\', '?', '#']) && http::uri::Authority::try_from(s).is_ok()
+}
+
+pub(super) fn trim(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+/// Lines of a header block, without their line endings, with their byte
+/// ranges (line ending included).
+pub(super) struct LineIter<'a> {
+    pub(super) buf: &'a [u8],
+    pub(super) pos: usize,
+    pub(super) end: usize,
+}
+
+impl<'a> Iterator for LineIter<'a> {
+    type Item = (&'a [u8], Range<usize>);
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.pos >= self.end {
+            return None;
+        }
+        let rest = &self.buf[self.pos..self.end];
+        let nl = memchr::memchr(b'\n', rest)?;
+        let mut line = &rest[..nl];
+        if line.last() == Some(&b'\r') {
+            line = &line[..line.len() - 1];
+        }
+        let range = self.pos..self.pos + nl + 1;
+        self.pos += nl + 1;
+        Some((line, range))
+    }
+}

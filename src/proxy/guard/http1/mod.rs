@@ -1,0 +1,270 @@
+//! Reading one HTTP/1 request off a connection before Pingora sees it:
+//! its header under a deadline for the whole header and a size cap, a look
+//! at its framing, and — when it is small enough — its whole body, under
+//! deadlines of its own, so that a slow sender never holds an upstream
+//! slot. What the gateway can tell is malformed here is answered in JSON
+//! (by the caller) instead of reaching Pingora's plain-text 400.
+//!
+//! Written by hand: no crate enforces a deadline over a whole header block
+//! or a whole body ahead of Pingora's parser. This is not a second parser —
+//! it finds where the request ends (the blank line, `Content-Length`, the
+//! chunked framing) and refuses what would make that ambiguous; Pingora
+//! still parses the request itself.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::time::{timeout, timeout_at, Instant};
+
+use crate::limits::{Refusal, RejectReason};
+
+mod chunked;
+mod inspect;
+
+pub use chunked::ChunkScan;
+pub use inspect::{head_end, inspect, Framing, Head, MAX_HEADERS};
+use inspect::{trim, LineIter};
+
+/// Limits on one request.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_header_size: usize,
+    /// Time for the whole header, from the request's first byte (or from
+    /// the connection's accept, for its first request).
+    pub header_timeout: Duration,
+    /// Time to wait for the first byte of a later request.
+    pub idle: Duration,
+    /// Bodies up to this size are read before the request goes on.
+    pub buffer_size: usize,
+    pub body_idle: Duration,
+    pub body_total: Duration,
+}
+
+/// What reading a request produced.
+#[derive(Debug)]
+pub enum Read {
+    /// A request: `buf` holds its header, and its whole body when `end` is
+    /// `Some` (the bytes past `end` belong to the next request); with
+    /// `None`, the rest of the body streams from the connection.
+    Request {
+        buf: BytesMut,
+        head: Head,
+        end: Option<usize>,
+    },
+    /// The connection ended, or stayed idle between requests.
+    Closed,
+    /// A request the gateway answers itself (408, 400, 431), with the
+    /// request id the client sent when there is a well-formed one.
+    Refused(Refusal, Option<String>),
+}
+
+/// What [`read`] produced; the bytes are the caller's.
+enum Step {
+    Request { head: Head, end: Option<usize> },
+    Closed,
+    Refused(Refusal),
+}
+
+fn refusal(reason: RejectReason, message: impl Into<String>) -> Step {
+    Step::Refused(Refusal::new(reason, message))
+}
+
+/// Reads the next request from `stream`, starting from `buf` (bytes a
+/// previous request left over).
+pub async fn read_request<S>(
+    stream: &mut S,
+    mut buf: BytesMut,
+    limits: Limits,
+    first_request: bool,
+) -> Read
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match read(stream, &mut buf, limits, first_request).await {
+        Step::Request { head, end } => Read::Request { buf, head, end },
+        Step::Closed => Read::Closed,
+        Step::Refused(r) => Read::Refused(r, find_request_id(&buf)),
+    }
+}
+
+async fn read<S>(stream: &mut S, buf: &mut BytesMut, limits: Limits, first_request: bool) -> Step
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    // The header: its first byte within `idle` (a later request) or the
+    // whole of it within `header_timeout` of the accept (the first).
+    let deadline = if first_request {
+        Instant::now() + limits.header_timeout
+    } else if buf.is_empty() {
+        buf.reserve(4096);
+        match timeout(limits.idle, stream.read_buf(buf)).await {
+            Err(_) | Ok(Ok(0)) | Ok(Err(_)) => return Step::Closed,
+            Ok(Ok(_)) => Instant::now() + limits.header_timeout,
+        }
+    } else {
+        Instant::now() + limits.header_timeout
+    };
+    let mut scanned = 0;
+    let len = loop {
+        if let Some(end) = head_end(buf, scanned) {
+            if end > limits.max_header_size {
+                return too_large(limits);
+            }
+            break end;
+        }
+        if buf.len() > limits.max_header_size {
+            return too_large(limits);
+        }
+        scanned = buf.len().saturating_sub(3);
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
+        }
+        match timeout_at(deadline, stream.read_buf(buf)).await {
+            Err(_) => {
+                return refusal(
+                    RejectReason::RequestTimeout,
+                    format!(
+                        "the request header was not received within {:?}",
+                        limits.header_timeout
+                    ),
+                )
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => return Step::Closed,
+            Ok(Ok(_)) => {}
+        }
+    };
+    let mut head = match inspect(buf, len) {
+        Ok(h) => h,
+        Err(r) => return Step::Refused(r),
+    };
+    // The body: read here when it is small enough (and ends in a way this
+    // can tell), else it streams.
+    let read_here = match head.framing {
+        Framing::None => false,
+        Framing::Length(n) => n <= limits.buffer_size as u64 && buf.len() < len + n as usize,
+        Framing::Chunked => true,
+    };
+    if read_here {
+        continue_if_expected(stream, buf, &mut head).await;
+    }
+    let len = head.len;
+    let end = match head.framing {
+        Framing::None => Some(len),
+        Framing::Length(n) if n <= limits.buffer_size as u64 => {
+            let end = len + n as usize;
+            match read_until(stream, buf, limits, |b| (b.len() >= end).then_some(end)).await {
+                Ok(e) => Some(e),
+                Err(r) => return r,
+            }
+        }
+        Framing::Length(_) => None,
+        Framing::Chunked => {
+            let mut scan = ChunkScan::default();
+            let mut malformed = false;
+            let r = read_until(stream, buf, limits, |b| {
+                let seen = scan.seen();
+                match scan.advance(&b[len + seen..]) {
+                    Ok(Some(n)) => Some(len + n),
+                    // Too large to hold: the rest streams.
+                    Ok(None) if b.len() - len > limits.buffer_size => Some(usize::MAX),
+                    Ok(None) => None,
+                    Err(chunked::Malformed) => {
+                        malformed = true;
+                        Some(usize::MAX)
+                    }
+                }
+            })
+            .await;
+            if malformed {
+                return refusal(RejectReason::BadRequest, "malformed chunked body");
+            }
+            match r {
+                Ok(usize::MAX) => None,
+                Ok(e) => Some(e),
+                Err(r) => return r,
+            }
+        }
+    };
+    Step::Request { head, end }
+}
+
+/// The well-formed `X-Request-Id` among the header lines in `buf`.
+fn find_request_id(buf: &[u8]) -> Option<String> {
+    let end = head_end(buf, 0).unwrap_or(buf.len());
+    let lines = LineIter { buf, pos: 0, end };
+    lines
+        .filter_map(|(line, _)| {
+            let colon = memchr::memchr(b':', line)?;
+            line[..colon]
+                .eq_ignore_ascii_case(b"x-request-id")
+                .then(|| trim(&line[colon + 1..]))
+        })
+        .find(|v| crate::proxy::headers::valid_request_id(v))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+fn too_large(limits: Limits) -> Step {
+    refusal(
+        RejectReason::HeadersTooLarge,
+        format!(
+            "request headers are larger than {} bytes",
+            limits.max_header_size
+        ),
+    )
+}
+
+/// Answers `Expect: 100-continue` (the client waits for it before sending
+/// its body, which is read here) and removes the line from the header, so
+/// that the upstream is not asked again.
+async fn continue_if_expected<S>(stream: &mut S, buf: &mut BytesMut, head: &mut Head)
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    if let Some(range) = head.expect_continue.take() {
+        let tail = buf.split_off(range.end);
+        buf.truncate(range.start);
+        buf.extend_from_slice(&tail);
+        head.len -= range.len();
+        let _ = stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+        let _ = stream.flush().await;
+    }
+}
+
+/// Reads into `buf` until `done` says where the request ends, within the
+/// body deadlines: no pause longer than `body_idle`, all of it within
+/// `body_total`.
+async fn read_until<S>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    limits: Limits,
+    mut done: impl FnMut(&[u8]) -> Option<usize>,
+) -> Result<usize, Step>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let total = Instant::now() + limits.body_total;
+    loop {
+        if let Some(end) = done(buf) {
+            return Ok(end);
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        let idle = (Instant::now() + limits.body_idle).min(total);
+        match timeout_at(idle, stream.read_buf(buf)).await {
+            Err(_) => {
+                return Err(refusal(
+                    RejectReason::RequestTimeout,
+                    "the request body was not received in time",
+                ))
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(Step::Closed),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,264 @@
+//! The HTTP/1 guard's reading, framing and chunk scanning, on crafted
+//! bytes and streams.
+
+use super::*;
+use tokio::io::AsyncWriteExt;
+
+const LIMITS: Limits = Limits {
+    max_header_size: 256,
+    header_timeout: Duration::from_millis(200),
+    idle: Duration::from_millis(200),
+    buffer_size: 64,
+    body_idle: Duration::from_millis(150),
+    body_total: Duration::from_millis(600),
+};
+
+fn head(s: &str) -> Result<Head, Refusal> {
+    inspect(s.as_bytes(), s.len())
+}
+
+fn refused(s: &str) -> String {
+    head(s).expect_err(s).message
+}
+
+async fn stream_of(data: &[u8]) -> tokio::io::DuplexStream {
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    client.write_all(data).await.unwrap();
+    // Kept open (a closed write side would end reads early) by leaking.
+    std::mem::forget(client);
+    server
+}
+
+#[test]
+fn finds_the_blank_line() {
+    assert_eq!(
+        head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody", 0),
+        Some(27)
+    );
+    assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\n", 0), Some(24));
+    assert_eq!(head_end(b"\r\nGET / HTTP/1.1\r\n\r\n", 0), Some(20));
+    assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n", 0), None);
+}
+
+#[test]
+fn framing() {
+    let h = head("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n").unwrap();
+    assert_eq!(h.framing, Framing::Length(5));
+    let h = head("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n").unwrap();
+    assert_eq!(h.framing, Framing::Length(5));
+    let h = head("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap();
+    assert_eq!(h.framing, Framing::Chunked);
+    let h = head("GET / HTTP/1.0\r\n\r\n").unwrap();
+    assert_eq!(h.framing, Framing::None);
+    assert!(
+        head("CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n")
+            .unwrap()
+            .connect
+    );
+}
+
+#[test]
+fn ambiguous_requests_are_refused() {
+    let cases = [
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "disagree",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n",
+            "not a number",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "not a number",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer_Encoding: chunked\r\n\r\n",
+            "ambiguous",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nContent_Length: 5\r\n\r\n",
+            "ambiguous",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "end in chunked",
+        ),
+        (
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.0",
+        ),
+        ("GET / HTTP/1.1\r\n\r\n", "exactly one Host"),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "exactly one Host",
+        ),
+        ("GET / HTTP/1.1\r\nHost: a b\r\n\r\n", "malformed Host"),
+        ("GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", "malformed Host"),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n folded\r\n\r\n",
+            "folding",
+        ),
+        ("GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n", "control"),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nBad Name: 1\r\n\r\n",
+            "header name",
+        ),
+        ("GET / HTTP/1.1\r\nHost: a\r\nNoColon\r\n\r\n", "colon"),
+        ("GET / HTTP/2.0\r\nHost: a\r\n\r\n", "HTTP/1.0 and HTTP/1.1"),
+        ("GET /  HTTP/1.1\r\nHost: a\r\n\r\n", "request line"),
+    ];
+    for (req, expected) in cases {
+        let msg = refused(req);
+        assert!(msg.contains(expected), "{req:?}: {msg}");
+    }
+    // Host forms that are fine.
+    head("GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n").unwrap();
+    head("GET / HTTP/1.1\r\nHost:\r\n\r\n").unwrap();
+    let many = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\n{}\r\n",
+        "X: 1\r\n".repeat(MAX_HEADERS)
+    );
+    let r = head(&many).unwrap_err();
+    assert_eq!(r.reason, RejectReason::HeadersTooLarge);
+}
+
+#[test]
+fn chunk_scan_finds_the_end_in_any_split() {
+    let body = b"5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\nTrailer: x\r\n\r\nNEXT";
+    let end = body.len() - 4;
+    for split in 0..body.len() {
+        let mut scan = ChunkScan::default();
+        let first = scan.advance(&body[..split]).unwrap();
+        let got = match first {
+            Some(n) => n,
+            None => scan.advance(&body[split..]).unwrap().unwrap(),
+        };
+        assert_eq!(got, end, "split at {split}");
+    }
+    for bad in [&b"x\r\n"[..], b"5\r\nhelloXX", b"fffffffffffffffff\r\n"] {
+        assert!(ChunkScan::default().advance(bad).is_err(), "{bad:?}");
+    }
+    assert_eq!(ChunkScan::default().advance(b"0\r\n\r\n").unwrap(), Some(5));
+}
+
+#[tokio::test]
+async fn small_body_read_and_pipelined_request_kept() {
+    let data = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    let mut s = stream_of(data).await;
+    match read_request(&mut s, BytesMut::new(), LIMITS, true).await {
+        Read::Request { buf, head, end } => {
+            assert_eq!(head.framing, Framing::Length(3));
+            let end = end.unwrap();
+            assert!(buf[..end].ends_with(b"abc"));
+            assert!(buf[end..].starts_with(b"GET /"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn expect_continue_answered_and_removed() {
+    let (mut client, mut server) = tokio::io::duplex(4096);
+    client
+        .write_all(
+            b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let reader =
+        tokio::spawn(async move { read_request(&mut server, BytesMut::new(), LIMITS, true).await });
+    let mut got = [0u8; 25];
+    tokio::io::AsyncReadExt::read_exact(&mut client, &mut got)
+        .await
+        .unwrap();
+    assert_eq!(&got, b"HTTP/1.1 100 Continue\r\n\r\n");
+    client.write_all(b"ok").await.unwrap();
+    match reader.await.unwrap() {
+        Read::Request { buf, head, end } => {
+            let text = String::from_utf8_lossy(&buf[..end.unwrap()]).to_string();
+            assert!(!text.to_ascii_lowercase().contains("expect"), "{text}");
+            assert!(text.ends_with("\r\n\r\nok"), "{text}");
+            assert_eq!(head.len, text.len() - 2);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn too_large_closed_and_malformed() {
+    let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(300));
+    let mut s = stream_of(big.as_bytes()).await;
+    assert!(matches!(
+        read_request(&mut s, BytesMut::new(), LIMITS, true).await,
+        Read::Refused(r, None) if r.reason == RejectReason::HeadersTooLarge
+    ));
+    let (mut c, mut s) = tokio::io::duplex(64);
+    c.write_all(b"GET / HT").await.unwrap();
+    drop(c);
+    assert!(matches!(
+        read_request(&mut s, BytesMut::new(), LIMITS, true).await,
+        Read::Closed
+    ));
+    // A refusal carries the client's request id.
+    let mut s = stream_of(b"GET / HTTP/1.1\r\nX-Request-Id: abc-1\r\n\r\n").await;
+    match read_request(&mut s, BytesMut::new(), LIMITS, true).await {
+        Read::Refused(r, id) => {
+            assert_eq!(r.reason, RejectReason::BadRequest);
+            assert_eq!(id.as_deref(), Some("abc-1"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn slow_header_times_out_as_a_whole() {
+    let (mut client, mut server) = tokio::io::duplex(1024);
+    tokio::spawn(async move {
+        // One byte every 50 ms: each read is quick, the header never ends.
+        for _ in 0..100 {
+            if client.write_all(b"G").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let started = std::time::Instant::now();
+    let r = read_request(&mut server, BytesMut::new(), LIMITS, true).await;
+    assert!(matches!(r, Read::Refused(ref r, _) if r.reason == RejectReason::RequestTimeout));
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn slow_body_times_out_as_a_whole() {
+    let (mut client, mut server) = tokio::io::duplex(1024);
+    tokio::spawn(async move {
+        let _ = client
+            .write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 60\r\n\r\n")
+            .await;
+        // A byte every 100 ms: under the idle limit, over the total.
+        for _ in 0..60 {
+            if client.write_all(b"x").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let started = std::time::Instant::now();
+    let r = read_request(&mut server, BytesMut::new(), LIMITS, true).await;
+    assert!(matches!(r, Read::Refused(ref r, _) if r.reason == RejectReason::RequestTimeout));
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn large_body_streams() {
+    let data = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\nxx";
+    let mut s = stream_of(data).await;
+    match read_request(&mut s, BytesMut::new(), LIMITS, true).await {
+        Read::Request { end, head, .. } => {
+            assert_eq!(end, None);
+            assert_eq!(head.framing, Framing::Length(1000));
+        }
+        other => panic!("{other:?}"),
+    }
+}

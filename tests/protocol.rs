@@ -1,0 +1,310 @@
+//! HTTP/1 and HTTP/2 edges through the real gateway, per RFC 9112/9113:
+//! pipelined requests served in order, a missing or malformed Host, framing
+//! headers that would let two parsers disagree, every 400 the gateway can
+//! shape in JSON with a request id, split HTTP/2 cookies, an IPv6 literal
+//! in absolute form, and the reload/admin atomicity findings. Each test
+//! asserts what the upstream received.
+
+#![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // tests and benches may block: they are not the gateway
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::*;
+
+/// Writes `raw` in one write and reads until the server closes.
+fn exchange(addr: SocketAddr, raw: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(raw).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The JSON bodies in a run of responses (the demo answers with one JSON
+/// object per request; the gateway's refusals are JSON too).
+fn bodies(text: &str) -> Vec<serde_json::Value> {
+    // A response starts the text or follows the previous body.
+    let starts: Vec<usize> = text
+        .match_indices("HTTP/1.")
+        .map(|(i, _)| i)
+        .filter(|i| *i == 0 || matches!(text.as_bytes()[i - 1], b'}' | b'\n'))
+        .chain(std::iter::once(text.len()))
+        .collect();
+    starts
+        .windows(2)
+        .filter_map(|w| {
+            let r = &text[w[0]..w[1]];
+            let body = r.split_once("\r\n\r\n")?.1;
+            let end = body.rfind('}')?;
+            serde_json::from_str(&body[..=end]).ok()
+        })
+        .collect()
+}
+
+fn gateway(up: &Upstream) -> Gateway {
+    Gateway::start(
+        "",
+        &(upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api")),
+    )
+}
+
+/// Finding 7: two GETs in one write are both answered, in order, and both
+/// reach the upstream.
+#[tokio::test]
+async fn pipelined_requests_are_served_in_order() {
+    let up = Upstream::start("a");
+    let gw = gateway(&up);
+    let text = exchange(
+        gw.addr,
+        b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nGET /second HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    let paths: Vec<_> = bodies(&text).iter().map(|b| b["path"].clone()).collect();
+    assert_eq!(paths, vec!["/first", "/second"], "{text}");
+    let stats = json_at(&client(), &format!("http://{}/__stats", up.addr)).await;
+    assert_eq!(stats["requests"], 2);
+}
+
+/// Finding 7: HTTP/1.1 without exactly one well-formed Host, and framing
+/// headers two parsers could read differently, are refused with a JSON
+/// 400 carrying the client's request id; nothing reaches the upstream.
+#[tokio::test]
+async fn malformed_requests_get_json_400_with_a_request_id() {
+    let up = Upstream::start("a");
+    let gw = gateway(&up);
+    let many = "X-A: 1\r\n".repeat(300);
+    let cases: Vec<(String, u16)> = vec![
+        ("GET / HTTP/1.1\r\n".into(), 400),
+        ("GET / HTTP/1.1\r\nHost: a b\r\n".into(), 400),
+        ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n".into(), 400),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer_Encoding: chunked\r\n".into(),
+            400,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n".into(),
+            400,
+        ),
+        ("GET / HTTP/1.1\r\nHost: a\r\nX-Bad: a\x7fb\r\n".into(), 400),
+        (format!("GET / HTTP/1.1\r\nHost: a\r\n{many}"), 431),
+    ];
+    for (head, status) in cases {
+        let raw = format!("{head}X-Request-Id: case-7\r\n\r\n");
+        let text = exchange(gw.addr, raw.as_bytes());
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status}")),
+            "{head:?}: {text}"
+        );
+        let lower = text.to_ascii_lowercase();
+        assert!(lower.contains("content-type: application/json"), "{text}");
+        assert!(lower.contains("x-request-id: case-7"), "{text}");
+        let body = &bodies(&text)[0];
+        let code = if status == 400 {
+            "bad_request"
+        } else {
+            "headers_too_large"
+        };
+        assert_eq!(body["error"], code, "{text}");
+    }
+    // Without an id of its own, the client gets a fresh one.
+    let text = exchange(gw.addr, b"GET / HTTP/1.1\r\n\r\n");
+    assert!(
+        text.to_ascii_lowercase().contains("x-request-id: "),
+        "{text}"
+    );
+    // HTTP/1.0 needs no Host.
+    let text = exchange(gw.addr, b"GET /ten HTTP/1.0\r\n\r\n");
+    assert!(
+        text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200"),
+        "{text}"
+    );
+    let stats = json_at(&client(), &format!("http://{}/__stats", up.addr)).await;
+    assert_eq!(
+        stats["requests"], 1,
+        "only the HTTP/1.0 request went upstream"
+    );
+}
+
+/// Finding 7: equal duplicate `Content-Length` values and leading zeros
+/// reach the upstream as one canonical value.
+#[tokio::test]
+async fn framing_headers_are_normalised() {
+    let up = Upstream::start("a");
+    let gw = gateway(&up);
+    let text = exchange(
+        gw.addr,
+        b"POST /dup HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+    );
+    let v = &bodies(&text)[0];
+    assert_eq!(
+        v["headers"]["content-length"],
+        serde_json::json!(["3"]),
+        "{text}"
+    );
+    let text = exchange(
+        gw.addr,
+        b"POST /zeros HTTP/1.1\r\nHost: a\r\nContent-Length: 0010\r\nConnection: close\r\n\r\n0123456789",
+    );
+    let v = &bodies(&text)[0];
+    assert_eq!(
+        v["headers"]["content-length"],
+        serde_json::json!(["10"]),
+        "{text}"
+    );
+}
+
+/// Finding 7: HTTP/2 cookies sent as separate fields reach an HTTP/1
+/// upstream as one `Cookie` header (RFC 9113 §8.2.3).
+#[tokio::test]
+async fn split_http2_cookies_are_joined() {
+    let up = Upstream::start("a");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let (cert, key) = ca.issue(dir.path(), "gw", &["127.0.0.1"]);
+    let tls: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut gw = Gateway::start(
+        &format!(
+            "\n[[server.tls]]\nlisten = \"{tls}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+        &(upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api")),
+    );
+    wait_for_port(tls, &mut gw.proc, "tls listener");
+    let c = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.ca_pem.as_bytes()).unwrap())
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = c
+        .get(format!("https://127.0.0.1:{}/echo", tls.port()))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        v["headers"]["cookie"],
+        serde_json::json!(["a=1; b=2"]),
+        "{v}"
+    );
+}
+
+/// Finding 7: an absolute-form request to an IPv6 literal is forwarded.
+#[tokio::test]
+async fn absolute_form_to_an_ipv6_literal() {
+    let port = free_port();
+    let v6: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = Proc::spawn_bin(
+        &demo_bin(),
+        &["--listen", &v6.to_string(), "--name", "v6"],
+        &[],
+        dir.path().join("demo.log"),
+    );
+    wait_for_port(v6, &mut up, "demo upstream on [::1]");
+    let fp_port = free_port();
+    let dummy: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut gw = Gateway::start(
+        "",
+        &(upstream_toml("unused", &[dummy], "")
+            + &route_toml("main", "/", "unused")
+            + &format!("[forward_proxy]\nenabled = true\nlisten = \"127.0.0.1:{fp_port}\"\n")),
+    );
+    let proxy: SocketAddr = ([127, 0, 0, 1], fp_port).into();
+    wait_for_port(proxy, &mut gw.proc, "forward proxy");
+    let raw = format!(
+        "GET http://[::1]:{port}/v6 HTTP/1.1\r\nHost: [::1]:{port}\r\nConnection: close\r\n\r\n"
+    );
+    let text = exchange(proxy, raw.as_bytes());
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let v = &bodies(&text)[0];
+    assert_eq!(
+        (v["server"].as_str(), v["path"].as_str()),
+        (Some("v6"), Some("/v6")),
+        "{text}"
+    );
+}
+
+/// Finding 8: a host cap from the admin API is bounded (the largest
+/// integer is a 400, not an "unset" marker), and a rejected reload leaves
+/// the running caps as they were.
+#[tokio::test]
+async fn admin_caps_are_bounded_and_a_rejected_reload_changes_nothing() {
+    let up = Upstream::start("a");
+    let rest =
+        upstream_toml("api", &[up.addr], "max_connections = 2") + &route_toml("main", "/", "api");
+    let gw = Gateway::start("", &rest);
+    let c = client();
+    let host = up.addr.to_string();
+    let r = c
+        .put(gw.admin_url(&format!("/api/v1/hosts/{host}")))
+        .body(r#"{"max_connections": 18446744073709551615}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let cap_of = |v: serde_json::Value| {
+        v["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["host"] == host.as_str())
+            .map(|h| h["max_connections"].clone())
+            .unwrap()
+    };
+    assert_eq!(cap_of(json_at(&c, &gw.admin_url("/api/v1/hosts")).await), 2);
+
+    // A reload whose file raises the cap but is invalid elsewhere.
+    let bad = upstream_toml("api", &[up.addr], "max_connections = 50")
+        + &route_toml("main", "/", "api")
+        + &route_toml("broken", "/b", "no-such-upstream");
+    gw.write_config("", &bad);
+    let r = c.post(gw.admin_url("/api/v1/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 400, "{}", r.text().await.unwrap());
+    assert_eq!(cap_of(json_at(&c, &gw.admin_url("/api/v1/hosts")).await), 2);
+    let results = burst(&gw.url("/x?delay_ms=500"), 4).await;
+    assert_eq!(
+        results.iter().filter(|r| r.0 == 200).count(),
+        2,
+        "{results:?}"
+    );
+}
+
+/// Finding 8: an admin change that cannot be persisted is not applied.
+#[tokio::test]
+async fn an_admin_change_that_cannot_persist_is_not_applied() {
+    let up = Upstream::start("a");
+    let rest =
+        upstream_toml("api", &[up.addr], "max_connections = 2") + &route_toml("main", "/", "api");
+    let state_dir = tempfile::tempdir().unwrap();
+    let state = state_dir.path().join("state.json");
+    let gw = Gateway::start(&format!("state_file = \"{}\"", state.display()), &rest);
+    // The state file's directory disappears: no write can succeed.
+    drop(state_dir);
+    let c = client();
+    let host = up.addr.to_string();
+    let r = c
+        .put(gw.admin_url(&format!("/api/v1/hosts/{host}")))
+        .body(r#"{"max_connections": 7}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500, "{}", r.text().await.unwrap());
+    let hosts = json_at(&c, &gw.admin_url("/api/v1/hosts")).await;
+    let cap = hosts["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host"] == host.as_str())
+        .map(|h| h["max_connections"].clone());
+    assert_eq!(cap, Some(serde_json::json!(2)), "{hosts}");
+}
