@@ -235,6 +235,60 @@ async fn an_http2_header_block_must_end_in_time() {
     );
 }
 
+/// Finding 2 (HTTP/2): streams that send their request headers and then
+/// nothing of their body — no length declared, so nothing is read ahead —
+/// are ended after the body idle time, and the slots they took come back.
+#[tokio::test]
+async fn stalled_http2_uploads_free_their_slots() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start("a");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let (tls, tls_addr) = tls_listener(&ca, dir.path());
+    let mut gw = Gateway::start(
+        &format!("body_idle_timeout = \"1s\"\n{tls}"),
+        &(upstream_toml("api", &[up.addr], "max_connections = 2")
+            + &route_toml("main", "/", "api")),
+    );
+    wait_for_port(tls_addr, &mut gw.proc, "tls listener");
+    let mut s = h2_tls(&ca, tls_addr).await;
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    // POST, https, /, :authority "x"; END_HEADERS, no END_STREAM.
+    for stream in [1u32, 3] {
+        out.extend(frame(
+            0x1,
+            0x4,
+            stream,
+            &[0x83, 0x87, 0x84, 0x41, 0x01, b'x'],
+        ));
+    }
+    s.write_all(&out).await.unwrap();
+    s.flush().await.unwrap();
+    let c = client();
+    // Both slots taken by the stalled uploads.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while upstream_stats(&up).await["in_flight"] != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the uploads never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = Instant::now();
+    let mut served = None;
+    while started.elapsed() < Duration::from_secs(8) {
+        if c.get(gw.url("/x")).send().await.unwrap().status() == 200 {
+            served = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let served = served.expect("the stalled uploads keep their slots");
+    assert!(served < Duration::from_secs(4), "{served:?}");
+    drop(s);
+}
+
 /// A request whose body arrives one byte every `gap`; returns the status
 /// line the gateway answered with.
 fn slow_post(addr: SocketAddr, len: usize, gap: Duration) -> String {

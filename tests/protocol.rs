@@ -308,3 +308,137 @@ async fn an_admin_change_that_cannot_persist_is_not_applied() {
         .map(|h| h["max_connections"].clone());
     assert_eq!(cap, Some(serde_json::json!(2)), "{hosts}");
 }
+
+/// A request pipelined while the one before it is still being answered
+/// waits its turn: both are served, in order, each once upstream — also
+/// after a body, and after a body too large to buffer.
+#[tokio::test]
+async fn a_request_pipelined_during_an_answer_waits_its_turn() {
+    let up = Upstream::start("a");
+    let gw = gateway(&up);
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST /slow?delay_ms=500 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    s.write_all(b"GET /second HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    // A body larger than request_buffer_size (it streams), with the next
+    // request in the same write.
+    let big = 2 * 1024 * 1024;
+    let mut raw =
+        format!("POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: {big}\r\n\r\n").into_bytes();
+    raw.extend(std::iter::repeat_n(b'x', big));
+    raw.extend_from_slice(b"GET /last HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    s.write_all(&raw).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    let got: Vec<_> = bodies(&text)
+        .iter()
+        .map(|b| {
+            (
+                b["path"].as_str().unwrap_or("").to_string(),
+                b["body_bytes"].as_u64(),
+            )
+        })
+        .collect();
+    let want = vec![
+        ("/slow".to_string(), Some(3)),
+        ("/second".to_string(), Some(0)),
+        ("/big".to_string(), Some(big as u64)),
+        ("/last".to_string(), Some(0)),
+    ];
+    assert_eq!(got, want, "{}", &text[..text.len().min(2000)]);
+    let stats = json_at(&client(), &format!("http://{}/__stats", up.addr)).await;
+    assert_eq!(stats["requests"], 4, "each request once upstream");
+
+    // 200 GETs in one write.
+    let many = "GET /p HTTP/1.1\r\nHost: a\r\n\r\n".repeat(199)
+        + "GET /p HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let text = exchange(gw.addr, many.as_bytes());
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 200);
+}
+
+/// Bodies larger than what Pingora takes as a pre-read prefix (1 MiB) and
+/// up to request_buffer_size are buffered and forwarded whole, with a
+/// length or chunked.
+#[tokio::test]
+async fn bodies_over_a_mebibyte_reach_the_upstream_whole() {
+    let up = Upstream::start("a");
+    let gw = Gateway::start(
+        "request_buffer_size = \"8MiB\"",
+        &(upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api")),
+    );
+    for size in [1024 * 1024, 1024 * 1024 + 1, 7 * 1024 * 1024] {
+        let mut raw = format!(
+            "POST /len HTTP/1.1\r\nHost: a\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+        )
+        .into_bytes();
+        raw.extend(std::iter::repeat_n(b'y', size));
+        let text = exchange(gw.addr, &raw);
+        assert_eq!(
+            bodies(&text)[0]["body_bytes"],
+            size,
+            "{}",
+            &text[..text.len().min(300)]
+        );
+    }
+    let mut raw =
+        b"POST /chunked HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            .to_vec();
+    for _ in 0..48 {
+        raw.extend_from_slice(format!("{:x}\r\n", 65536).as_bytes());
+        raw.extend(std::iter::repeat_n(b'z', 65536));
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    let text = exchange(gw.addr, &raw);
+    assert_eq!(
+        bodies(&text)[0]["body_bytes"],
+        48 * 65536,
+        "{}",
+        &text[..text.len().min(300)]
+    );
+}
+
+/// `Expect: 100-continue` is answered once (however many times it is
+/// asked) and not passed on; an HTTP/1.0 client is not asked to wait.
+/// CONNECT on the reverse proxy is a JSON 405, and a connection that sends
+/// nothing is closed without an answer.
+#[tokio::test]
+async fn expect_connect_and_silence() {
+    let up = Upstream::start("a");
+    let gw = Gateway::start(
+        "header_timeout = \"1s\"",
+        &(upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api")),
+    );
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"PUT /e HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nExpect: 100-continue\r\nContent-Length: 2\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 25];
+    s.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"ok").unwrap();
+    let mut rest = String::new();
+    let _ = s.read_to_string(&mut rest);
+    assert!(!rest.contains("100 Continue"), "{rest}");
+    let v = &bodies(&rest)[0];
+    assert!(v["headers"].get("expect").is_none(), "{rest}");
+    assert_eq!(v["body_bytes"], 2);
+    let text = exchange(
+        gw.addr,
+        b"PUT /e HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
+    );
+    assert!(!text.contains("100 Continue"), "{text}");
+
+    let text = exchange(gw.addr, b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n");
+    assert!(text.starts_with("HTTP/1.1 405"), "{text}");
+    assert_eq!(bodies(&text)[0]["error"], "method_not_allowed");
+
+    let started = std::time::Instant::now();
+    let text = exchange(gw.addr, b"");
+    assert_eq!(text, "", "nothing sent, nothing answered");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

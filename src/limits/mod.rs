@@ -40,6 +40,8 @@ pub enum RejectReason {
     HeadersTooLarge,
     /// The client did not send its whole header within `server.header_timeout`.
     RequestTimeout,
+    /// A method this listener does not serve (CONNECT on the reverse proxy).
+    MethodNotAllowed,
     /// The client is over its requests per window.
     RpmExceeded,
     /// The client is over its tokens per window.
@@ -68,6 +70,7 @@ impl RejectReason {
             RejectReason::BodyTooLarge => "body_too_large",
             RejectReason::HeadersTooLarge => "headers_too_large",
             RejectReason::RequestTimeout => "request_timeout",
+            RejectReason::MethodNotAllowed => "method_not_allowed",
             RejectReason::RpmExceeded => "rpm_exceeded",
             RejectReason::TpmExceeded => "tpm_exceeded",
             RejectReason::Backpressure => "backpressure",
@@ -87,6 +90,7 @@ impl RejectReason {
             RejectReason::DestinationDenied => StatusCode::FORBIDDEN,
             RejectReason::NoRoute => StatusCode::NOT_FOUND,
             RejectReason::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            RejectReason::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             RejectReason::EstimateTooLarge | RejectReason::BodyTooLarge => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }

@@ -1,35 +1,56 @@
-//! A deadline for an HTTP/2 connection that neither Pingora nor the `h2`
-//! crate keeps: a header block (HEADERS and its CONTINUATIONs) must end
-//! within `header_timeout` of its first frame. [`H2Watch`] wraps the
-//! connection below the HTTP/2 code, reads the frames' 9-byte headers as
-//! they pass (nothing else of the bytes, and nothing is changed), and fails
-//! the connection's reads once the deadline passes — which ends the
-//! connection. (Request bodies get their deadlines where the gateway reads
-//! them, before any slot is taken; an idle connection is closed by
-//! Pingora's HTTP/2 idle timeout, `keepalive_timeout`.)
+//! Deadlines on an HTTP/2 connection that neither Pingora nor the `h2`
+//! crate keeps:
+//!
+//! - a header block (HEADERS and its CONTINUATIONs) must end within
+//!   `header_timeout` of its first frame;
+//! - a request body still open (its stream has not ended from the client,
+//!   and the gateway has not finished answering it) must not pause longer
+//!   than `body_idle_timeout`, nor take longer than `body_timeout` from the
+//!   stream's start — else a stalled upload would hold its upstream slot.
+//!
+//! [`H2Watch`] wraps the connection below the HTTP/2 code and reads the
+//! 9-byte frame headers as they pass in both directions (nothing else of
+//! the bytes, and nothing is changed). Once a deadline passes it fails the
+//! connection's reads, which ends the connection and every stream on it.
+//! (Bodies of up to 64 KiB that declare their length are read before any
+//! slot is taken, see `phases::read_small_body`; an idle connection is
+//! closed by Pingora's HTTP/2 idle timeout, `keepalive_timeout`.)
 //!
 //! Written by hand: a frame-boundary reader is all this needs, and the
-//! deadline has to be kept below the HTTP/2 implementation.
+//! deadlines have to be kept below the HTTP/2 implementation.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use pingora::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
-    UniqueIDType,
-};
+use pingora::protocols::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 const PREFACE: usize = 24;
+const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
 const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
+/// Request bodies followed at most (the peers' stream limits keep far
+/// fewer open).
+const MAX_TRACKED: usize = 4096;
+/// How much later than a request's own body deadline the connection ends.
+const GRACE: Duration = Duration::from_secs(1);
 
-/// Where the reader is in the byte stream.
+/// The deadlines, from the config.
+#[derive(Clone, Copy, Debug)]
+pub struct H2Limits {
+    pub header_timeout: Duration,
+    pub body_idle: Duration,
+    pub body_total: Duration,
+}
+
+/// Where a frame reader is in one direction's byte stream.
 #[derive(Debug)]
 enum At {
     /// Inside the client's connection preface (bytes left).
@@ -40,46 +61,18 @@ enum At {
     Payload(usize),
 }
 
-/// An HTTP/2 connection with a deadline on its header blocks; see the
-/// module documentation.
-pub struct H2Watch {
-    inner: Stream,
-    at: At,
-    header_timeout: Duration,
-    /// The header block in progress: started when.
-    header_block: Option<Instant>,
-    timer: Option<Pin<Box<Sleep>>>,
-}
-
-impl std::fmt::Debug for H2Watch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("H2Watch")
-            .field("inner", &self.inner)
-            .finish()
-    }
-}
-
-impl H2Watch {
-    pub fn new(inner: Stream, header_timeout: Duration) -> Self {
-        H2Watch {
-            inner,
-            at: At::Preface(PREFACE),
-            header_timeout,
-            header_block: None,
-            timer: None,
-        }
-    }
-
-    /// Follows the frames in bytes the connection just read.
-    fn observe(&mut self, mut bytes: &[u8], now: Instant) {
+impl At {
+    /// Follows `bytes`, calling `frame(kind, flags, stream)` for each frame
+    /// header completed.
+    fn follow(&mut self, mut bytes: &[u8], mut frame: impl FnMut(u8, u8, u32)) {
         while !bytes.is_empty() {
-            match &mut self.at {
-                At::Preface(left) => {
+            match self {
+                At::Preface(left) | At::Payload(left) => {
                     let n = (*left).min(bytes.len());
                     *left -= n;
                     bytes = &bytes[n..];
                     if *left == 0 {
-                        self.at = At::FrameHeader([0; 9], 0);
+                        *self = At::FrameHeader([0; 9], 0);
                     }
                 }
                 At::FrameHeader(h, got) => {
@@ -92,47 +85,164 @@ impl H2Watch {
                         let len = (usize::from(h[0]) << 16)
                             | (usize::from(h[1]) << 8)
                             | usize::from(h[2]);
-                        self.frame(h[3], h[4], now);
-                        self.at = if len == 0 {
+                        let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+                        frame(h[3], h[4], stream);
+                        *self = if len == 0 {
                             At::FrameHeader([0; 9], 0)
                         } else {
                             At::Payload(len)
                         };
                     }
                 }
-                At::Payload(left) => {
-                    let n = (*left).min(bytes.len());
-                    *left -= n;
-                    bytes = &bytes[n..];
-                    if *left == 0 {
-                        self.at = At::FrameHeader([0; 9], 0);
-                    }
-                }
             }
         }
     }
+}
 
-    /// One frame header: a HEADERS without END_HEADERS starts a block, a
-    /// CONTINUATION with it ends the block.
-    fn frame(&mut self, kind: u8, flags: u8, now: Instant) {
+/// A request body still arriving.
+#[derive(Clone, Copy, Debug)]
+struct Body {
+    started: Instant,
+    last: Instant,
+}
+
+/// What the frames seen so far leave to watch.
+#[derive(Debug)]
+struct Watched {
+    limits: H2Limits,
+    /// The header block in progress: started when.
+    header_block: Option<Instant>,
+    /// Open request bodies by stream.
+    bodies: HashMap<u32, Body>,
+}
+
+impl Watched {
+    /// A frame from the client.
+    fn client_frame(&mut self, kind: u8, flags: u8, stream: u32, now: Instant) {
         match kind {
-            HEADERS if flags & END_HEADERS == 0 => self.header_block = Some(now),
-            HEADERS | CONTINUATION if flags & END_HEADERS != 0 => self.header_block = None,
+            HEADERS | CONTINUATION => {
+                if flags & END_HEADERS == 0 {
+                    self.header_block.get_or_insert(now);
+                } else {
+                    self.header_block = None;
+                }
+            }
+            _ => {}
+        }
+        let ends = flags & END_STREAM != 0;
+        match kind {
+            HEADERS if ends => {
+                self.bodies.remove(&stream);
+            }
+            // A request whose body follows (or trailers without the end,
+            // which the h2 crate refuses anyway).
+            HEADERS if self.bodies.len() < MAX_TRACKED => {
+                self.bodies.entry(stream).or_insert(Body {
+                    started: now,
+                    last: now,
+                });
+            }
+            DATA if ends => {
+                self.bodies.remove(&stream);
+            }
+            DATA => {
+                if let Some(b) = self.bodies.get_mut(&stream) {
+                    b.last = now;
+                }
+            }
+            RST_STREAM => {
+                self.bodies.remove(&stream);
+            }
             _ => {}
         }
     }
 
-    /// The deadline of the header block in progress, if any.
-    fn next_deadline(&self) -> Option<Instant> {
-        self.header_block.map(|t| t + self.header_timeout)
+    /// A frame from the gateway: once it has answered a stream in full (or
+    /// reset it), that stream's request body holds nothing upstream.
+    fn gateway_frame(&mut self, kind: u8, flags: u8, stream: u32) {
+        let done = matches!(kind, HEADERS | DATA) && flags & END_STREAM != 0;
+        if done || kind == RST_STREAM {
+            self.bodies.remove(&stream);
+        }
+    }
+
+    /// The earliest deadline, and what it is for.
+    fn next_deadline(&self) -> Option<(Instant, &'static str)> {
+        let header = self.header_block.map(|t| {
+            (
+                t + self.limits.header_timeout,
+                "an HTTP/2 header block did not end in time",
+            )
+        });
+        // A second later than a stream's own deadline, so that a body the
+        // gateway reads itself (phases::read_small_body) gets its 408.
+        let (idle, total) = (
+            self.limits.body_idle + GRACE,
+            self.limits.body_total + GRACE,
+        );
+        let body = self
+            .bodies
+            .values()
+            .map(|b| (b.last + idle).min(b.started + total))
+            .min()
+            .map(|d| (d, "an HTTP/2 request body was not received in time"));
+        match (header, body) {
+            (Some(h), Some(b)) => Some(if h.0 <= b.0 { h } else { b }),
+            (h, b) => h.or(b),
+        }
     }
 }
 
-fn expired() -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        "an HTTP/2 header block did not end within its deadline",
-    )
+/// An HTTP/2 connection with deadlines on its header blocks and request
+/// bodies; see the module documentation.
+pub struct H2Watch {
+    inner: Stream,
+    reading: At,
+    writing: At,
+    watched: Watched,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl std::fmt::Debug for H2Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Watch")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl H2Watch {
+    pub fn new(inner: Stream, limits: H2Limits) -> Self {
+        H2Watch {
+            inner,
+            reading: At::Preface(PREFACE),
+            writing: At::FrameHeader([0; 9], 0),
+            watched: Watched {
+                limits,
+                header_block: None,
+                bodies: HashMap::new(),
+            },
+            timer: None,
+        }
+    }
+
+    fn observe_read(&mut self, bytes: &[u8], now: Instant) {
+        let watched = &mut self.watched;
+        self.reading.follow(bytes, |kind, flags, stream| {
+            watched.client_frame(kind, flags, stream, now)
+        });
+    }
+
+    fn observe_written(&mut self, bytes: &[u8]) {
+        let watched = &mut self.watched;
+        self.writing.follow(bytes, |kind, flags, stream| {
+            watched.gateway_frame(kind, flags, stream)
+        });
+    }
+}
+
+fn expired(what: &'static str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, what)
 }
 
 impl AsyncRead for H2Watch {
@@ -142,21 +252,22 @@ impl AsyncRead for H2Watch {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        let now = Instant::now();
-        if this.next_deadline().is_some_and(|d| d <= now) {
-            return Poll::Ready(Err(expired()));
+        if let Some((deadline, what)) = this.watched.next_deadline() {
+            if deadline <= Instant::now() {
+                return Poll::Ready(Err(expired(what)));
+            }
         }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let read = buf.filled()[before..].to_vec();
-                this.observe(&read, Instant::now());
+                this.observe_read(&read, Instant::now());
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
                 // Wake up at the next deadline even when nothing arrives.
-                let Some(deadline) = this.next_deadline() else {
+                let Some((deadline, what)) = this.watched.next_deadline() else {
                     this.timer = None;
                     return Poll::Pending;
                 };
@@ -167,7 +278,7 @@ impl AsyncRead for H2Watch {
                     timer.as_mut().reset(deadline);
                 }
                 match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(expired())),
+                    Poll::Ready(()) => Poll::Ready(Err(expired(what))),
                     Poll::Pending => Poll::Pending,
                 }
             }
@@ -181,7 +292,11 @@ impl AsyncWrite for H2Watch {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.observe_written(&buf[..n]);
+        }
+        r
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -197,7 +312,19 @@ impl AsyncWrite for H2Watch {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            let mut left = n;
+            for b in bufs {
+                if left == 0 {
+                    break;
+                }
+                let k = left.min(b.len());
+                self.observe_written(&b[..k]);
+                left -= k;
+            }
+        }
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -205,53 +332,7 @@ impl AsyncWrite for H2Watch {
     }
 }
 
-#[async_trait]
-impl Shutdown for H2Watch {
-    async fn shutdown(&mut self) {
-        self.inner.shutdown().await
-    }
-}
-
-impl UniqueID for H2Watch {
-    fn id(&self) -> UniqueIDType {
-        self.inner.id()
-    }
-}
-
-impl Ssl for H2Watch {
-    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
-        self.inner.get_ssl()
-    }
-    fn get_ssl_digest(&self) -> Option<std::sync::Arc<pingora::protocols::tls::SslDigest>> {
-        self.inner.get_ssl_digest()
-    }
-    fn selected_alpn_proto(&self) -> Option<pingora::protocols::ALPN> {
-        self.inner.selected_alpn_proto()
-    }
-}
-
-impl GetTimingDigest for H2Watch {
-    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
-        self.inner.get_timing_digest()
-    }
-}
-
-impl GetProxyDigest for H2Watch {
-    fn get_proxy_digest(
-        &self,
-    ) -> Option<std::sync::Arc<pingora::protocols::raw_connect::ProxyDigest>> {
-        self.inner.get_proxy_digest()
-    }
-}
-
-impl GetSocketDigest for H2Watch {
-    fn get_socket_digest(&self) -> Option<std::sync::Arc<pingora::protocols::SocketDigest>> {
-        self.inner.get_socket_digest()
-    }
-}
-
-#[async_trait]
-impl Peek for H2Watch {}
+super::wrap::delegate_transport!(H2Watch);
 
 #[cfg(test)]
 mod tests {
@@ -264,10 +345,20 @@ mod tests {
         f
     }
 
+    const LIMITS: H2Limits = H2Limits {
+        header_timeout: Duration::from_secs(10),
+        body_idle: Duration::from_secs(2),
+        body_total: Duration::from_secs(30),
+    };
+
     fn watch() -> H2Watch {
         let (a, _b) = tokio::io::duplex(64);
         let inner: Stream = Box::new(a);
-        H2Watch::new(inner, Duration::from_secs(10))
+        H2Watch::new(inner, LIMITS)
+    }
+
+    fn deadline(w: &H2Watch) -> Option<Instant> {
+        w.watched.next_deadline().map(|d| d.0)
     }
 
     #[tokio::test]
@@ -276,19 +367,44 @@ mod tests {
         let t0 = Instant::now();
         let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         bytes.extend(frame(0x4, 0, 0, 6)); // SETTINGS
-        bytes.extend(frame(HEADERS, 0, 1, 20)); // no END_HEADERS
-                                                // Byte by byte: frame boundaries across reads.
+        bytes.extend(frame(HEADERS, END_STREAM, 1, 20)); // no END_HEADERS
+                                                         // Byte by byte: frame boundaries across reads.
         for b in &bytes {
-            w.observe(&[*b], t0);
+            w.observe_read(&[*b], t0);
         }
-        assert_eq!(w.next_deadline(), Some(t0 + Duration::from_secs(10)));
-        w.observe(&frame(CONTINUATION, 0, 1, 5), t0);
-        assert!(w.next_deadline().is_some());
-        w.observe(&frame(CONTINUATION, END_HEADERS, 1, 5), t0);
-        assert_eq!(w.next_deadline(), None);
-        // A whole header block in one frame leaves nothing to watch.
-        w.observe(&frame(HEADERS, END_HEADERS | 0x1, 3, 10), t0);
-        w.observe(&frame(0x0, 0x1, 3, 100), t0);
-        assert_eq!(w.next_deadline(), None);
+        assert_eq!(deadline(&w), Some(t0 + LIMITS.header_timeout));
+        w.observe_read(&frame(CONTINUATION, 0, 1, 5), t0);
+        assert!(deadline(&w).is_some());
+        w.observe_read(&frame(CONTINUATION, END_HEADERS, 1, 5), t0);
+        assert_eq!(deadline(&w), None);
+        // A whole request in one frame leaves nothing to watch.
+        w.observe_read(&frame(HEADERS, END_HEADERS | END_STREAM, 3, 10), t0);
+        assert_eq!(deadline(&w), None);
+    }
+
+    #[tokio::test]
+    async fn open_request_bodies_have_deadlines_until_they_end() {
+        let mut w = watch();
+        let t0 = Instant::now();
+        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        bytes.extend(frame(HEADERS, END_HEADERS, 1, 4)); // body follows
+        w.observe_read(&bytes, t0);
+        assert_eq!(deadline(&w), Some(t0 + LIMITS.body_idle + GRACE));
+        // DATA moves the idle deadline; the end of the stream clears it.
+        let t1 = t0 + Duration::from_secs(1);
+        w.observe_read(&frame(DATA, 0, 1, 100), t1);
+        assert_eq!(deadline(&w), Some(t1 + LIMITS.body_idle + GRACE));
+        w.observe_read(&frame(DATA, END_STREAM, 1, 0), t1);
+        assert_eq!(deadline(&w), None);
+        // Answered in full by the gateway: nothing held upstream.
+        w.observe_read(&frame(HEADERS, END_HEADERS, 3, 4), t1);
+        assert!(deadline(&w).is_some());
+        w.observe_written(&frame(0x4, 0, 0, 0));
+        w.observe_written(&frame(HEADERS, END_HEADERS | END_STREAM, 3, 7));
+        assert_eq!(deadline(&w), None);
+        // A client reset ends it too.
+        w.observe_read(&frame(HEADERS, END_HEADERS, 5, 4), t1);
+        w.observe_read(&frame(RST_STREAM, 0, 5, 4), t1);
+        assert_eq!(deadline(&w), None);
     }
 }

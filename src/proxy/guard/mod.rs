@@ -10,7 +10,8 @@
 //!             framing looked at (Host, Content-Length, chunked, …)   → 400
 //!             a body up to request_buffer_size read in full,
 //!             no pause over body_idle_timeout, all in body_timeout   → 408
-//!             then the bytes go to Pingora as a pre-read prefix
+//!             then Pingora reads that one request through a fence;
+//!             the bytes of the next one (pipelining) wait for the guard
 //! ```
 //!
 //! Pingora applies its read timeout to each read, so a client trickling one
@@ -21,8 +22,10 @@
 //! upstream slot. Everything it refuses is answered in JSON with a request
 //! id, and counted and logged like any refusal.
 
+mod fence;
 mod h2;
 pub mod http1;
+mod wrap;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,8 +43,9 @@ use tokio::io::AsyncWriteExt;
 
 use super::Gateway;
 use crate::limits::listeners::{ConnectionCaps, ConnectionGate, Full};
-use crate::limits::Refusal;
+use crate::limits::{Refusal, RejectReason};
 use crate::runtime::SharedRuntime;
+use fence::Fence;
 use http1::{Limits, Read};
 
 /// What every listener of a proxy service shares: TLS acceptors (by
@@ -231,18 +235,18 @@ pub async fn refuse(mut stream: Stream, route: &str, r: Refusal, request_id: Opt
 }
 
 /// Hands a connection whose next request has been read (its header, and
-/// its body when small enough) to Pingora's HTTP/1 handling; returns the
-/// connection when it may carry another request.
+/// its body when small enough) to Pingora's HTTP/1 handling, through a
+/// [`Fence`] that shows it that one request only; returns the connection
+/// and the next request's bytes when it may carry another request.
 pub async fn hand_to_pingora<P: HttpServerApp + Send + Sync + 'static>(
     proxy: &Arc<P>,
-    stream: Stream,
-    prefix: BytesMut,
+    fence: Fence,
     limits: Limits,
     write_timeout: Duration,
     settings: Option<HttpPersistentSettings>,
     shutdown: &ShutdownWatch,
-) -> Option<(Stream, Option<HttpPersistentSettings>)> {
-    let mut session = ServerSession::new_http1(stream);
+) -> Option<(Stream, BytesMut, Option<HttpPersistentSettings>)> {
+    let mut session = ServerSession::new_http1(Box::new(fence));
     match settings {
         Some(s) => s.apply_to_session(&mut session),
         None => session.set_keepalive(Some(limits.idle.as_secs().max(1))),
@@ -255,9 +259,11 @@ pub async fn hand_to_pingora<P: HttpServerApp + Send + Sync + 'static>(
     // go after the write timeout.
     session.set_read_timeout(Some(limits.body_idle));
     session.set_write_timeout(Some(write_timeout));
-    session.set_pipelined_prefix(prefix);
     let reused = proxy.process_new_http(session, shutdown).await?;
-    Some(reused.consume())
+    let (stream, settings) = reused.consume();
+    let fence = stream.into_any().downcast::<Fence>().ok()?;
+    let (stream, next) = fence.into_parts();
+    Some((stream, next, settings))
 }
 
 /// Serves an HTTP/1 connection request by request, in order: each read
@@ -278,28 +284,37 @@ pub async fn serve_http1<P: HttpServerApp + Send + Sync + 'static>(
     let mut first = true;
     loop {
         let (limits, write_timeout) = limits(runtime);
-        let (mut buf, head, end) =
-            match http1::read_request(&mut stream, std::mem::take(&mut carry), limits, first).await
-            {
-                Read::Request { buf, head, end } => (buf, head, end),
-                Read::Closed => return None,
-                Read::Refused(r, id) => {
-                    refuse(stream, route_label, r, id.as_deref()).await;
-                    return None;
-                }
-            };
+        let request = http1::read_request(&mut stream, std::mem::take(&mut carry), limits, first);
+        let (mut buf, head, end, rest) = match request.await {
+            Read::Request {
+                buf,
+                head,
+                end,
+                rest,
+            } => (buf, head, end, rest),
+            Read::Closed => return None,
+            Read::Refused(r, id) => {
+                refuse(stream, route_label, r, id.as_deref()).await;
+                return None;
+            }
+        };
         if divert(&head) {
             return Some((stream, buf, head));
         }
-        // The bytes past this request are the next one's (pipelining): kept
-        // here, never handed to Pingora with this one.
-        if let Some(end) = end {
-            carry = buf.split_off(end.min(buf.len()));
+        if head.connect {
+            let r = Refusal::new(
+                RejectReason::MethodNotAllowed,
+                "CONNECT is served by the forward proxy's listener, not here",
+            );
+            refuse(stream, route_label, r, None).await;
+            return None;
         }
-        let (io, st) = hand_to_pingora(
+        // The bytes past this request are the next one's (pipelining).
+        let next = buf.split_off(end.min(buf.len()));
+        let fence = Fence::new(stream, buf, rest, next);
+        let (io, next, st) = hand_to_pingora(
             proxy,
-            stream,
-            buf,
+            fence,
             limits,
             write_timeout,
             settings.take(),
@@ -307,6 +322,7 @@ pub async fn serve_http1<P: HttpServerApp + Send + Sync + 'static>(
         )
         .await?;
         stream = io;
+        carry = next;
         settings = st;
         first = false;
     }
@@ -321,8 +337,16 @@ impl ServerApp for EdgeApp {
     ) -> Option<Stream> {
         let (stream, _permit) = self.listeners.accept(stream, &self.runtime).await?;
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            let header_timeout = self.runtime.load().config.server.header_timeout;
-            let watched: Stream = Box::new(h2::H2Watch::new(stream, header_timeout));
+            let limits = {
+                let rt = self.runtime.load();
+                let s = &rt.config.server;
+                h2::H2Limits {
+                    header_timeout: s.header_timeout,
+                    body_idle: s.body_idle_timeout,
+                    body_total: s.body_timeout,
+                }
+            };
+            let watched: Stream = Box::new(h2::H2Watch::new(stream, limits));
             let _ = self.proxy.process_new(watched, shutdown).await;
             return None;
         }

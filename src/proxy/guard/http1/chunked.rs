@@ -21,6 +21,8 @@ enum ChunkState {
     SizeDigits(u64),
     /// After the size: extensions until the line ends.
     Ext(u64),
+    /// The CR ending a chunk-size line seen: its LF next.
+    SizeLf(u64),
     /// In chunk data: bytes left, then CRLF.
     Data(u64),
     DataCr,
@@ -62,15 +64,21 @@ impl ChunkScan {
                         None => match (acc, b) {
                             (None, _) => return Err(Malformed),
                             (Some(a), b';' | b' ' | b'\t') => Ext(a),
-                            (Some(a), b'\r') => Ext(a),
-                            (Some(a), b'\n') => after_size(a),
+                            (Some(a), b'\r') => SizeLf(a),
                             _ => return Err(Malformed),
                         },
                     }
                 }
+                // Lines end in CRLF, as Pingora's parser wants them: a bare
+                // LF here would let the two disagree on where the body ends.
                 Ext(a) => match b {
-                    b'\n' => after_size(a),
+                    b'\r' => SizeLf(a),
+                    b'\n' => return Err(Malformed),
                     _ => Ext(a),
+                },
+                SizeLf(a) => match b {
+                    b'\n' => after_size(a),
+                    _ => return Err(Malformed),
                 },
                 Data(left) => {
                     let take = (more.len() - i).min(left as usize);
@@ -82,7 +90,6 @@ impl ChunkScan {
                 }
                 DataCr => match b {
                     b'\r' => DataLf,
-                    b'\n' => Size,
                     _ => return Err(Malformed),
                 },
                 DataLf => match b {
@@ -91,8 +98,7 @@ impl ChunkScan {
                 },
                 Trailer(empty) => match b {
                     b'\r' => TrailerLf(empty),
-                    b'\n' if empty => Done,
-                    b'\n' => Trailer(true),
+                    b'\n' => return Err(Malformed),
                     _ => Trailer(false),
                 },
                 TrailerLf(empty) => match b {

@@ -25,9 +25,14 @@ pub struct Head {
     pub framing: Framing,
     /// A `CONNECT` request (the forward proxy tunnels it).
     pub connect: bool,
-    /// The `Expect: 100-continue` line, to answer and remove when the body
-    /// is read here.
-    pub expect_continue: Option<Range<usize>>,
+    /// An `Upgrade` request (WebSocket): after the answer, every byte is
+    /// the new protocol's.
+    pub upgrade: bool,
+    /// An HTTP/1.1 request (else HTTP/1.0).
+    pub http11: bool,
+    /// The `Expect: 100-continue` lines, to remove (and, for HTTP/1.1, to
+    /// answer) when the body is read here.
+    pub expect_continue: Vec<Range<usize>>,
 }
 
 /// The length of the header block (through its blank line), searching from
@@ -97,7 +102,9 @@ pub fn inspect(buf: &[u8], len: usize) -> Result<Head, Refusal> {
     let mut chunked: Option<bool> = None;
     let mut hosts = 0usize;
     let mut host_ok = true;
-    let mut expect_continue = None;
+    let mut host: Option<&[u8]> = None;
+    let mut expect_continue = Vec::new();
+    let mut upgrade = false;
     for (line, range) in lines {
         if line.is_empty() {
             break;
@@ -145,17 +152,16 @@ pub fn inspect(buf: &[u8], len: usize) -> Result<Head, Refusal> {
             )));
         }
         if is(b"content-length") {
-            for v in value.split(|b| *b == b',') {
-                let v = trim(v);
-                if v.is_empty() || !v.iter().all(u8::is_ascii_digit) || v.len() > 19 {
-                    return Err(bad("Content-Length is not a number"));
-                }
-                let n: u64 = v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0'));
-                if length.is_some_and(|l| l != n) {
-                    return Err(bad("Content-Length values disagree"));
-                }
-                length = Some(n);
+            // One number a line (Pingora refuses the list form); equal
+            // repeated lines are one value, sent upstream once.
+            if value.is_empty() || !value.iter().all(u8::is_ascii_digit) || value.len() > 19 {
+                return Err(bad("Content-Length is not a number"));
             }
+            let n: u64 = value.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0'));
+            if length.is_some_and(|l| l != n) {
+                return Err(bad("Content-Length values disagree"));
+            }
+            length = Some(n);
         } else if is(b"transfer-encoding") {
             if !http11 {
                 return Err(bad("Transfer-Encoding in an HTTP/1.0 request"));
@@ -169,8 +175,13 @@ pub fn inspect(buf: &[u8], len: usize) -> Result<Head, Refusal> {
         } else if is(b"host") {
             hosts += 1;
             host_ok &= valid_host(value);
+            host = Some(value);
         } else if is(b"expect") && value.eq_ignore_ascii_case(b"100-continue") {
-            expect_continue = Some(range);
+            // Removed either way; an HTTP/1.0 client is never asked to
+            // wait (RFC 9110 §10.1.1), nor is its upstream asked for it.
+            expect_continue.push(range);
+        } else if is(b"upgrade") {
+            upgrade = true;
         }
     }
     let framing = match (chunked, length) {
@@ -186,15 +197,56 @@ pub fn inspect(buf: &[u8], len: usize) -> Result<Head, Refusal> {
     if http11 && hosts != 1 {
         return Err(bad("an HTTP/1.1 request needs exactly one Host header"));
     }
+    if hosts > 1 {
+        return Err(bad("a request has at most one Host header"));
+    }
     if !host_ok {
         return Err(bad("malformed Host header"));
+    }
+    if connect && framing != Framing::None {
+        return Err(bad("a CONNECT request has no body"));
+    }
+    if !connect {
+        check_target_authority(target, host)?;
     }
     Ok(Head {
         len,
         framing,
         connect,
+        upgrade,
+        http11,
         expect_continue,
     })
+}
+
+/// An absolute-form target's authority must be the `Host` value, byte for
+/// byte, without user info (Pingora's own rule, answered here in JSON).
+fn check_target_authority(target: &[u8], host: Option<&[u8]>) -> Result<(), Refusal> {
+    use pingora::http::authority::{
+        is_http_family_scheme, raw_target_authority, RawTargetAuthority,
+    };
+    match raw_target_authority(target) {
+        RawTargetAuthority::None => Ok(()),
+        RawTargetAuthority::AmbiguousAuthority => {
+            Err(bad("ambiguous absolute-form request target"))
+        }
+        RawTargetAuthority::Absolute {
+            scheme, authority, ..
+        } => {
+            if authority.contains(&b'@') {
+                return Err(bad("user info in the request target"));
+            }
+            if is_http_family_scheme(scheme) && http::uri::Authority::try_from(authority).is_err() {
+                return Err(bad("malformed authority in the request target"));
+            }
+            if host.is_some_and(|h| h != authority) {
+                return Err(bad(
+                    "the Host header differs from the request target's authority",
+                ));
+            }
+            Ok(())
+        }
+    }
 }
 
 /// A `Host` value: `host` or `host:port`, a bracketed IPv6 literal, no

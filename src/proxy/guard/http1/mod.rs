@@ -44,13 +44,14 @@ pub struct Limits {
 /// What reading a request produced.
 #[derive(Debug)]
 pub enum Read {
-    /// A request: `buf` holds its header, and its whole body when `end` is
-    /// `Some` (the bytes past `end` belong to the next request); with
-    /// `None`, the rest of the body streams from the connection.
+    /// A request: `buf[..end]` is its header and the part of its body
+    /// read so far (all of it when `rest` is [`Rest::Done`]); bytes past
+    /// `end` belong to the next request.
     Request {
         buf: BytesMut,
         head: Head,
-        end: Option<usize>,
+        end: usize,
+        rest: Rest,
     },
     /// The connection ended, or stayed idle between requests.
     Closed,
@@ -59,9 +60,23 @@ pub enum Read {
     Refused(Refusal, Option<String>),
 }
 
+/// What of a request is still to come from the connection once the bytes
+/// read by the guard are consumed.
+#[derive(Debug)]
+pub enum Rest {
+    /// Nothing: the request is complete.
+    Done,
+    /// This many bytes of a `Content-Length` body.
+    Length(u64),
+    /// The rest of a chunked body; the scan finds its end.
+    Chunked(ChunkScan),
+    /// Everything (an upgrade: the bytes are the new protocol's).
+    Passthrough,
+}
+
 /// What [`read`] produced; the bytes are the caller's.
 enum Step {
-    Request { head: Head, end: Option<usize> },
+    Request { head: Head, end: usize, rest: Rest },
     Closed,
     Refused(Refusal),
 }
@@ -82,7 +97,12 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     match read(stream, &mut buf, limits, first_request).await {
-        Step::Request { head, end } => Read::Request { buf, head, end },
+        Step::Request { head, end, rest } => Read::Request {
+            buf,
+            head,
+            end,
+            rest,
+        },
         Step::Closed => Read::Closed,
         Step::Refused(r) => Read::Refused(r, find_request_id(&buf)),
     }
@@ -121,6 +141,8 @@ where
             buf.reserve(4096);
         }
         match timeout_at(deadline, stream.read_buf(buf)).await {
+            // Not a byte: closed without an answer, as nginx does.
+            Err(_) if buf.iter().all(|b| matches!(b, b'\r' | b'\n')) => return Step::Closed,
             Err(_) => {
                 return refusal(
                     RejectReason::RequestTimeout,
@@ -142,23 +164,31 @@ where
     // can tell), else it streams.
     let read_here = match head.framing {
         Framing::None => false,
-        Framing::Length(n) => n <= limits.buffer_size as u64 && buf.len() < len + n as usize,
+        Framing::Length(n) => n <= limits.buffer_size as u64,
         Framing::Chunked => true,
     };
-    if read_here {
+    if read_here || !head.http11 {
         continue_if_expected(stream, buf, &mut head).await;
     }
     let len = head.len;
-    let end = match head.framing {
-        Framing::None => Some(len),
+    let (end, rest) = match head.framing {
+        // An upgrade (WebSocket): after the gateway's answer the bytes are
+        // the new protocol's, all of them Pingora's.
+        Framing::None if head.upgrade => (buf.len(), Rest::Passthrough),
+        Framing::None => (len, Rest::Done),
         Framing::Length(n) if n <= limits.buffer_size as u64 => {
             let end = len + n as usize;
             match read_until(stream, buf, limits, |b| (b.len() >= end).then_some(end)).await {
-                Ok(e) => Some(e),
+                Ok(e) => (e, Rest::Done),
                 Err(r) => return r,
             }
         }
-        Framing::Length(_) => None,
+        // Too large to hold: what arrived with the header goes first, the
+        // rest streams.
+        Framing::Length(n) => {
+            let here = ((buf.len() - len) as u64).min(n);
+            (len + here as usize, Rest::Length(n - here))
+        }
         Framing::Chunked => {
             let mut scan = ChunkScan::default();
             let mut malformed = false;
@@ -166,7 +196,6 @@ where
                 let seen = scan.seen();
                 match scan.advance(&b[len + seen..]) {
                     Ok(Some(n)) => Some(len + n),
-                    // Too large to hold: the rest streams.
                     Ok(None) if b.len() - len > limits.buffer_size => Some(usize::MAX),
                     Ok(None) => None,
                     Err(chunked::Malformed) => {
@@ -180,13 +209,14 @@ where
                 return refusal(RejectReason::BadRequest, "malformed chunked body");
             }
             match r {
-                Ok(usize::MAX) => None,
-                Ok(e) => Some(e),
+                // Too large to hold: the scan goes on as the rest streams.
+                Ok(usize::MAX) => (buf.len(), Rest::Chunked(scan)),
+                Ok(e) => (e, Rest::Done),
                 Err(r) => return r,
             }
         }
     };
-    Step::Request { head, end }
+    Step::Request { head, end, rest }
 }
 
 /// The well-formed `X-Request-Id` among the header lines in `buf`.
@@ -214,19 +244,27 @@ fn too_large(limits: Limits) -> Step {
     )
 }
 
-/// Answers `Expect: 100-continue` (the client waits for it before sending
-/// its body, which is read here) and removes the line from the header, so
-/// that the upstream is not asked again.
+/// Removes the `Expect: 100-continue` lines of a request whose body is read
+/// here (or of an HTTP/1.0 one, which may not be asked to wait), so that
+/// the upstream is not asked again; when no byte of the body has come yet,
+/// answers the HTTP/1.1 client's expectation itself.
 async fn continue_if_expected<S>(stream: &mut S, buf: &mut BytesMut, head: &mut Head)
 where
     S: tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::AsyncWriteExt;
-    if let Some(range) = head.expect_continue.take() {
+    if head.expect_continue.is_empty() {
+        return;
+    }
+    // Last first, so that the earlier ranges stay where they are.
+    for range in std::mem::take(&mut head.expect_continue).into_iter().rev() {
         let tail = buf.split_off(range.end);
         buf.truncate(range.start);
         buf.extend_from_slice(&tail);
         head.len -= range.len();
+    }
+    let waiting = buf.len() == head.len && head.framing != Framing::None;
+    if head.http11 && waiting {
         let _ = stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
         let _ = stream.flush().await;
     }

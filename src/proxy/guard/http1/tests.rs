@@ -44,8 +44,15 @@ fn finds_the_blank_line() {
 fn framing() {
     let h = head("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n").unwrap();
     assert_eq!(h.framing, Framing::Length(5));
-    let h = head("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n").unwrap();
+    let h = head("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n")
+        .unwrap();
     assert_eq!(h.framing, Framing::Length(5));
+    assert!(
+        head("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n")
+            .unwrap()
+            .upgrade
+    );
+    head("GET http://a:8/x HTTP/1.1\r\nHost: a:8\r\n\r\n").unwrap();
     let h = head("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap();
     assert_eq!(h.framing, Framing::Chunked);
     let h = head("GET / HTTP/1.0\r\n\r\n").unwrap();
@@ -107,6 +114,20 @@ fn ambiguous_requests_are_refused() {
         ("GET / HTTP/1.1\r\nHost: a\r\nNoColon\r\n\r\n", "colon"),
         ("GET / HTTP/2.0\r\nHost: a\r\n\r\n", "HTTP/1.0 and HTTP/1.1"),
         ("GET /  HTTP/1.1\r\nHost: a\r\n\r\n", "request line"),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n",
+            "not a number",
+        ),
+        (
+            "GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
+            "at most one Host",
+        ),
+        ("GET http://b/ HTTP/1.1\r\nHost: a\r\n\r\n", "differs"),
+        ("GET http://u@a/ HTTP/1.1\r\nHost: u@a\r\n\r\n", "Host"),
+        (
+            "CONNECT a:1 HTTP/1.1\r\nHost: a:1\r\nContent-Length: 3\r\n\r\n",
+            "no body",
+        ),
     ];
     for (req, expected) in cases {
         let msg = refused(req);
@@ -136,7 +157,16 @@ fn chunk_scan_finds_the_end_in_any_split() {
         };
         assert_eq!(got, end, "split at {split}");
     }
-    for bad in [&b"x\r\n"[..], b"5\r\nhelloXX", b"fffffffffffffffff\r\n"] {
+    // Lines end in CRLF (a bare LF is where two parsers could disagree).
+    for bad in [
+        &b"x\r\n"[..],
+        b"5\r\nhelloXX",
+        b"fffffffffffffffff\r\n",
+        b"2\nxx",
+        b"2;x\nxx",
+        b"1\r\nx\n0\r\n\r\n",
+        b"0\r\n\n",
+    ] {
         assert!(ChunkScan::default().advance(bad).is_err(), "{bad:?}");
     }
     assert_eq!(ChunkScan::default().advance(b"0\r\n\r\n").unwrap(), Some(5));
@@ -147,9 +177,14 @@ async fn small_body_read_and_pipelined_request_kept() {
     let data = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\nHost: a\r\n\r\n";
     let mut s = stream_of(data).await;
     match read_request(&mut s, BytesMut::new(), LIMITS, true).await {
-        Read::Request { buf, head, end } => {
+        Read::Request {
+            buf,
+            head,
+            end,
+            rest,
+        } => {
             assert_eq!(head.framing, Framing::Length(3));
-            let end = end.unwrap();
+            assert!(matches!(rest, Rest::Done));
             assert!(buf[..end].ends_with(b"abc"));
             assert!(buf[end..].starts_with(b"GET /"));
         }
@@ -162,7 +197,7 @@ async fn expect_continue_answered_and_removed() {
     let (mut client, mut server) = tokio::io::duplex(4096);
     client
         .write_all(
-            b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\nexpect: 100-continue\r\n\r\n",
         )
         .await
         .unwrap();
@@ -175,8 +210,8 @@ async fn expect_continue_answered_and_removed() {
     assert_eq!(&got, b"HTTP/1.1 100 Continue\r\n\r\n");
     client.write_all(b"ok").await.unwrap();
     match reader.await.unwrap() {
-        Read::Request { buf, head, end } => {
-            let text = String::from_utf8_lossy(&buf[..end.unwrap()]).to_string();
+        Read::Request { buf, head, end, .. } => {
+            let text = String::from_utf8_lossy(&buf[..end]).to_string();
             assert!(!text.to_ascii_lowercase().contains("expect"), "{text}");
             assert!(text.ends_with("\r\n\r\nok"), "{text}");
             assert_eq!(head.len, text.len() - 2);
@@ -255,8 +290,12 @@ async fn large_body_streams() {
     let data = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\nxx";
     let mut s = stream_of(data).await;
     match read_request(&mut s, BytesMut::new(), LIMITS, true).await {
-        Read::Request { end, head, .. } => {
-            assert_eq!(end, None);
+        Read::Request {
+            end, head, rest, ..
+        } => {
+            // What came with the header goes first; 998 bytes stream.
+            assert_eq!(end, head.len + 2);
+            assert!(matches!(rest, Rest::Length(998)), "{rest:?}");
             assert_eq!(head.framing, Framing::Length(1000));
         }
         other => panic!("{other:?}"),

@@ -1,0 +1,271 @@
+//! The stream Pingora reads one HTTP/1 request from: the bytes the guard
+//! read ahead first, then the rest of the request from the connection —
+//! and nothing past its end. Bytes that arrive after it (the next
+//! pipelined request) are kept here for the guard, never shown to
+//! Pingora, which would take them for data sent after the body and fail
+//! the request it is answering.
+//!
+//! ```text
+//! connection ─▶ [ahead: header + body read by the guard] ─▶ Pingora
+//!            ─▶ [rest of the body: Content-Length / chunked end] ─▶ Pingora
+//!            ─▶ [next request's bytes] ─▶ kept (`into_parts`)
+//! ```
+//!
+//! An end of stream or an error is passed on at any time, so Pingora still
+//! sees a client that leaves while it waits for the upstream.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use pingora::protocols::Stream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::http1::Rest;
+
+/// Bytes of the next request kept before the fence stops reading ahead
+/// (the next request is read by the guard, under its own limits).
+const NEXT_LIMIT: usize = 64 * 1024;
+/// Size of the buffer body bytes pass through.
+const SCRATCH: usize = 16 * 1024;
+
+/// One request's view of a connection; see the module documentation.
+pub struct Fence {
+    inner: Stream,
+    /// Bytes of the request the guard read, not yet read by Pingora.
+    ahead: BytesMut,
+    rest: Rest,
+    /// Bytes past the request: the next one's.
+    next: BytesMut,
+    /// The connection ended after the request.
+    ended: bool,
+    scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fence")
+            .field("inner", &self.inner)
+            .field("ahead", &self.ahead.len())
+            .field("next", &self.next.len())
+            .finish()
+    }
+}
+
+impl Fence {
+    pub fn new(inner: Stream, ahead: BytesMut, rest: Rest, next: BytesMut) -> Self {
+        Fence {
+            inner,
+            ahead,
+            rest,
+            next,
+            ended: false,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The connection, and the bytes of the next request read so far.
+    pub fn into_parts(self) -> (Stream, BytesMut) {
+        (self.inner, self.next)
+    }
+
+    /// Reads from the connection into the scratch buffer (at most `max`
+    /// bytes); `Ok(0)`: end of stream.
+    fn poll_inner(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<std::io::Result<usize>> {
+        let max = max.clamp(1, SCRATCH);
+        if self.scratch.len() < max {
+            self.scratch.resize(max, 0);
+        }
+        let mut rb = ReadBuf::new(&mut self.scratch[..max]);
+        match Pin::new(&mut self.inner).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().len())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// After the request: reads ahead into `next` (so an end of stream is
+    /// noticed), never into Pingora's buffer.
+    fn poll_after(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        loop {
+            if self.ended {
+                return Poll::Ready(Ok(()));
+            }
+            if self.next.len() >= NEXT_LIMIT {
+                // Pingora is woken by whatever else it waits on (the
+                // upstream); the rest stays in the socket.
+                return Poll::Pending;
+            }
+            match self.poll_inner(cx, SCRATCH) {
+                Poll::Ready(Ok(0)) => self.ended = true,
+                Poll::Ready(Ok(n)) => self.next.extend_from_slice(&self.scratch[..n]),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl AsyncRead for Fence {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if !this.ahead.is_empty() {
+            let n = this.ahead.len().min(buf.remaining());
+            buf.put_slice(&this.ahead[..n]);
+            this.ahead.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        match &mut this.rest {
+            Rest::Done => this.poll_after(cx),
+            Rest::Passthrough => Pin::new(&mut this.inner).poll_read(cx, buf),
+            Rest::Length(left) => {
+                let max = (*left).min(buf.remaining() as u64) as usize;
+                let n = match this.poll_inner(cx, max) {
+                    Poll::Ready(Ok(n)) => n,
+                    other => return other.map(|r| r.map(|_| ())),
+                };
+                buf.put_slice(&this.scratch[..n]);
+                if let Rest::Length(left) = &mut this.rest {
+                    *left -= n as u64;
+                    if *left == 0 {
+                        this.rest = Rest::Done;
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Rest::Chunked(_) => {
+                let n = match this.poll_inner(cx, buf.remaining()) {
+                    Poll::Ready(Ok(n)) => n,
+                    other => return other.map(|r| r.map(|_| ())),
+                };
+                let Rest::Chunked(scan) = &mut this.rest else {
+                    return Poll::Ready(Ok(()));
+                };
+                let seen = scan.seen();
+                match scan.advance(&this.scratch[..n]) {
+                    Ok(Some(end)) => {
+                        // The body ends in these bytes: the rest is next.
+                        let here = end - seen;
+                        buf.put_slice(&this.scratch[..here]);
+                        this.next.extend_from_slice(&this.scratch[here..n]);
+                        this.rest = Rest::Done;
+                    }
+                    Ok(None) => buf.put_slice(&this.scratch[..n]),
+                    // Malformed: Pingora's parser refuses it and the
+                    // connection ends; every byte is its to see.
+                    Err(_) => {
+                        buf.put_slice(&this.scratch[..n]);
+                        this.rest = Rest::Passthrough;
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Fence {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+super::wrap::delegate_transport!(Fence);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::guard::http1::ChunkScan;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn fence(rest: Rest, ahead: &[u8], later: &[u8]) -> (Fence, tokio::io::DuplexStream) {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        client.write_all(later).await.unwrap();
+        let f = Fence::new(
+            Box::new(server),
+            BytesMut::from(ahead),
+            rest,
+            BytesMut::new(),
+        );
+        (f, client)
+    }
+
+    /// Reads what Pingora would see, until the fence has nothing more for
+    /// the request (a read that stays pending).
+    async fn seen(f: &mut Fence) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 7];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(std::time::Duration::from_millis(50), f.read(&mut buf)).await
+        {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_length_body_ends_where_it_says() {
+        let (mut f, _c) = fence(Rest::Length(3), b"HEAD\r\n\r\nab", b"cdeGET /next").await;
+        assert_eq!(seen(&mut f).await, b"HEAD\r\n\r\nabcde");
+        let (_, next) = f.into_parts();
+        assert_eq!(&next[..], b"GET /next");
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_ends_where_its_last_chunk_does() {
+        let mut scan = ChunkScan::default();
+        assert_eq!(scan.advance(b"3\r\nab").unwrap(), None);
+        let (mut f, _c) = fence(
+            Rest::Chunked(scan),
+            b"H\r\n\r\n3\r\nab",
+            b"c\r\n0\r\n\r\nGET /n",
+        )
+        .await;
+        assert_eq!(seen(&mut f).await, b"H\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+        assert_eq!(&f.into_parts().1[..], b"GET /n");
+    }
+
+    #[tokio::test]
+    async fn after_the_request_bytes_are_kept_and_an_end_is_passed_on() {
+        let (mut f, c) = fence(Rest::Done, b"GET / HTTP/1.1\r\n\r\n", b"GET /2").await;
+        assert_eq!(seen(&mut f).await, b"GET / HTTP/1.1\r\n\r\n");
+        drop(c);
+        let mut buf = [0u8; 8];
+        assert_eq!(f.read(&mut buf).await.unwrap(), 0, "the client left");
+        assert_eq!(&f.into_parts().1[..], b"GET /2");
+    }
+}
