@@ -47,7 +47,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    logging::init(cli.log_format, cli.daemon);
     if let Some(Command::Health { admin }) = cli.command {
         return health(&admin);
     }

@@ -4,9 +4,10 @@
 //! configured route name (or `none` when no route matched), `outcome` is
 //! `allowed` or a [`RejectReason`](crate::limits::RejectReason) code.
 
+use crate::limits::RejectReason;
 use once_cell::sync::Lazy;
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -70,6 +71,9 @@ pub struct Metrics {
     /// ended in neither of its two ways and was settled when its context
     /// was dropped (a bug to report when it moves).
     pub admission_safety_net_total: IntCounter,
+    /// `floodgate_log_lines_dropped_total`: log lines (access log included)
+    /// dropped because the log writer fell behind.
+    pub log_lines_dropped_total: IntCounter,
     /// `floodgate_connections_refused_total{reason}`: client connections
     /// closed before any request: `listener` or `address` (over a cap),
     /// `tls_handshake_timeout`.
@@ -203,6 +207,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "Requests whose admission was settled only when their context was dropped.",
     )?;
     registry.register(Box::new(admission_safety_net_total.clone()))?;
+    let log_lines_dropped_total = IntCounter::new(
+        "floodgate_log_lines_dropped_total",
+        "Log lines (access log included) dropped because the log writer fell behind.",
+    )?;
+    registry.register(Box::new(log_lines_dropped_total.clone()))?;
     let connections_refused_total = IntCounterVec::new(
         Opts::new(
             "floodgate_connections_refused_total",
@@ -232,6 +241,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         usage_clamped_total,
         admission_safety_net_total,
         connections_refused_total,
+        log_lines_dropped_total,
     })
 }
 
@@ -245,6 +255,61 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| match build() {
 /// The process-wide metrics.
 pub fn metrics() -> &'static Metrics {
     &METRICS
+}
+
+/// One route's request metrics, each label set resolved once (on its
+/// first use) instead of hashed on every request: the route's entry of
+/// `floodgate_requests_total` for each outcome, and its
+/// `floodgate_request_duration_seconds`.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    route: std::sync::Arc<str>,
+    /// `allowed` first, then each reject reason by its index.
+    requests: [std::sync::OnceLock<IntCounter>; 1 + RejectReason::COUNT],
+    duration: std::sync::OnceLock<Histogram>,
+}
+
+impl RouteMetrics {
+    pub fn new(route: std::sync::Arc<str>) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(RouteMetrics {
+            route,
+            requests: std::array::from_fn(|_| std::sync::OnceLock::new()),
+            duration: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The `route` label.
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// The counter of requests with this outcome (`None`: allowed).
+    pub fn requests(&self, reason: Option<RejectReason>) -> &IntCounter {
+        let (i, outcome) = match reason {
+            None => (0, OUTCOME_ALLOWED),
+            Some(r) => (1 + r.index(), r.as_str()),
+        };
+        self.requests[i].get_or_init(|| {
+            metrics()
+                .requests_total
+                .with_label_values(&[&*self.route, outcome])
+        })
+    }
+
+    pub fn duration(&self) -> &Histogram {
+        self.duration.get_or_init(|| {
+            metrics()
+                .request_duration_seconds
+                .with_label_values(&[&*self.route])
+        })
+    }
+}
+
+/// The metrics of requests that matched no route.
+pub fn no_route_metrics() -> &'static std::sync::Arc<RouteMetrics> {
+    static NONE: Lazy<std::sync::Arc<RouteMetrics>> =
+        Lazy::new(|| RouteMetrics::new(std::sync::Arc::from(NO_ROUTE_LABEL)));
+    &NONE
 }
 
 /// Publishes the host counters as gauges (called at scrape time, so the
@@ -335,6 +400,16 @@ pub fn export_backpressure(scopes: &[(String, crate::limits::adaptive::Snapshot)
                     .set(v);
             }
         }
+    }
+}
+
+/// Brings `floodgate_log_lines_dropped_total` up to `dropped` (the log
+/// writer's own count, read at scrape time).
+pub fn record_dropped_log_lines(dropped: u64) {
+    let c = &METRICS.log_lines_dropped_total;
+    let seen = c.get();
+    if dropped > seen {
+        c.inc_by(dropped - seen);
     }
 }
 

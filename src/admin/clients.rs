@@ -239,9 +239,7 @@ pub(super) async fn check(
     let mut headers = HeaderMap::new();
     if let Some(q) = &state {
         for (k, v) in crate::proxy::headers::rate_limit_headers(q, refused) {
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                headers.insert(k, v);
-            }
+            headers.insert(k.0, v);
         }
     }
     if !allowed && status == StatusCode::TOO_MANY_REQUESTS {

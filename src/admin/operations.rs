@@ -37,6 +37,7 @@ pub(super) async fn ready(State(s): State<Admin>) -> impl IntoResponse {
 pub(super) async fn metrics(State(s): State<Admin>) -> impl IntoResponse {
     let rt = s.runtime.load();
     crate::metrics::export_hosts(&rt.host_infos(), &rt.config);
+    crate::metrics::record_dropped_log_lines(crate::logging::dropped_lines());
     let scopes: Vec<_> = rt
         .adaptive_windows()
         .into_iter()

@@ -57,6 +57,14 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    /// How many reasons there are (each one's index is below it).
+    pub const COUNT: usize = RejectReason::UpstreamTimeout as usize + 1;
+
+    /// Its place among the reasons (for arrays indexed by reason).
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     /// The `error` code of the JSON body and the metric `outcome` label.
     pub const fn as_str(self) -> &'static str {
         match self {

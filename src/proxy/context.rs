@@ -22,6 +22,8 @@ pub struct RequestCtx {
     pub request_id: String,
     /// Name of the matched route.
     pub route: Option<Arc<str>>,
+    /// The matched route's request metrics.
+    pub route_metrics: Option<Arc<crate::metrics::RouteMetrics>>,
     /// The upstream serving the matched route.
     pub upstream: Option<Arc<Upstream>>,
     /// The backend of the current attempt.
@@ -67,6 +69,7 @@ impl RequestCtx {
             runtime: None,
             request_id: String::new(),
             route: None,
+            route_metrics: None,
             upstream: None,
             backend: None,
             failed_backends: Vec::new(),

@@ -8,14 +8,15 @@ use super::RequestCtx;
 /// Records the end of one request: `floodgate_requests_total`,
 /// `floodgate_request_duration_seconds` and the access-log line.
 pub fn request_done(session: &Session, error: Option<&Error>, ctx: &RequestCtx) {
-    let m = crate::metrics::metrics();
     let route = ctx.route_label();
     let outcome = ctx.outcome();
     let elapsed = ctx.started.elapsed();
-    m.requests_total.with_label_values(&[route, outcome]).inc();
-    m.request_duration_seconds
-        .with_label_values(&[route])
-        .observe(elapsed.as_secs_f64());
+    let rm = ctx
+        .route_metrics
+        .as_ref()
+        .unwrap_or_else(|| crate::metrics::no_route_metrics());
+    rm.requests(ctx.reject).inc();
+    rm.duration().observe(elapsed.as_secs_f64());
 
     let enabled = ctx
         .runtime

@@ -244,10 +244,16 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        upstream_response.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
+        upstream_response.reserve_headers(6);
+        match http::HeaderValue::from_str(&ctx.request_id) {
+            Ok(v) => headers::set_response(upstream_response, &headers::H_X_REQUEST_ID, v),
+            Err(_) => {
+                upstream_response.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?
+            }
+        }
         if let Some(state) = &ctx.quota_state {
             for (k, v) in headers::rate_limit_headers(state, None) {
-                upstream_response.insert_header(k, v)?;
+                headers::set_response(upstream_response, &k, v);
             }
         }
         if headers::is_interim(upstream_response) {

@@ -39,6 +39,7 @@ pub fn route(session: &Session, ctx: &mut RequestCtx, rt: &Runtime) -> Option<Re
         return Some(Refusal::new(RejectReason::NoRoute, msg));
     };
     ctx.route = Some(route.name.clone());
+    ctx.route_metrics = Some(route.metrics.clone());
     ctx.upstream = rt.upstreams.get(route.upstream).cloned();
     ctx.max_body_size = route.max_body_size;
     // A declared body over the limit is refused before any of it is read; a

@@ -56,7 +56,7 @@ async fn write(session: &mut Session, ctx: &RequestCtx, r: &Refusal) -> Result<(
     };
     if let Some((state, exceeded)) = quota {
         for (k, v) in rate_limit_headers(&state, exceeded) {
-            h.insert_header(k, v)?;
+            super::headers::set_response(&mut h, &k, v);
         }
     }
     if r.reason == RejectReason::BadRequest {

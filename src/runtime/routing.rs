@@ -20,6 +20,8 @@ pub struct Route {
     pub upstream: usize,
     /// Largest request body accepted.
     pub max_body_size: Option<usize>,
+    /// Its request metrics, resolved once.
+    pub metrics: std::sync::Arc<crate::metrics::RouteMetrics>,
 }
 
 impl Router {
@@ -32,6 +34,7 @@ impl Router {
                 path_prefix: r.path_prefix.clone(),
                 upstream: r.upstream,
                 max_body_size: r.max_body_size,
+                metrics: crate::metrics::RouteMetrics::new(std::sync::Arc::from(r.name.as_str())),
             })
             .collect();
         routes.sort_by(|a, b| {

@@ -37,15 +37,21 @@ impl QuotaState {
     }
 
     /// The limited quotas: (which, limit, remaining).
-    pub fn dimensions(&self) -> Vec<(Exceeded, u64, u64)> {
-        let mut v = Vec::with_capacity(2);
-        if let (Some(l), Some(r)) = (self.quota.rpm, self.requests_remaining()) {
-            v.push((Exceeded::Requests, l, r));
+    pub fn dimensions(&self) -> Dimensions {
+        let requests = self
+            .quota
+            .rpm
+            .zip(self.requests_remaining())
+            .map(|(l, r)| (Exceeded::Requests, l, r));
+        let tokens = self
+            .quota
+            .tpm
+            .zip(self.tokens_remaining())
+            .map(|(l, r)| (Exceeded::Tokens, l, r));
+        match requests {
+            Some(r) => Dimensions([Some(r), tokens]),
+            None => Dimensions([tokens, None]),
         }
-        if let (Some(l), Some(r)) = (self.quota.tpm, self.tokens_remaining()) {
-            v.push((Exceeded::Tokens, l, r));
-        }
-        v
     }
 
     /// The quota to report: the one that refused, else the one closest to
@@ -53,12 +59,35 @@ impl QuotaState {
     pub fn tightest(&self, refused: Option<Exceeded>) -> Option<(Exceeded, u64, u64)> {
         let dims = self.dimensions();
         match refused {
-            Some(r) => dims.into_iter().find(|d| d.0 == r),
+            Some(r) => dims.iter().find(|d| d.0 == r),
             // remaining/limit compared as r·L' < r'·L.
-            None => dims.into_iter().min_by(|a, b| {
+            None => dims.iter().min_by(|a, b| {
                 (a.2 as u128 * b.1.max(1) as u128).cmp(&(b.2 as u128 * a.1.max(1) as u128))
             }),
         }
+    }
+}
+
+/// A client's quotas as (kind, limit, remaining), requests first; at most
+/// two, without an allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dimensions([Option<(Exceeded, u64, u64)>; 2]);
+
+impl Dimensions {
+    pub fn iter(&self) -> impl Iterator<Item = (Exceeded, u64, u64)> + '_ {
+        self.0.iter().flatten().copied()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0[0].is_none()
+    }
+
+    pub fn first(&self) -> Option<(Exceeded, u64, u64)> {
+        self.0[0]
+    }
+
+    pub fn second(&self) -> Option<(Exceeded, u64, u64)> {
+        self.0[1]
     }
 }
 

@@ -49,6 +49,7 @@ impl ProxyHttp for ForwardGateway {
         let rt = self.runtime.load_full();
         ctx.runtime = Some(rt.clone());
         ctx.route = Some(Arc::from(FORWARD_ROUTE));
+        ctx.route_metrics = Some(super::forward_metrics().clone());
         ctx.request_id = headers::request_id(session.req_header());
         let Some(fp) = rt.config.forward_proxy.as_ref() else {
             let msg = "the forward proxy is off";

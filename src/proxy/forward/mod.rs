@@ -42,6 +42,13 @@ pub use absolute::ForwardGateway;
 /// The metric `route` label of forward-proxy traffic.
 pub const FORWARD_ROUTE: &str = "forward_proxy";
 
+/// The request metrics of forward-proxy traffic.
+pub fn forward_metrics() -> &'static Arc<crate::metrics::RouteMetrics> {
+    static FORWARD: std::sync::OnceLock<Arc<crate::metrics::RouteMetrics>> =
+        std::sync::OnceLock::new();
+    FORWARD.get_or_init(|| crate::metrics::RouteMetrics::new(Arc::from(FORWARD_ROUTE)))
+}
+
 /// Connection handler of the forward-proxy listener.
 pub struct ForwardApp {
     proxy: Arc<HttpProxy<ForwardGateway>>,

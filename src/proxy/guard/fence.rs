@@ -21,25 +21,27 @@ use bytes::{Buf, BytesMut};
 use pingora::protocols::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use tokio_util::io::poll_read_buf;
+
 use super::http1::Rest;
 
 /// Bytes of the next request kept before the fence stops reading ahead
 /// (the next request is read by the guard, under its own limits).
 const NEXT_LIMIT: usize = 64 * 1024;
-/// Size of the buffer body bytes pass through.
-const SCRATCH: usize = 16 * 1024;
+/// Room made for one read from the connection.
+const READ_SIZE: usize = 8 * 1024;
 
 /// One request's view of a connection; see the module documentation.
 pub struct Fence {
     inner: Stream,
-    /// Bytes of the request the guard read, not yet read by Pingora.
+    /// Bytes of the request read from the connection, not yet by Pingora
+    /// (first those the guard read, then each read of the body's rest).
     ahead: BytesMut,
     rest: Rest,
     /// Bytes past the request: the next one's.
     next: BytesMut,
     /// The connection ended after the request.
     ended: bool,
-    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for Fence {
@@ -60,28 +62,12 @@ impl Fence {
             rest,
             next,
             ended: false,
-            scratch: Vec::new(),
         }
     }
 
     /// The connection, and the bytes of the next request read so far.
     pub fn into_parts(self) -> (Stream, BytesMut) {
         (self.inner, self.next)
-    }
-
-    /// Reads from the connection into the scratch buffer (at most `max`
-    /// bytes); `Ok(0)`: end of stream.
-    fn poll_inner(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<std::io::Result<usize>> {
-        let max = max.clamp(1, SCRATCH);
-        if self.scratch.len() < max {
-            self.scratch.resize(max, 0);
-        }
-        let mut rb = ReadBuf::new(&mut self.scratch[..max]);
-        match Pin::new(&mut self.inner).poll_read(cx, &mut rb) {
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().len())),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
     }
 
     /// After the request: reads ahead into `next` (so an end of stream is
@@ -96,13 +82,55 @@ impl Fence {
                 // upstream); the rest stays in the socket.
                 return Poll::Pending;
             }
-            match self.poll_inner(cx, SCRATCH) {
+            self.next.reserve(READ_SIZE);
+            match poll_read_buf(Pin::new(&mut self.inner), cx, &mut self.next) {
                 Poll::Ready(Ok(0)) => self.ended = true,
-                Poll::Ready(Ok(n)) => self.next.extend_from_slice(&self.scratch[..n]),
+                Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+
+    /// Reads the body's next bytes into `ahead`, moving whatever follows
+    /// the body's end into `next`. `Ok(false)`: the connection ended.
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
+        self.ahead.reserve(READ_SIZE);
+        let n = match poll_read_buf(Pin::new(&mut self.inner), cx, &mut self.ahead) {
+            Poll::Ready(Ok(n)) => n,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        };
+        if n == 0 {
+            return Poll::Ready(Ok(false));
+        }
+        match &mut self.rest {
+            Rest::Length(left) => {
+                let here = (*left).min(n as u64);
+                *left -= here;
+                if *left == 0 {
+                    let past = self.ahead.split_off(here as usize);
+                    self.next.extend_from_slice(&past);
+                    self.rest = Rest::Done;
+                }
+            }
+            Rest::Chunked(scan) => {
+                let seen = scan.seen();
+                match scan.advance(&self.ahead) {
+                    Ok(Some(end)) => {
+                        let past = self.ahead.split_off(end - seen);
+                        self.next.extend_from_slice(&past);
+                        self.rest = Rest::Done;
+                    }
+                    Ok(None) => {}
+                    // Malformed: Pingora's parser refuses it and the
+                    // connection ends; every byte is its to see.
+                    Err(_) => self.rest = Rest::Passthrough,
+                }
+            }
+            Rest::Done | Rest::Passthrough => {}
+        }
+        Poll::Ready(Ok(true))
     }
 }
 
@@ -113,61 +141,25 @@ impl AsyncRead for Fence {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        if !this.ahead.is_empty() {
-            let n = this.ahead.len().min(buf.remaining());
-            buf.put_slice(&this.ahead[..n]);
-            this.ahead.advance(n);
-            return Poll::Ready(Ok(()));
-        }
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        match &mut this.rest {
-            Rest::Done => this.poll_after(cx),
-            Rest::Passthrough => Pin::new(&mut this.inner).poll_read(cx, buf),
-            Rest::Length(left) => {
-                let max = (*left).min(buf.remaining() as u64) as usize;
-                let n = match this.poll_inner(cx, max) {
-                    Poll::Ready(Ok(n)) => n,
-                    other => return other.map(|r| r.map(|_| ())),
-                };
-                buf.put_slice(&this.scratch[..n]);
-                if let Rest::Length(left) = &mut this.rest {
-                    *left -= n as u64;
-                    if *left == 0 {
-                        this.rest = Rest::Done;
-                    }
-                }
-                Poll::Ready(Ok(()))
-            }
-            Rest::Chunked(_) => {
-                let n = match this.poll_inner(cx, buf.remaining()) {
-                    Poll::Ready(Ok(n)) => n,
-                    other => return other.map(|r| r.map(|_| ())),
-                };
-                let Rest::Chunked(scan) = &mut this.rest else {
-                    return Poll::Ready(Ok(()));
-                };
-                let seen = scan.seen();
-                match scan.advance(&this.scratch[..n]) {
-                    Ok(Some(end)) => {
-                        // The body ends in these bytes: the rest is next.
-                        let here = end - seen;
-                        buf.put_slice(&this.scratch[..here]);
-                        this.next.extend_from_slice(&this.scratch[here..n]);
-                        this.rest = Rest::Done;
-                    }
-                    Ok(None) => buf.put_slice(&this.scratch[..n]),
-                    // Malformed: Pingora's parser refuses it and the
-                    // connection ends; every byte is its to see.
-                    Err(_) => {
-                        buf.put_slice(&this.scratch[..n]);
-                        this.rest = Rest::Passthrough;
-                    }
-                }
-                Poll::Ready(Ok(()))
+        if this.ahead.is_empty() {
+            match this.rest {
+                Rest::Done => return this.poll_after(cx),
+                Rest::Passthrough => return Pin::new(&mut this.inner).poll_read(cx, buf),
+                Rest::Length(_) | Rest::Chunked(_) => match this.poll_body(cx) {
+                    Poll::Ready(Ok(true)) => {}
+                    Poll::Ready(Ok(false)) => return Poll::Ready(Ok(())),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                },
             }
         }
+        let n = this.ahead.len().min(buf.remaining());
+        buf.put_slice(&this.ahead[..n]);
+        this.ahead.advance(n);
+        Poll::Ready(Ok(()))
     }
 }
 

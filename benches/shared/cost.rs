@@ -1,0 +1,489 @@
+//! The cost of a request, shared by `cargo bench --bench cost` and the
+//! `cost` scenario of `cargo bench --bench load`: see `benches/cost.rs`.
+
+#![allow(dead_code)]
+#![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // benches may block: they are not the gateway
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_floodgate");
+
+fn free_port() -> u16 {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("ephemeral port");
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if given.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
+}
+
+/// The path of `cmd`, or a panic naming the Debian package to install.
+fn require(cmd: &str, package: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .chain([PathBuf::from("/usr/sbin")])
+            .map(|d| d.join(cmd))
+            .find(|f| f.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!("`{cmd}` is not installed: install the Debian package `{package}` (scripts/setup --bench)")
+    })
+}
+
+/// A child in its own process group, stopped as a group (nginx's workers
+/// and valgrind's children go with it).
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let pgid = self.0.id();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pgid}")])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(cmd: &Path, args: &[String], log: &Path) -> Proc {
+    let out = std::fs::File::create(log).expect("log file");
+    Proc(
+        Command::new(cmd)
+            .args(args)
+            .env("RUST_LOG", "error")
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", cmd.display())),
+    )
+}
+
+fn wait_port(port: u16, what: &str) {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: nothing listens on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The bare-Pingora example, built on demand.
+fn floor_bin() -> PathBuf {
+    let p = Path::new(BIN)
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("floor");
+    if !p.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let profile = if BIN.contains("/release/") {
+            "--release"
+        } else {
+            "--profile=dev"
+        };
+        let ok = Command::new(cargo)
+            .args(["build", profile, "--example", "floor"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok && p.is_file(),
+            "cannot build the floor example: `cargo build --release --example floor`"
+        );
+    }
+    p
+}
+
+fn nginx_conf(dir: &Path, name: &str, port: u16, body: &str) -> PathBuf {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    let conf = d.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\ndaemon off;\nmaster_process off;\npid {p}/nginx.pid;\nerror_log {p}/error.log error;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {p};\n  proxy_temp_path {p};\n  fastcgi_temp_path {p};\n  uwsgi_temp_path {p};\n  scgi_temp_path {p};\n  {body}\n  server {{\n    listen 127.0.0.1:{port};\n    keepalive_requests 100000;\n    location / {{ {loc} }}\n  }}\n}}\n",
+            p = d.display(),
+            body = body.split("@@").next().unwrap_or(""),
+            loc = body.split("@@").nth(1).unwrap_or(""),
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+/// What each proxy is, and how to start it (possibly under valgrind).
+struct Target {
+    name: &'static str,
+    cmd: PathBuf,
+    args: Vec<String>,
+    port: u16,
+}
+
+impl Target {
+    fn start(&self, dir: &Path, callgrind: Option<&Path>) -> Proc {
+        let log = dir.join(format!("{}.log", self.name.replace([' ', ','], "_")));
+        let p = match callgrind {
+            None => spawn(&self.cmd, &self.args, &log),
+            Some(out) => {
+                let mut args = vec![
+                    "--tool=callgrind".to_string(),
+                    "--instr-atstart=no".into(),
+                    format!("--callgrind-out-file={}", out.display()),
+                    self.cmd.display().to_string(),
+                ];
+                args.extend(self.args.iter().cloned());
+                spawn(&require("valgrind", "valgrind"), &args, &log)
+            }
+        };
+        wait_port(self.port, self.name);
+        p
+    }
+}
+
+struct Wrk {
+    rps: f64,
+    p99_ms: f64,
+    refused: f64,
+}
+
+/// One wrk run; ids cycle over 1000 clients, one request in 8 goes to the
+/// capped route.
+fn wrk(port: u16, secs: u32, script: &Path) -> Wrk {
+    let out = Command::new(require("wrk", "wrk"))
+        .args([
+            "-t1",
+            "-c64",
+            &format!("-d{secs}s"),
+            "--latency",
+            "-s",
+            &script.display().to_string(),
+            &format!("http://127.0.0.1:{port}/"),
+        ])
+        .output()
+        .expect("wrk");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let num = |prefix: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .and_then(|l| {
+                l.trim_start()[prefix.len()..]
+                    .split_whitespace()
+                    .next()
+                    .map(str::to_string)
+            })
+            .and_then(|v| {
+                let (n, mul) = if let Some(n) = v.strip_suffix("ms") {
+                    (n, 1.0)
+                } else if let Some(n) = v.strip_suffix("us") {
+                    (n, 0.001)
+                } else if let Some(n) = v.strip_suffix('s') {
+                    (n, 1000.0)
+                } else {
+                    (v.as_str(), 1.0)
+                };
+                n.parse::<f64>().ok().map(|x| x * mul)
+            })
+    };
+    let rps = num("Requests/sec:").unwrap_or_else(|| panic!("wrk printed no rate:\n{text}"));
+    let total = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(1.0);
+    let non2xx = num("Non-2xx or 3xx responses:").unwrap_or(0.0);
+    Wrk {
+        rps,
+        p99_ms: num("99%").unwrap_or(f64::NAN),
+        refused: non2xx / total.max(1.0),
+    }
+}
+
+/// Instructions per request: `n` requests counted, after a warm-up.
+fn instructions(t: &Target, dir: &Path, n: u64) -> f64 {
+    let out = dir.join(format!("callgrind.{}.out", t.name.replace([' ', ','], "_")));
+    let proc = t.start(dir, Some(&out));
+    let h2load = require("h2load", "nghttp2-client");
+    let load = |count: u64| {
+        let ok = Command::new(&h2load)
+            .args([
+                "--h1",
+                "-n",
+                &count.to_string(),
+                "-c",
+                "16",
+                "-H",
+                "x-client-id: c7",
+                &format!("http://127.0.0.1:{}/", t.port),
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .expect("h2load")
+            .success();
+        assert!(ok, "h2load against {}", t.name);
+    };
+    load(n / 4);
+    let pid = proc.0.id().to_string();
+    let control = require("callgrind_control", "valgrind");
+    let ctl = |arg: &str| {
+        let _ = Command::new(&control)
+            .args([arg, &pid])
+            .stdout(Stdio::null())
+            .status();
+    };
+    ctl("--instr=on");
+    load(n);
+    ctl("--instr=off");
+    ctl("--dump");
+    std::thread::sleep(Duration::from_secs(1));
+    drop(proc);
+    // Every dump of the process: the counted part is what was collected.
+    let mut total = 0u64;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let stem = out.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with(&stem) {
+            continue;
+        }
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        for l in text.lines() {
+            // `totals:` is what was collected (`summary:` stays 0 when
+            // instrumentation starts off).
+            if let Some(v) = l.strip_prefix("totals:") {
+                total += v
+                    .split_whitespace()
+                    .next()
+                    .and_then(|x| x.parse::<u64>().ok())
+                    .unwrap_or(0);
+                break;
+            }
+        }
+    }
+    total as f64 / n as f64
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn floodgate(dir: &Path, name: &'static str, origin: u16, cap: u64, rest: &str) -> Target {
+    let port = free_port();
+    let admin = free_port();
+    let d = dir.join(name.replace([' ', ','], "_"));
+    std::fs::create_dir_all(&d).unwrap();
+    let conf = d.join("floodgate.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nadmin_listen = \"127.0.0.1:{admin}\"\nthreads = 1\naccess_log = false\nwatch_config = false\n\n[[upstreams]]\nname = \"origin\"\nbackends = [\"127.0.0.1:{origin}\"]\n\n[[upstreams]]\nname = \"capped\"\nbackends = [\"127.0.0.1:{origin}\"]\nmax_connections = CAP\n\n[[routes]]\nname = \"capped\"\npath_prefix = \"/capped\"\nupstream = \"capped\"\n\n[[routes]]\nname = \"main\"\npath_prefix = \"/\"\nupstream = \"origin\"\n{rest}\n"
+        )
+        .replace("CAP", &cap.to_string()),
+    )
+    .unwrap();
+    Target {
+        name,
+        cmd: PathBuf::from(BIN),
+        args: vec!["--conf".into(), conf.display().to_string()],
+        port,
+    }
+}
+
+/// Runs the comparison; returns the figures and their table (markdown).
+pub fn run(quick: bool) -> (serde_json::Value, String) {
+    let (secs, rounds, counted) = if quick {
+        (4, 1, 4_000)
+    } else {
+        (10, 3, 20_000)
+    };
+    let nginx = require("nginx", "nginx");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+
+    // The origin: nginx answering 200 with a small JSON body.
+    let origin_port = free_port();
+    let origin_conf = nginx_conf(
+        dir,
+        "origin",
+        origin_port,
+        "@@ default_type application/json; return 200 '{\"ok\":true,\"from\":\"origin\"}';",
+    );
+    let _origin = spawn(
+        &nginx,
+        &["-c".into(), origin_conf.display().to_string()],
+        &dir.join("origin.log"),
+    );
+    wait_port(origin_port, "origin");
+
+    let nginx_port = free_port();
+    let nginx_proxy = Target {
+        name: "nginx",
+        cmd: nginx.clone(),
+        args: vec![
+            "-c".into(),
+            nginx_conf(
+                dir,
+                "proxy",
+                nginx_port,
+                &format!("upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 256; }}@@ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $remote_addr;"),
+            )
+            .display()
+            .to_string(),
+        ],
+        port: nginx_port,
+    };
+    let floor_port = free_port();
+    let floor = Target {
+        name: "bare Pingora",
+        cmd: floor_bin(),
+        args: vec![
+            format!("127.0.0.1:{floor_port}"),
+            format!("127.0.0.1:{origin_port}"),
+        ],
+        port: floor_port,
+    };
+    let none = floodgate(dir, "floodgate, no limits", origin_port, 0, "");
+    // Binding, each limit a little: 1000 ids at ~30 k req/s for `secs`
+    // pass a quota of 250 a window late in the run; the capped route (one
+    // request in 8, ~8 in flight) meets a cap of 7; 64 connections meet a
+    // fixed window of 62.
+    let binding = floodgate(
+        dir,
+        "floodgate, all limits on, binding",
+        origin_port,
+        7,
+        "[clients]\nwindow = \"60s\"\ndefault = { rpm = 250, tpm = 100000000 }\n\n[backpressure]\nenabled = true\nmin_window = 62\nmax_window = 62\n",
+    );
+    // The same limits set to admit everything: what a request costs when
+    // every limit is checked and charged, and its rate-limit headers sent.
+    let admitting = floodgate(
+        dir,
+        "floodgate, all limits on, admitting",
+        origin_port,
+        100_000,
+        "[clients]\nwindow = \"60s\"\ndefault = { rpm = 4000000, tpm = 100000000 }\n\n[backpressure]\nenabled = true\nmin_window = 1000\nmax_window = 1000\n",
+    );
+
+    let script = dir.join("ids.lua");
+    std::fs::write(
+        &script,
+        "counter = 0\nrequest = function()\n  counter = counter + 1\n  local path = \"/\"\n  if counter % 8 == 0 then path = \"/capped\" end\n  return wrk.format(\"GET\", path, {[\"X-Client-ID\"] = \"c\" .. (counter % 1000)})\nend\n",
+    )
+    .unwrap();
+
+    // Throughput: rounds interleaved; each proxy started fresh per round.
+    let targets = [&nginx_proxy, &floor, &none, &admitting, &binding];
+    let mut runs: Vec<Vec<Wrk>> = targets.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        for (i, t) in targets.iter().enumerate() {
+            let p = t.start(dir, None);
+            // Warm-up, then the measured run (the binding one restarted so
+            // that the warm-up's requests do not count against its quotas).
+            let _ = wrk(t.port, 1, &script);
+            let p = if std::ptr::eq(*t, &binding) {
+                drop(p);
+                t.start(dir, None)
+            } else {
+                p
+            };
+            runs[i].push(wrk(t.port, secs, &script));
+            drop(p);
+            eprintln!("round {round}: {} done", t.name);
+        }
+    }
+
+    let med = |i: usize, f: &dyn Fn(&Wrk) -> f64| median(runs[i].iter().map(f).collect());
+    let nginx_rps = med(0, &|w| w.rps);
+    let nginx_p99 = med(0, &|w| w.p99_ms);
+    let floor_rps = med(1, &|w| w.rps);
+    let none_rps = med(2, &|w| w.rps);
+    let admitting_rps = med(3, &|w| w.rps);
+    // Instructions: the four that admit every request.
+    let mut ir: Vec<Option<f64>> = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        if i == 4 {
+            ir.push(None);
+            continue;
+        }
+        let n = instructions(t, dir, counted);
+        eprintln!("{}: {n:.0} instructions per request", t.name);
+        ir.push(Some(n));
+    }
+    let nginx_ir = ir[0].unwrap_or(f64::NAN);
+    let mut rows = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        let rps = med(i, &|w| w.rps);
+        let refused = med(i, &|w| w.refused);
+        let p99 = med(i, &|w| w.p99_ms);
+        rows.push(json!({
+            "proxy": t.name,
+            "rps": rps,
+            "admitted_rps": rps * (1.0 - refused),
+            "p99_ms": p99,
+            "refused_percent": refused * 100.0,
+            "instructions_per_request": ir[i],
+            "rps_over_nginx": rps / nginx_rps,
+            "p99_over_nginx": p99 / nginx_p99,
+            "instructions_over_nginx": ir[i].map(|n| n / nginx_ir),
+        }));
+    }
+    let ir_floor = ir[1].unwrap_or(f64::NAN);
+    let ir_limits = ir[3].unwrap_or(f64::NAN);
+    let summary = json!({
+        "quick": quick,
+        "wrk": format!("wrk -t1 -c64 -d{secs}s --latency, {rounds} rounds interleaved, medians"),
+        "callgrind": format!("valgrind --tool=callgrind --instr-atstart=no; callgrind_control --instr=on; h2load --h1 -n {counted} -c 16; --instr=off"),
+        "rows": rows,
+        "floodgate_limits_over_no_limits": admitting_rps / none_rps,
+        "floodgate_no_limits_over_floor": none_rps / floor_rps,
+        "floodgate_instructions_over_floor": ir_limits / ir_floor,
+    });
+    let mut md = String::from(
+        "| proxy | req/s | ×nginx | admitted req/s | p99 ms | ×nginx | refused | instructions/request | ×nginx |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in summary["rows"].as_array().unwrap() {
+        let ir = r["instructions_per_request"].as_f64();
+        md.push_str(&format!(
+            "| {} | {:.0} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1}% | {} | {} |\n",
+            r["proxy"].as_str().unwrap_or(""),
+            r["rps"].as_f64().unwrap_or(0.0),
+            r["rps_over_nginx"].as_f64().unwrap_or(0.0),
+            r["admitted_rps"].as_f64().unwrap_or(0.0),
+            r["p99_ms"].as_f64().unwrap_or(0.0),
+            r["p99_over_nginx"].as_f64().unwrap_or(0.0),
+            r["refused_percent"].as_f64().unwrap_or(0.0),
+            ir.map_or("—".to_string(), |n| format!("{n:.0}")),
+            r["instructions_over_nginx"]
+                .as_f64()
+                .map_or("—".to_string(), |n| format!("{n:.2}")),
+        ));
+    }
+    md.push_str(&format!(
+        "\nFloodgate, limits on (admitting) / no limits: {:.2}x throughput. Floodgate (no limits) / bare Pingora: {:.2}x throughput. Floodgate (limits on, admitting) / bare Pingora: {:.2}x instructions.\n\n{}; {}.{}\n",
+        admitting_rps / none_rps,
+        none_rps / floor_rps,
+        ir_limits / ir_floor,
+        summary["wrk"].as_str().unwrap_or(""),
+        summary["callgrind"].as_str().unwrap_or(""),
+        if quick { " A --quick run: not the result." } else { "" },
+    ));
+    (summary, md)
+}

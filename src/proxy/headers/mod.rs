@@ -1,0 +1,387 @@
+//! Header handling on the way upstream and back: request ids, the
+//! `X-Forwarded-*` family, hop-by-hop removal.
+
+use std::net::IpAddr;
+
+use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+
+mod ratelimit;
+pub use ratelimit::{
+    rate_limit_headers, RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
+    X_RATELIMIT_RESET,
+};
+
+pub const X_REQUEST_ID: &str = "x-request-id";
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+
+/// A header name the gateway writes: parsed once, with its wire spelling
+/// (so that setting it costs no parse and no allocation; see
+/// `vendor/README.md`).
+pub struct Name(pub HeaderName, pub &'static str);
+
+impl Name {
+    pub const fn new(name: &'static str) -> Name {
+        Name(HeaderName::from_static(name), name)
+    }
+}
+
+pub const H_X_REQUEST_ID: Name = Name::new(X_REQUEST_ID);
+const H_X_FORWARDED_FOR: Name = Name::new(X_FORWARDED_FOR);
+const H_X_FORWARDED_PROTO: Name = Name::new(X_FORWARDED_PROTO);
+const H_X_REAL_IP: Name = Name::new("x-real-ip");
+
+/// Sets `name` to `value` on a request header, replacing any value.
+pub fn set_request(req: &mut RequestHeader, name: &Name, value: HeaderValue) {
+    req.insert_header_name(&name.0, name.1, value);
+}
+
+/// Sets `name` to `value` on a response header, replacing any value.
+pub fn set_response(resp: &mut ResponseHeader, name: &Name, value: HeaderValue) {
+    resp.insert_header_name(&name.0, name.1, value);
+}
+
+/// An address as a header value (IPv4 without the formatting machinery,
+/// which costs more than the rest of this function).
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    use std::io::Write;
+    if let IpAddr::V4(v4) = ip {
+        let mut out = [0u8; 15];
+        let mut n = 0;
+        let mut num = itoa::Buffer::new();
+        for (i, o) in v4.octets().into_iter().enumerate() {
+            if i > 0 {
+                out[n] = b'.';
+                n += 1;
+            }
+            let d = num.format(o).as_bytes();
+            out[n..n + d.len()].copy_from_slice(d);
+            n += d.len();
+        }
+        return HeaderValue::from_bytes(&out[..n]).unwrap_or(HeaderValue::from_static(""));
+    }
+    let mut buf = [0u8; 48];
+    let mut w = &mut buf[..];
+    let _ = write!(w, "{ip}");
+    let n = 48 - w.len();
+    HeaderValue::from_bytes(&buf[..n]).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+/// `Transfer-Encoding` is not here: Pingora re-frames the body itself and
+/// needs it to do so. (Names, not strings: a lookup by `HeaderName` hashes
+/// without parsing.)
+const HOP_BY_HOP: [HeaderName; 6] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+];
+
+/// Whether a client's `X-Request-Id` is kept: 1-128 characters of
+/// `[A-Za-z0-9._:-]`.
+pub fn valid_request_id(b: &[u8]) -> bool {
+    !b.is_empty()
+        && b.len() <= 128
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
+}
+
+/// A fresh random request id.
+pub fn new_request_id() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    for (i, b) in fastrand::u128(..).to_be_bytes().into_iter().enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 0xf)];
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The client's `X-Request-Id` when it is well formed, else a fresh one.
+pub fn request_id(req: &RequestHeader) -> String {
+    match req.headers.get(X_REQUEST_ID) {
+        // Checked ASCII by `valid_request_id`.
+        Some(v) if valid_request_id(v.as_bytes()) => {
+            String::from_utf8_lossy(v.as_bytes()).into_owned()
+        }
+        _ => new_request_id(),
+    }
+}
+
+/// The host the request is for: the Host header (HTTP/1) or the
+/// `:authority` (HTTP/2).
+pub fn host(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
+/// Who sent a request, as far as the gateway can trust it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Origin {
+    /// The TCP peer.
+    pub peer: Option<IpAddr>,
+    /// The peer is one of `trusted_proxies`: its forwarding headers hold.
+    pub trusted: bool,
+    /// The client: the right-most address of `X-Forwarded-For` that is not
+    /// a trusted proxy (when the peer is trusted), else the peer.
+    pub client: Option<IpAddr>,
+    /// The request came over TLS.
+    pub tls: bool,
+}
+
+impl Origin {
+    /// Works out the client behind `peer`, walking `X-Forwarded-For` from
+    /// the right past every trusted proxy (as nginx's realip module and
+    /// Envoy's `xff_num_trusted_hops` do). A malformed entry stops the walk:
+    /// the last trusted hop is the client then.
+    pub fn of(
+        req: &RequestHeader,
+        peer: Option<IpAddr>,
+        tls: bool,
+        trusted: impl Fn(IpAddr) -> bool,
+    ) -> Origin {
+        let peer_trusted = peer.is_some_and(&trusted);
+        let mut client = peer;
+        if peer_trusted {
+            let entries = req
+                .headers
+                .get_all(X_FORWARDED_FOR)
+                .iter()
+                .rev()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.rsplit(','));
+            for e in entries {
+                match parse_forwarded_ip(e.trim()) {
+                    Some(ip) => {
+                        client = Some(ip);
+                        if !trusted(ip) {
+                            break;
+                        }
+                    }
+                    None => break,
+                }
+            }
+        }
+        Origin {
+            peer,
+            trusted: peer_trusted,
+            client,
+            tls,
+        }
+    }
+}
+
+/// An address in a forwarding header: `1.2.3.4`, `1.2.3.4:5678`, `::1`,
+/// `[::1]:5678`.
+fn parse_forwarded_ip(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        return Some(sa.ip().to_canonical());
+    }
+    s.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .ok()
+        .map(|ip| ip.to_canonical())
+}
+
+/// Headers that say who a client is or what it asked for, believed only
+/// from a trusted proxy.
+const FORWARDING: [HeaderName; 3] = [
+    http::header::FORWARDED,
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-port"),
+];
+const X_REAL_IP: &str = "x-real-ip";
+
+/// Rewrites the upstream request's headers:
+/// - `X-Forwarded-For`: the peer address is appended to a client-sent list
+///   only when the peer is a trusted proxy; otherwise it replaces the list;
+/// - `X-Forwarded-Proto`: kept from a trusted proxy, else set from the
+///   downstream transport;
+/// - `Forwarded`, `X-Forwarded-Host`, `X-Forwarded-Port`: kept from a
+///   trusted proxy, else removed; `X-Real-IP` is the client's address;
+/// - hop-by-hop headers and the headers `Connection` names are removed,
+///   except what a protocol upgrade (WebSocket) needs;
+/// - `Host` is set from `:authority` when an HTTP/2 request has none;
+///   cookies an HTTP/2 client split into several fields are joined into
+///   one (RFC 9113 §8.2.3), for an HTTP/1 upstream;
+/// - `Content-Length` is written in its canonical form (`0010` is `10`);
+/// - `X-Request-Id` carries the request id.
+pub fn prepare_upstream(req: &mut RequestHeader, origin: &Origin, request_id: &str) -> Result<()> {
+    // Room for what is added below, at once.
+    req.reserve_headers(6);
+    strip_hop_by_hop(req);
+
+    let xff = match (origin.peer, origin.trusted) {
+        (Some(ip), true) => {
+            let prev: Vec<&str> = req
+                .headers
+                .get_all(X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .collect();
+            match prev.is_empty() {
+                true => Some(ip_value(ip)),
+                false => HeaderValue::try_from(format!("{}, {ip}", prev.join(", "))).ok(),
+            }
+        }
+        (Some(ip), false) => Some(ip_value(ip)),
+        (None, _) => None,
+    };
+    match xff {
+        Some(v) => set_request(req, &H_X_FORWARDED_FOR, v),
+        None => {
+            req.remove_header(X_FORWARDED_FOR);
+        }
+    }
+    if !(origin.trusted && req.headers.contains_key(X_FORWARDED_PROTO)) {
+        let proto = if origin.tls { "https" } else { "http" };
+        set_request(req, &H_X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if !origin.trusted {
+        for h in &FORWARDING {
+            if req.headers.contains_key(h) {
+                req.remove_header(h);
+            }
+        }
+    }
+    match origin.client {
+        Some(ip) => set_request(req, &H_X_REAL_IP, ip_value(ip)),
+        None => {
+            if req.headers.contains_key(X_REAL_IP) {
+                req.remove_header(X_REAL_IP);
+            }
+        }
+    }
+    if !req.headers.contains_key(HOST) {
+        if let Some(a) = req.uri.authority().map(|a| a.as_str().to_string()) {
+            req.insert_header(HOST, a)?;
+        }
+    }
+    join_cookies(req)?;
+    canonical_content_length(req)?;
+    match HeaderValue::from_str(request_id) {
+        Ok(v) => set_request(req, &H_X_REQUEST_ID, v),
+        Err(_) => req.insert_header(X_REQUEST_ID, request_id)?,
+    }
+    Ok(())
+}
+
+/// One `Cookie` field for an HTTP/1 upstream (HTTP/2 clients may split
+/// it into one field per cookie).
+fn join_cookies(req: &mut RequestHeader) -> Result<()> {
+    let mut cookies = req.headers.get_all(http::header::COOKIE).iter();
+    if cookies.next().is_none() || cookies.next().is_none() {
+        return Ok(());
+    }
+    let values: Vec<String> = req
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    if values.len() > 1 {
+        req.insert_header(http::header::COOKIE, values.join("; "))?;
+    }
+    Ok(())
+}
+
+/// `Content-Length` as one canonical number (Pingora has already refused
+/// requests whose copies disagree).
+fn canonical_content_length(req: &mut RequestHeader) -> Result<()> {
+    let mut values = req.headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let (Some(first), rest) = (values.next(), values.count()) else {
+        return Ok(());
+    };
+    let text = first.as_bytes();
+    let canonical = text.first() != Some(&b'0') || text.len() == 1;
+    if rest == 0 && canonical {
+        return Ok(());
+    }
+    if let Some(n) = std::str::from_utf8(text)
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+    {
+        req.insert_header(http::header::CONTENT_LENGTH, n)?;
+    }
+    Ok(())
+}
+
+/// Whether a response header is an interim one (1xx other than 101): the
+/// final response is still to come.
+pub fn is_interim(resp: &ResponseHeader) -> bool {
+    resp.status.is_informational() && resp.status != http::StatusCode::SWITCHING_PROTOCOLS
+}
+
+/// Whether a final response header is the whole response: no body can
+/// follow (RFC 9110 §6.4.1: a response to HEAD, a 204 or a 304) or the
+/// body is declared empty. Pingora calls no body filter for these, so the
+/// request settles when its header passes.
+pub fn ends_with_header(req: &RequestHeader, resp: &ResponseHeader) -> bool {
+    req.method == http::Method::HEAD
+        || matches!(resp.status.as_u16(), 204 | 304)
+        || resp
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() == "0")
+}
+
+/// Makes the resolved client id the only value of the id header upstream.
+pub fn set_client_id(req: &mut RequestHeader, header: &HeaderName, id: &str) -> Result<()> {
+    req.insert_header(header.clone(), id)?;
+    Ok(())
+}
+
+fn strip_hop_by_hop(req: &mut RequestHeader) {
+    let upgrade = req.headers.contains_key(UPGRADE);
+    if !upgrade && !req.headers.contains_key(CONNECTION) {
+        for n in &HOP_BY_HOP {
+            if req.headers.contains_key(n) {
+                req.remove_header(n);
+            }
+        }
+        return;
+    }
+    // Names listed in Connection are hop-by-hop too.
+    let listed: Vec<HeaderName> = req
+        .headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(upgrade && *n == UPGRADE))
+        .filter(|n| *n != http::header::TRANSFER_ENCODING && *n != HOST)
+        .collect();
+    for n in listed {
+        req.remove_header(&n);
+    }
+    for n in &HOP_BY_HOP {
+        if req.headers.contains_key(n) {
+            req.remove_header(n);
+        }
+    }
+    if upgrade {
+        // Keep exactly what the upgrade needs.
+        let _ = req.insert_header(CONNECTION, "upgrade");
+    } else {
+        req.remove_header(&CONNECTION);
+        req.remove_header(&UPGRADE);
+    }
+}
+
+#[cfg(test)]
+mod tests;

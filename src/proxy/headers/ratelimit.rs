@@ -1,0 +1,144 @@
+//! The rate-limit headers of a response: the legacy `X-RateLimit-*` trio
+//! and the IETF draft `RateLimit-Policy` / `RateLimit`.
+
+use http::header::HeaderValue;
+
+use super::Name;
+use crate::limits::rate::{Exceeded, QuotaState};
+
+pub const X_RATELIMIT_LIMIT: Name = Name::new("x-ratelimit-limit");
+pub const X_RATELIMIT_REMAINING: Name = Name::new("x-ratelimit-remaining");
+pub const X_RATELIMIT_RESET: Name = Name::new("x-ratelimit-reset");
+pub const RATELIMIT_POLICY: Name = Name::new("ratelimit-policy");
+pub const RATELIMIT: Name = Name::new("ratelimit");
+
+/// The rate-limit headers of a response to a limited client:
+/// `X-RateLimit-Limit/-Remaining/-Reset` for the quota closest to
+/// exhaustion (or the one that refused), and the IETF draft
+/// `RateLimit-Policy` and `RateLimit` listing both quotas. Numbers are
+/// written without the formatting machinery, and the policy (the same for
+/// every request under one quota) is rendered once per thread and quota.
+pub fn rate_limit_headers(
+    state: &QuotaState,
+    refused: Option<Exceeded>,
+) -> impl Iterator<Item = (Name, HeaderValue)> {
+    let w = state.window_ms.div_ceil(1000).max(1);
+    let t = state.reset_ms.div_ceil(1000);
+    let mut out: [Option<(Name, HeaderValue)>; 5] = Default::default();
+    if let Some((_, limit, left)) = state.tightest(refused) {
+        out[0] = Some((X_RATELIMIT_LIMIT, HeaderValue::from(limit)));
+        out[1] = Some((X_RATELIMIT_REMAINING, HeaderValue::from(left)));
+        out[2] = Some((X_RATELIMIT_RESET, HeaderValue::from(t)));
+    }
+    let dims = state.dimensions();
+    if !dims.is_empty() {
+        let name = |d: Exceeded| match d {
+            Exceeded::Requests => "\"requests\"",
+            Exceeded::Tokens => "\"tokens\"",
+        };
+        let mut num = itoa::Buffer::new();
+        let key = (
+            dims.first().map(|d| (d.0, d.1)),
+            dims.second().map(|d| (d.0, d.1)),
+            w,
+        );
+        let policy = POLICY.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if let Some((k, v)) = cache.as_ref() {
+                if *k == key {
+                    return v.clone();
+                }
+            }
+            let mut s = String::with_capacity(48);
+            for (i, (d, limit, _)) in dims.iter().enumerate() {
+                if i > 0 {
+                    s.push_str(", ");
+                }
+                s.push_str(name(d));
+                s.push_str(";q=");
+                s.push_str(num.format(limit));
+                s.push_str(";w=");
+                s.push_str(num.format(w));
+            }
+            let v = HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static(""));
+            *cache = Some((key, v.clone()));
+            v
+        });
+        let mut s = String::with_capacity(48);
+        for (i, (d, _, left)) in dims.iter().enumerate() {
+            if i > 0 {
+                s.push_str(", ");
+            }
+            s.push_str(name(d));
+            s.push_str(";r=");
+            s.push_str(num.format(left));
+            s.push_str(";t=");
+            s.push_str(num.format(t));
+        }
+        out[3] = Some((RATELIMIT_POLICY, policy));
+        out[4] = HeaderValue::from_str(&s).ok().map(|v| (RATELIMIT, v));
+    }
+    out.into_iter().flatten()
+}
+
+/// The key of a rendered `RateLimit-Policy`: each quota's kind and limit,
+/// and the window in seconds.
+type PolicyKey = (Option<(Exceeded, u64)>, Option<(Exceeded, u64)>, u64);
+
+thread_local! {
+    /// The last policy rendered on this thread.
+    static POLICY: std::cell::RefCell<Option<(PolicyKey, HeaderValue)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_headers_pick_the_tightest_quota() {
+        use crate::limits::rate::{Quota, Usage};
+        let state = QuotaState {
+            quota: Quota {
+                rpm: Some(10),
+                tpm: Some(1000),
+            },
+            used: Usage {
+                requests: 2,
+                tokens: 900,
+            },
+            reset_ms: 12_300,
+            window_ms: 60_000,
+        };
+        let h: std::collections::HashMap<_, _> = rate_limit_headers(&state, None)
+            .map(|(k, v)| (k.1, v))
+            .collect();
+        assert_eq!(h["x-ratelimit-limit"], "1000");
+        assert_eq!(h["x-ratelimit-remaining"], "100");
+        assert_eq!(h["x-ratelimit-reset"], "13");
+        assert_eq!(
+            h["ratelimit-policy"],
+            "\"requests\";q=10;w=60, \"tokens\";q=1000;w=60"
+        );
+        assert_eq!(
+            h["ratelimit"],
+            "\"requests\";r=8;t=13, \"tokens\";r=100;t=13"
+        );
+        let h: std::collections::HashMap<_, _> =
+            rate_limit_headers(&state, Some(Exceeded::Requests))
+                .map(|(k, v)| (k.1, v))
+                .collect();
+        assert_eq!(h["x-ratelimit-limit"], "10");
+        let only_rpm = QuotaState {
+            quota: Quota {
+                rpm: Some(5),
+                tpm: None,
+            },
+            ..state
+        };
+        let h: std::collections::HashMap<_, _> = rate_limit_headers(&only_rpm, None)
+            .map(|(k, v)| (k.1, v))
+            .collect();
+        assert_eq!(h["ratelimit-policy"], "\"requests\";q=5;w=60");
+    }
+}

@@ -1,0 +1,143 @@
+//! Headers on the way upstream and back.
+
+use super::*;
+
+fn req(headers: &[(&str, &str)]) -> RequestHeader {
+    let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+    for (k, v) in headers {
+        r.append_header(k.to_string(), *v).unwrap();
+    }
+    r
+}
+
+fn get<'a>(r: &'a RequestHeader, k: &str) -> Option<&'a str> {
+    r.headers.get(k).map(|v| v.to_str().unwrap())
+}
+
+#[test]
+fn untrusted_peer_replaces_forwarded_for() {
+    let mut r = req(&[
+        ("x-forwarded-for", "1.2.3.4"),
+        ("x-forwarded-proto", "https"),
+    ]);
+    let o = origin(&r, "10.0.0.9", &[]);
+    prepare_upstream(&mut r, &o, "id1").unwrap();
+    assert_eq!(get(&r, "x-forwarded-for"), Some("10.0.0.9"));
+    assert_eq!(get(&r, "x-forwarded-proto"), Some("http"));
+    assert_eq!(get(&r, "x-request-id"), Some("id1"));
+}
+
+fn origin(r: &RequestHeader, peer: &str, trusted: &[&str]) -> Origin {
+    let nets: Vec<ipnet::IpNet> = trusted.iter().map(|t| t.parse().unwrap()).collect();
+    Origin::of(r, Some(peer.parse().unwrap()), false, |ip| {
+        nets.iter().any(|n| n.contains(&ip))
+    })
+}
+
+#[test]
+fn the_client_is_the_rightmost_untrusted_address() {
+    let trusted = ["10.0.0.0/8"];
+    let r = req(&[("x-forwarded-for", "203.0.113.7, 198.51.100.2, 10.0.0.5")]);
+    assert_eq!(
+        origin(&r, "10.0.0.9", &trusted).client,
+        Some("198.51.100.2".parse().unwrap())
+    );
+    // From an untrusted peer the header is a claim, not a fact.
+    assert_eq!(
+        origin(&r, "192.0.2.1", &trusted).client,
+        Some("192.0.2.1".parse().unwrap())
+    );
+    // Several header lines, ports and brackets; a malformed entry stops.
+    let r = req(&[
+        ("x-forwarded-for", "203.0.113.7"),
+        ("x-forwarded-for", "[2001:db8::1]:443, 10.1.1.1:80"),
+    ]);
+    assert_eq!(
+        origin(&r, "10.0.0.9", &trusted).client,
+        Some("2001:db8::1".parse().unwrap())
+    );
+    let r = req(&[("x-forwarded-for", "203.0.113.7, garbage, 10.0.0.5")]);
+    assert_eq!(
+        origin(&r, "10.0.0.9", &trusted).client,
+        Some("10.0.0.5".parse().unwrap())
+    );
+}
+
+#[test]
+fn forwarding_headers_only_from_trusted_peers() {
+    let headers = [
+        ("forwarded", "for=1.2.3.4;host=evil"),
+        ("x-forwarded-host", "evil"),
+        ("x-real-ip", "1.2.3.4"),
+        ("cookie", "a=1"),
+        ("cookie", "b=2"),
+        ("content-length", "0010"),
+    ];
+    let mut r = req(&headers);
+    let o = origin(&r, "192.0.2.1", &["10.0.0.0/8"]);
+    prepare_upstream(&mut r, &o, "id").unwrap();
+    assert!(get(&r, "forwarded").is_none());
+    assert!(get(&r, "x-forwarded-host").is_none());
+    assert_eq!(get(&r, "x-real-ip"), Some("192.0.2.1"));
+    assert_eq!(get(&r, "cookie"), Some("a=1; b=2"));
+    assert_eq!(r.headers.get_all("cookie").iter().count(), 1);
+    assert_eq!(get(&r, "content-length"), Some("10"));
+    let mut r = req(&headers);
+    let o = origin(&r, "10.0.0.9", &["10.0.0.0/8"]);
+    prepare_upstream(&mut r, &o, "id").unwrap();
+    assert_eq!(get(&r, "x-forwarded-host"), Some("evil"));
+    assert_eq!(get(&r, "x-real-ip"), Some("10.0.0.9"));
+}
+
+#[test]
+fn trusted_peer_appends() {
+    let mut r = req(&[
+        ("x-forwarded-for", "1.2.3.4"),
+        ("x-forwarded-proto", "https"),
+    ]);
+    let o = origin(&r, "10.0.0.9", &["10.0.0.0/8"]);
+    prepare_upstream(&mut r, &o, "id").unwrap();
+    assert_eq!(get(&r, "x-forwarded-for"), Some("1.2.3.4, 10.0.0.9"));
+    assert_eq!(get(&r, "x-forwarded-proto"), Some("https"));
+}
+
+#[test]
+fn hop_by_hop_removed_upgrade_kept() {
+    let mut r = req(&[
+        ("connection", "keep-alive, x-secret"),
+        ("keep-alive", "timeout=5"),
+        ("x-secret", "s"),
+        ("te", "trailers"),
+        ("proxy-authorization", "Basic x"),
+        ("x-keep", "k"),
+    ]);
+    let tls = Origin {
+        tls: true,
+        ..Origin::default()
+    };
+    prepare_upstream(&mut r, &tls, "id").unwrap();
+    for h in [
+        "connection",
+        "keep-alive",
+        "x-secret",
+        "te",
+        "proxy-authorization",
+    ] {
+        assert!(get(&r, h).is_none(), "{h} kept");
+    }
+    assert_eq!(get(&r, "x-keep"), Some("k"));
+    assert_eq!(get(&r, "x-forwarded-proto"), Some("https"));
+
+    let mut r = req(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+    prepare_upstream(&mut r, &Origin::default(), "id").unwrap();
+    assert_eq!(get(&r, "upgrade"), Some("websocket"));
+    assert_eq!(get(&r, "connection"), Some("upgrade"));
+}
+
+#[test]
+fn request_id_kept_when_well_formed() {
+    assert_eq!(request_id(&req(&[("x-request-id", "abc-123")])), "abc-123");
+    let fresh = request_id(&req(&[("x-request-id", "bad id!")]));
+    assert_eq!(fresh.len(), 32);
+    assert_ne!(request_id(&req(&[])), request_id(&req(&[])));
+}
