@@ -12,6 +12,8 @@
 //!   and without the adaptive limiter: goodput and p99.
 //! - `many_clients`: distinct client ids each under its quota: false 429s
 //!   and the gateway's memory.
+//! - `fleet`: fleet mode on and off, Redis commands per second as the
+//!   clients in use grow, over-admission across three instances.
 //! - `cost`: throughput, p99 and instructions per request (callgrind) of
 //!   nginx, bare Pingora and Floodgate (see `benches/cost.rs`).
 //!
@@ -470,6 +472,170 @@ async fn overload(quick: bool) -> serde_json::Value {
     })
 }
 
+/// A `redis-server` on a free port (no persistence), and its command count.
+struct RedisServer {
+    _proc: Proc,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let port = free_port();
+        let p = spawn(
+            &require("redis-server", "redis-server"),
+            &[
+                "--port".into(),
+                port.to_string(),
+                "--bind".into(),
+                "127.0.0.1".into(),
+                "--save".into(),
+                String::new(),
+                "--appendonly".into(),
+                "no".into(),
+            ],
+        );
+        wait_port(port);
+        RedisServer { _proc: p, port }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Commands Redis has processed since it started.
+    fn commands(&self) -> u64 {
+        let out = Command::new(require("redis-cli", "redis-tools"))
+            .args(["-p", &self.port.to_string(), "info", "stats"])
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// Fleet mode: throughput with and without it (one instance, every limit
+/// on, admitting); Redis commands a second per instance as the clients in
+/// use grow; and over-admission across three instances against the
+/// stated bound `(instances − 1) × rate × sync_interval`.
+async fn fleet(quick: bool) -> serde_json::Value {
+    let secs = if quick { 3.0 } else { 10.0 };
+    let (_up, up) = upstream();
+    let redis = RedisServer::start();
+    let fleet_toml = |id: &str| {
+        format!(
+            "[fleet]\nredis_url = \"{}\"\ninstance_id = \"{id}\"\n",
+            redis.url()
+        )
+    };
+    let limits = "[clients]\ndefault = { rpm = 4000000, tpm = 1000000000 }\n";
+    let pace = Pace::Closed { connections: 64 };
+    let off = {
+        let gw = gateway(&(route(up, "max_connections = 100000") + limits));
+        drive(
+            &format!("http://127.0.0.1:{}/", gw.port),
+            pace,
+            secs,
+            1000,
+            Duration::from_secs(5),
+        )
+        .await
+    };
+    let on = {
+        let gw = gateway(&(route(up, "max_connections = 100000") + limits + &fleet_toml("bench")));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drive(
+            &format!("http://127.0.0.1:{}/", gw.port),
+            pace,
+            secs,
+            1000,
+            Duration::from_secs(5),
+        )
+        .await
+    };
+    println!(
+        "fleet: one instance, every limit on: {:.0} req/s with fleet mode, {:.0} without: {:.2}x",
+        on.throughput,
+        off.throughput,
+        on.throughput / off.throughput.max(1e-9)
+    );
+
+    // Redis commands a second as the clients in use grow.
+    let sizes: &[u64] = if quick {
+        &[100, 10_000, 100_000]
+    } else {
+        &[100, 10_000, 1_000_000]
+    };
+    let mut per_size = Vec::new();
+    for &n in sizes {
+        let gw = gateway(&(route(up, "") + limits + &fleet_toml("bench")));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = redis.commands();
+        let t = Instant::now();
+        let r = drive(
+            &format!("http://127.0.0.1:{}/", gw.port),
+            pace,
+            secs,
+            n,
+            Duration::from_secs(5),
+        )
+        .await;
+        let cmds = (redis.commands() - before) as f64 / t.elapsed().as_secs_f64();
+        println!(
+            "fleet: {n:>9} clients in use, {:.0} req/s: Redis {:.0} commands/s ({:.2} a request)",
+            r.throughput,
+            cmds,
+            cmds / r.throughput.max(1e-9)
+        );
+        per_size.push(json!({ "clients": n, "requests_per_second": r.throughput, "redis_commands_per_second": cmds }));
+        drop(gw);
+    }
+
+    // Over-admission: three instances, each sending one client `rate`
+    // requests a second, the client allowed `quota` a window.
+    let (quota, rate) = (300u64, 200.0);
+    let sync_s = 0.1;
+    let bound = 2.0 * rate * sync_s;
+    let rest = route(up, "")
+        + &format!("[clients]\nwindow = \"1h\"\n[clients.limits.hot]\nrpm = {quota}\n");
+    let gws: Vec<Gw> = (0..3)
+        .map(|i| gateway(&(rest.clone() + &fleet_toml(&format!("b{i}")))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let runs = futures::future::join_all(gws.iter().map(|g| {
+        let mut spec = LoadSpec::new(
+            &format!("http://127.0.0.1:{}/", g.port),
+            Pace::Open {
+                rate,
+                connections: 32,
+            },
+            Duration::from_secs_f64(secs.min(5.0)),
+        );
+        spec.headers = vec![("x-client-id".into(), "hot".into())];
+        spec.timeout = Duration::from_secs(5);
+        load::run(spec)
+    }))
+    .await;
+    let runs: Vec<LoadReport> = runs.into_iter().map(|r| r.expect("load run")).collect();
+    let admitted: u64 = runs
+        .iter()
+        .map(|r| r.by_status.get(&200).copied().unwrap_or(0))
+        .sum();
+    let over = admitted.saturating_sub(quota);
+    println!(
+        "fleet: 3 instances × {rate:.0} req/s for one client with a quota of {quota}: {admitted} admitted, {over} over (bound {bound:.0})"
+    );
+    json!({
+        "scenario": "fleet",
+        "runs": [row("fleet mode on", &on), row("fleet mode off", &off)],
+        "on_over_off": on.throughput / off.throughput.max(1e-9),
+        "redis_commands": per_size,
+        "over_admission": { "instances": 3, "rate_per_instance": rate, "quota": quota, "admitted": admitted, "over": over, "bound": bound },
+    })
+}
+
 /// Two million distinct client ids a minute on the shipped defaults (only
 /// a quota is set: `rpm = 10`, so every refusal of an id sent at most a
 /// few times is a false one), over two and a half windows; the gateway's
@@ -683,6 +849,9 @@ fn main() {
         }
         if want("many_clients") {
             scenarios.push(many_clients(quick).await);
+        }
+        if want("fleet") {
+            scenarios.push(fleet(quick).await);
         }
         if want("cost") {
             // nginx, bare Pingora and Floodgate under wrk and callgrind.

@@ -71,6 +71,17 @@ pub struct Metrics {
     /// ended in neither of its two ways and was settled when its context
     /// was dropped (a bug to report when it moves).
     pub admission_safety_net_total: IntCounter,
+    /// `floodgate_fleet_up`: 1 while the fleet's store answers.
+    pub fleet_up: IntGauge,
+    /// `floodgate_fleet_sync_duration_seconds`: one fleet sync round.
+    pub fleet_sync_duration_seconds: Histogram,
+    /// `floodgate_fleet_sync_errors_total`: sync rounds that failed.
+    pub fleet_sync_errors_total: IntCounter,
+    /// `floodgate_fleet_instances`: instances alive at the last heartbeat.
+    pub fleet_instances: IntGauge,
+    /// `floodgate_fleet_lease_credit{host}`: leases held beyond those in
+    /// use, per capped host.
+    pub fleet_lease_credit: IntGaugeVec,
     /// `floodgate_log_lines_dropped_total`: log lines (access log included)
     /// dropped because the log writer fell behind.
     pub log_lines_dropped_total: IntCounter,
@@ -207,6 +218,39 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "Requests whose admission was settled only when their context was dropped.",
     )?;
     registry.register(Box::new(admission_safety_net_total.clone()))?;
+    let fleet_up = IntGauge::new(
+        "floodgate_fleet_up",
+        "1 while the fleet's Redis answers (fleet mode).",
+    )?;
+    registry.register(Box::new(fleet_up.clone()))?;
+    let fleet_sync_duration_seconds = Histogram::with_opts(
+        HistogramOpts::new(
+            "floodgate_fleet_sync_duration_seconds",
+            "Time of one fleet sync round (quotas, leases, membership, shared overrides).",
+        )
+        .buckets(vec![
+            0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
+        ]),
+    )?;
+    registry.register(Box::new(fleet_sync_duration_seconds.clone()))?;
+    let fleet_sync_errors_total = IntCounter::new(
+        "floodgate_fleet_sync_errors_total",
+        "Fleet sync rounds that failed (the instance was degraded).",
+    )?;
+    registry.register(Box::new(fleet_sync_errors_total.clone()))?;
+    let fleet_instances = IntGauge::new(
+        "floodgate_fleet_instances",
+        "Fleet instances alive at the last heartbeat.",
+    )?;
+    registry.register(Box::new(fleet_instances.clone()))?;
+    let fleet_lease_credit = IntGaugeVec::new(
+        Opts::new(
+            "floodgate_fleet_lease_credit",
+            "Connection leases held beyond those in use, per capped host (fleet mode).",
+        ),
+        &["host"],
+    )?;
+    registry.register(Box::new(fleet_lease_credit.clone()))?;
     let log_lines_dropped_total = IntCounter::new(
         "floodgate_log_lines_dropped_total",
         "Log lines (access log included) dropped because the log writer fell behind.",
@@ -242,6 +286,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         admission_safety_net_total,
         connections_refused_total,
         log_lines_dropped_total,
+        fleet_up,
+        fleet_sync_duration_seconds,
+        fleet_sync_errors_total,
+        fleet_instances,
+        fleet_lease_credit,
     })
 }
 

@@ -241,6 +241,21 @@ pub fn prepare(config: Config, path: &Path, opts: &RunOptions) -> Result<Prepare
         crate::services::watcher::ConfigWatcher::new(control.clone(), sighup),
     ));
 
+    // Fleet mode: the shared state, synced in the background.
+    let fleet = config.fleet.as_ref().map(|f| {
+        let status = Arc::new(crate::services::fleet::FleetStatus::default());
+        server.add_service(background_service(
+            "fleet sync",
+            crate::services::fleet::FleetService::new(
+                f.clone(),
+                runtime.clone(),
+                control.clone(),
+                status.clone(),
+            ),
+        ));
+        status
+    });
+
     let addr = config.server.admin_listen;
     let admin = match bind_admin(addr) {
         Ok(l) => Some(l),
@@ -255,6 +270,7 @@ pub fn prepare(config: Config, path: &Path, opts: &RunOptions) -> Result<Prepare
         draining,
         control,
         token,
+        fleet,
     };
     server.add_service(background_service(
         "admin",

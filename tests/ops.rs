@@ -138,11 +138,13 @@ async fn every_dashboard_query_returns_data() {
     let prom_port = free_port();
     let prom_addr = format!("http://127.0.0.1:{prom_port}");
     // Every limit on: quotas (one client in shadow mode), host caps,
-    // adaptive windows fed by Prometheus.
+    // adaptive windows fed by Prometheus; in fleet mode, on a real Redis.
+    let redis = common::redis::Redis::start();
     let rest = upstream_toml("api", &[up.addr], "max_connections = 50")
         + &route_toml("main", "/", "api")
         + "[clients]\ndefault = { rpm = 1000, tpm = 100000 }\n[clients.limits.gold]\nrpm = 3\ntpm = 100000\n[clients.limits.trial]\nrpm = 1\nmode = \"shadow\"\n"
-        + &format!("[backpressure]\nenabled = true\nprometheus_url = \"{prom_addr}\"\ninterval = \"500ms\"\nmin_window = 5\nmax_window = 100\n[[backpressure.queries]]\nname = \"load\"\nquery = \"max(demo_load)\"\nwarning = 0.5\nemergency = 0.8\n");
+        + &format!("[backpressure]\nenabled = true\nprometheus_url = \"{prom_addr}\"\ninterval = \"500ms\"\nmin_window = 5\nmax_window = 100\n[[backpressure.queries]]\nname = \"load\"\nquery = \"max(demo_load)\"\nwarning = 0.5\nemergency = 0.8\n")
+        + &format!("[fleet]\nredis_url = \"{}\"\n", redis.url());
     let gw = Gateway::start("", &rest);
     let prom = Prometheus::start_on(prom_port, &[gw.admin, up.addr], "1s");
 
@@ -206,6 +208,7 @@ fn compose_stack_matches_the_configs() {
     let services = compose["services"].as_mapping().unwrap();
     for name in [
         "floodgate",
+        "floodgate-2",
         "demo-upstream",
         "prometheus",
         "grafana",
@@ -336,6 +339,21 @@ fn compose_stack_matches_the_configs() {
         Some("true")
     );
     assert!(ports("redis").contains(&6379));
+
+    // Fleet mode: both instances run the same config, whose Redis is the
+    // stack's, and Prometheus scrapes both.
+    let fleet = conf.fleet.as_ref().expect("the stack runs in fleet mode");
+    assert_eq!(
+        fleet.redis_url.as_deref(),
+        Some(format!("redis://{}:6379", ip("redis")).as_str())
+    );
+    let second = &services["floodgate-2"];
+    assert!(second["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|v| v.as_str().unwrap() == mount));
+    assert!(targets.contains(&format!("floodgate-2:{}", conf.server.admin_listen.port())));
 }
 
 #[test]

@@ -50,6 +50,8 @@ pub struct Admin {
     pub control: Arc<ControlPlane>,
     /// Bearer token for mutating calls.
     pub token: Option<String>,
+    /// Fleet mode: the fleet's status.
+    pub fleet: Option<Arc<crate::services::fleet::FleetStatus>>,
 }
 
 /// The admin router; handlers are plain functions, testable without a socket.
@@ -68,6 +70,7 @@ pub fn router(state: Admin) -> Router {
         .route("/api/v1/ratelimit/{key}/check", post(check))
         .route("/api/v1/backpressure", get(backpressure))
         .route("/api/v1/hosts", get(list_hosts))
+        .route("/api/v1/fleet", get(fleet))
         .route(
             "/api/v1/hosts/{host}",
             get(get_host).put(put_host).delete(delete_host),

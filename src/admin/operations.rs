@@ -17,12 +17,14 @@ pub(super) async fn health() -> impl IntoResponse {
 
 pub(super) async fn ready(State(s): State<Admin>) -> impl IntoResponse {
     let draining = s.draining.load(Ordering::Acquire);
-    let ok = s.ready.load(Ordering::Acquire) && !draining;
+    let fleet_ok = s.fleet.as_ref().is_none_or(|f| f.ready());
+    let ok = s.ready.load(Ordering::Acquire) && !draining && fleet_ok;
     crate::metrics::metrics().ready.set(i64::from(ok));
     let rt = s.runtime.load();
     let body = serde_json::json!({
         "ready": ok,
         "draining": draining,
+        "fleet": s.fleet.as_ref().map(|f| f.snapshot().up),
         "routes": rt.router.routes().len(),
         "upstreams": rt.upstreams.len(),
     });
@@ -192,4 +194,21 @@ pub(super) async fn reload(State(s): State<Admin>) -> Response {
             ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()).into_response()
         }
     }
+}
+
+/// `GET /api/v1/fleet`: this instance's view of the fleet (404 when fleet
+/// mode is off).
+pub(super) async fn fleet(State(s): State<Admin>) -> Result<impl IntoResponse, ApiError> {
+    let Some(f) = &s.fleet else {
+        return Err(not_found(
+            "fleet mode is off ([fleet] is not configured)".into(),
+        ));
+    };
+    let rt = s.runtime.load();
+    let mut v = serde_json::to_value(&*f.snapshot()).unwrap_or_default();
+    if let Some(q) = rt.clients.fleet() {
+        v["live_instances"] = serde_json::json!(q.live());
+        v["quotas_degraded"] = serde_json::json!(q.degraded());
+    }
+    Ok(Json(v))
 }

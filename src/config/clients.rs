@@ -204,6 +204,8 @@ pub(super) fn validate_clients(c: RawClients, d: &mut Diagnostics<'_>) -> Option
             overflow: base.policy.overflow,
             default: default?,
             limits,
+            // Set from `[fleet]` once the whole file is validated.
+            fleet: None,
         },
     })
 }

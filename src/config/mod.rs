@@ -11,6 +11,7 @@
 mod backpressure;
 mod clients;
 pub mod diag;
+mod fleet;
 mod forward_proxy;
 mod routes;
 pub mod schema;
@@ -46,6 +47,22 @@ pub struct Config {
     pub forward_proxy: Option<ForwardProxyConfig>,
     /// The gateway-wide adaptive window, when enabled.
     pub backpressure: Option<BackpressureConfig>,
+    /// Fleet mode, when configured.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// `[fleet]`: limits shared by many gateways through Redis.
+#[derive(Clone, Debug)]
+pub struct FleetConfig {
+    pub redis_url: Option<String>,
+    pub cluster_urls: Vec<String>,
+    pub password_env: Option<String>,
+    pub instance_id: String,
+    pub sync_interval: Duration,
+    pub command_timeout: Duration,
+    pub lease_ttl: Duration,
+    pub on_redis_down: crate::limits::fleet::OnDown,
+    pub required: bool,
 }
 
 /// `[backpressure]` (or an upstream's), when enabled.
@@ -280,6 +297,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "clients",
     "forward_proxy",
     "backpressure",
+    "fleet",
 ];
 
 /// Stage 1: decode each section, collecting unknown keys and type errors.
@@ -302,6 +320,9 @@ fn decode(table: &toml::Table, d: &mut Diagnostics<'_>) -> RawConfig {
     }
     if let Some(v) = table.get("clients") {
         raw.clients = decode_value(v, &root.key("clients"), d);
+    }
+    if let Some(v) = table.get("fleet") {
+        raw.fleet = decode_value(v, &root.key("fleet"), d);
     }
     raw.upstreams = decode_array(table, "upstreams", d);
     raw.routes = decode_array(table, "routes", d);
@@ -414,16 +435,24 @@ fn validate(raw: RawConfig, base: &Path, d: &mut Diagnostics<'_>) -> Option<Conf
             d,
         ),
     };
+    let fleet = match raw.fleet {
+        None => Some(None),
+        Some(f) => fleet::validate_fleet(f, d).map(Some),
+    };
     if d.has_errors() {
         return None;
     }
+    let mut clients = clients?;
+    let fleet = fleet?;
+    clients.policy.fleet = fleet.as_ref().map(|f| f.on_redis_down);
     Some(Config {
         server: server?,
         upstreams,
         routes,
-        clients: clients?,
+        clients,
         forward_proxy: forward_proxy?,
         backpressure: backpressure?,
+        fleet,
     })
 }
 

@@ -24,6 +24,8 @@ pub struct RawConfig {
     pub forward_proxy: Option<RawForwardProxy>,
     /// The gateway-wide adaptive concurrency window.
     pub backpressure: Option<RawBackpressure>,
+    /// Limits shared by a fleet of gateways, through Redis.
+    pub fleet: Option<RawFleet>,
 }
 
 /// `[server]`
@@ -294,4 +296,28 @@ pub struct RawQuery {
     pub warning: Option<f64>,
     /// At or above: the window is cut by `backoff`.
     pub emergency: Option<f64>,
+}
+
+/// `[fleet]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawFleet {
+    /// One Redis node: `redis://host:port` or `rediss://host:port`.
+    pub redis_url: Option<String>,
+    /// The nodes of a Redis Cluster (any of them; the rest are discovered).
+    pub cluster_urls: Vec<String>,
+    /// The variable holding Redis' password.
+    pub password_env: Option<String>,
+    /// This instance's name in the fleet.
+    pub instance_id: Option<String>,
+    /// How often the shared state is synced.
+    pub sync_interval: Option<String>,
+    /// The longest a Redis command may take before the fleet is degraded.
+    pub command_timeout: Option<String>,
+    /// How long a connection lease outlives its instance.
+    pub lease_ttl: Option<String>,
+    /// `local`, `allow` or `deny` while Redis is unreachable.
+    pub on_redis_down: Option<String>,
+    /// Whether `/ready` answers 503 while Redis is unreachable.
+    pub required: Option<bool>,
 }

@@ -21,12 +21,21 @@ pub const MAX_CAP: u64 = u32::MAX as u64;
 /// Marks "no override" in [`HostCounter::overridden`]; never a cap.
 const NO_OVERRIDE: u64 = u64::MAX;
 
+/// Marks a counter the fleet does not manage (see [`HostCounter::leases`]).
+const UNMANAGED: u64 = u64::MAX;
+
 /// One host's counter, and the cap the admin API set for it if any.
 #[derive(Debug)]
 pub struct HostCounter {
     pub host: String,
     active: AtomicU64,
     overridden: AtomicU64,
+    /// Fleet mode: the leases this instance holds on the host (its share
+    /// of the fleet's cap); connections never exceed them.
+    leases: AtomicU64,
+    /// Fleet mode: connections refused for want of a lease (not of the
+    /// cap) since the fleet task last looked: demand it leases for.
+    wanting: AtomicU64,
 }
 
 /// Where a host's cap comes from.
@@ -43,7 +52,33 @@ impl HostCounter {
             host: host.to_string(),
             active: AtomicU64::new(0),
             overridden: AtomicU64::new(NO_OVERRIDE),
+            leases: AtomicU64::new(UNMANAGED),
+            wanting: AtomicU64::new(0),
         }
+    }
+
+    /// Fleet mode: connections refused for want of a lease since the last
+    /// call.
+    pub fn take_wanting(&self) -> u64 {
+        self.wanting.swap(0, Ordering::AcqRel)
+    }
+
+    /// Fleet mode: the leases held on this host (`None`: not managed).
+    pub fn leases(&self) -> Option<u64> {
+        match self.leases.load(Ordering::Acquire) {
+            UNMANAGED => None,
+            n => Some(n),
+        }
+    }
+
+    /// Fleet mode: connections may use this many leases.
+    pub fn set_leases(&self, n: u64) {
+        self.leases.store(n.min(UNMANAGED - 1), Ordering::Release);
+    }
+
+    /// Back to the local cap alone.
+    pub fn unmanage(&self) {
+        self.leases.store(UNMANAGED, Ordering::Release);
     }
 
     /// Requests or tunnels in flight to this host.
@@ -72,18 +107,31 @@ impl HostCounter {
     /// the cap is never exceeded, however many requests race for the last
     /// slot.
     pub fn try_acquire(self: &Arc<Self>, configured: u64) -> Option<HostSlot> {
-        let (limit, _) = self.cap(configured);
-        let taken = self
-            .active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
-                (limit == 0 || a < limit).then_some(a + 1)
-            });
+        let (cap, _) = self.cap(configured);
+        // In fleet mode the leases held bound a capped host too.
+        let leases = self.leases.load(Ordering::Acquire);
+        let limit = match (cap, leases) {
+            (0, _) => None,
+            (c, UNMANAGED) => Some(c),
+            (c, l) => Some(c.min(l)),
+        };
+        let taken =
+            self.active
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| match limit {
+                    None => Some(a + 1),
+                    Some(l) => (a < l).then_some(a + 1),
+                });
         match taken {
             Ok(before) => {
                 tracing::debug!(target: "connections", host = %self.host, active = before + 1, "open");
                 Some(HostSlot(self.clone()))
             }
-            Err(_) => None,
+            Err(_) => {
+                if leases != UNMANAGED && leases < cap {
+                    self.wanting.fetch_add(1, Ordering::AcqRel);
+                }
+                None
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod clients;
 pub mod clock;
 pub mod connections;
 pub mod destinations;
+pub mod fleet;
 pub mod listeners;
 pub mod rate;
 

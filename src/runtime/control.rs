@@ -12,105 +12,17 @@
 //! overrides layered over the file: a reload keeps them, and they are
 //! written to `[server] state_file` (atomically) so a restart keeps them too.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+pub use super::overrides::{with_overrides, ClientOverride, Overrides};
 use super::{Runtime, SharedRuntime};
 use crate::config::{self, Config, ConfigError, ConfigErrors, KeyPath};
-use crate::limits::clients::ClientLimit;
 use crate::limits::clock::Clock;
 use crate::limits::connections::{Hosts, Proxy, MAX_CAP};
-use crate::limits::rate::{Quota, MAX_RPM, MAX_TPM};
-
-/// A client's limits set through the admin API.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClientOverride {
-    /// Requests per window; absent: the default's.
-    #[serde(default)]
-    pub rpm: Option<u64>,
-    /// Tokens per window; absent: the default's.
-    #[serde(default)]
-    pub tpm: Option<u64>,
-    /// `false`: not limited.
-    #[serde(default = "yes")]
-    pub enabled: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// Everything the admin API changed; the content of `state_file`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Overrides {
-    #[serde(default)]
-    pub clients: BTreeMap<String, ClientOverride>,
-    /// Caps of upstream backends, by `host:port`.
-    #[serde(default)]
-    pub hosts: BTreeMap<String, u64>,
-    /// Caps of forward-proxy destinations, by destination key.
-    #[serde(default)]
-    pub forward_hosts: BTreeMap<String, u64>,
-}
-
-impl Overrides {
-    fn host_caps(&mut self, proxy: Proxy) -> &mut BTreeMap<String, u64> {
-        match proxy {
-            Proxy::Reverse => &mut self.hosts,
-            Proxy::Forward => &mut self.forward_hosts,
-        }
-    }
-}
-
-impl Overrides {
-    /// Reads a state file; a missing file is an empty state. Blocking.
-    #[allow(clippy::disallowed_methods)]
-    pub fn load(path: &Path) -> Result<Overrides, String> {
-        match std::fs::read(path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| format!("state file {}: {e}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Overrides::default()),
-            Err(e) => Err(format!("state file {}: {e}", path.display())),
-        }
-    }
-
-    /// Writes the file atomically: a temporary file, then a rename.
-    /// Blocking.
-    #[allow(clippy::disallowed_methods)]
-    pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("tmp");
-        let data = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        std::fs::write(&tmp, data)?;
-        std::fs::rename(&tmp, path)
-    }
-}
-
-/// The file's config with the API's client overrides layered on top.
-pub fn with_overrides(base: &Config, overrides: &Overrides) -> Config {
-    let mut c = base.clone();
-    let default = c.clients.policy.default.unwrap_or_default();
-    for (id, o) in &overrides.clients {
-        let file = base.clients.policy.limits.get(id);
-        c.clients.policy.limits.insert(
-            id.clone(),
-            ClientLimit {
-                quota: Quota {
-                    rpm: o.rpm.or(default.rpm),
-                    tpm: o.tpm.or(default.tpm),
-                },
-                enabled: o.enabled,
-                mode: file.map_or(base.clients.policy.mode, |f| f.mode),
-                api_keys: file.map(|f| f.api_keys.clone()).unwrap_or_default(),
-                privileges: file.map(|f| f.privileges).unwrap_or_default(),
-            },
-        );
-    }
-    c
-}
+use crate::limits::rate::{MAX_RPM, MAX_TPM};
 
 /// What a successful reload changed.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -143,6 +55,8 @@ pub struct ControlPlane {
     clock: Arc<dyn Clock>,
     hosts: Arc<Hosts>,
     inner: Mutex<Inner>,
+    /// Bumped by every change of the overrides (what the fleet shares).
+    version: std::sync::atomic::AtomicU64,
 }
 
 impl ControlPlane {
@@ -166,6 +80,7 @@ impl ControlPlane {
             clock,
             hosts,
             inner: Mutex::new(Inner { base, overrides }),
+            version: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -255,6 +170,56 @@ impl ControlPlane {
         self.persist(&current.config, &overrides)?;
         self.runtime.store(Arc::new(next));
         inner.overrides = overrides;
+        self.bump();
+        Ok(())
+    }
+
+    fn bump(&self) {
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// The overrides' version: it changes with every change.
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Everything the admin API changed.
+    pub fn overrides(&self) -> Overrides {
+        self.lock().overrides.clone()
+    }
+
+    /// Replaces every override at once (the fleet's shared copy): the
+    /// runtime rebuilt, persisted, then applied, host caps included.
+    pub fn replace_overrides(&self, o: Overrides) -> Result<(), ChangeError> {
+        let mut inner = self.lock();
+        if inner.overrides == o {
+            return Ok(());
+        }
+        let current = self.runtime.load_full();
+        let next = self
+            .build(&inner.base, &o, &current)
+            .map_err(|e| ChangeError::Rejected(e.to_string()))?;
+        self.persist(&current.config, &o)?;
+        for (proxy, old, new) in [
+            (Proxy::Reverse, &inner.overrides.hosts, &o.hosts),
+            (
+                Proxy::Forward,
+                &inner.overrides.forward_hosts,
+                &o.forward_hosts,
+            ),
+        ] {
+            let registry = self.hosts.registry(proxy);
+            for h in old.keys().filter(|h| !new.contains_key(*h)) {
+                registry.set_override(h, None);
+            }
+            for (h, cap) in new {
+                registry.set_override(h, Some(*cap));
+            }
+        }
+        self.runtime.store(Arc::new(next));
+        inner.overrides = o;
+        self.bump();
         Ok(())
     }
 
@@ -373,6 +338,7 @@ impl ControlPlane {
         self.persist(&self.runtime.load().config, &overrides)?;
         self.hosts.registry(proxy).set_override(host, cap);
         inner.overrides = overrides;
+        self.bump();
         Ok(true)
     }
 }
@@ -450,6 +416,7 @@ pub fn state_error(path: &Path, message: String) -> ConfigErrors {
 #[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
+    use crate::limits::rate::Quota;
 
     #[test]
     fn overrides_layer_over_the_file() {

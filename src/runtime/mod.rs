@@ -5,6 +5,7 @@
 //! A reload builds a new `Runtime` off the request path and swaps it in.
 
 pub mod control;
+pub mod overrides;
 pub mod routing;
 pub mod upstream;
 pub mod window;

@@ -7,7 +7,10 @@
 //! - [`watcher`]: reloads the config on a file change or SIGHUP.
 //! - [`health`]: probes every upstream's backends; forgets idle
 //!   forward-proxy destinations.
+//! - [`fleet`]: fleet mode: shares quotas, connection leases and admin
+//!   changes with the other instances through Redis.
 
+pub mod fleet;
 pub mod health;
 pub mod monitor;
 pub mod rotation;

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -8,16 +8,21 @@
 //! memory stays bounded however many distinct ids arrive.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::clock::Clock;
+use super::fleet::{FleetQuotas, OnDown, Verdict};
 use super::rate::{
-    Exceeded, OverQuota, OverflowKind, Quota, QuotaState, RateLimiter, Reservation, TableKind,
-    Usage,
+    Exceeded, OverQuota, OverflowKind, Quota, QuotaState, RateLimiter, TableKind, Usage,
 };
 use super::RejectReason;
+
+mod charge;
+mod stats;
+use charge::state_wait;
+pub use charge::{Charge, Settled};
+pub use stats::ClientStats;
 
 /// How a refusal is applied.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -70,6 +75,9 @@ pub struct ClientsPolicy {
     pub default: Option<Quota>,
     /// Configured clients by id.
     pub limits: BTreeMap<String, ClientLimit>,
+    /// Fleet mode: the quotas are the fleet's, and what applies while its
+    /// store is unreachable.
+    pub fleet: Option<OnDown>,
 }
 
 impl Default for ClientsPolicy {
@@ -82,6 +90,7 @@ impl Default for ClientsPolicy {
             overflow: OverflowKind::Packed,
             default: None,
             limits: BTreeMap::new(),
+            fleet: None,
         }
     }
 }
@@ -124,52 +133,6 @@ pub fn check_claimed_id(id: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// What a configured client did, for the admin API. Kept across reloads
-/// with the client's counter.
-#[derive(Debug, Default)]
-pub struct ClientStats {
-    /// Requests the quotas admitted.
-    pub admitted: AtomicU64,
-    pub rpm_exceeded: AtomicU64,
-    pub tpm_exceeded: AtomicU64,
-    pub estimate_too_large: AtomicU64,
-    /// Refusals shadow mode let through.
-    pub shadow_refusals: AtomicU64,
-    /// Tokens charged after settlement.
-    pub tokens: AtomicU64,
-}
-
-impl ClientStats {
-    fn count(&self, d: &Decision) {
-        let c = match d {
-            Decision::Unlimited | Decision::Admitted { .. } => &self.admitted,
-            Decision::Refused {
-                mode: Mode::Shadow, ..
-            } => &self.shadow_refusals,
-            Decision::Refused { reason, .. } => match reason {
-                RejectReason::RpmExceeded => &self.rpm_exceeded,
-                RejectReason::TpmExceeded => &self.tpm_exceeded,
-                _ => &self.estimate_too_large,
-            },
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn to_json(&self) -> serde_json::Value {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        serde_json::json!({
-            "requests": g(&self.admitted),
-            "refusals": {
-                "rpm_exceeded": g(&self.rpm_exceeded),
-                "tpm_exceeded": g(&self.tpm_exceeded),
-                "estimate_too_large": g(&self.estimate_too_large),
-            },
-            "shadow_refusals": g(&self.shadow_refusals),
-            "tokens": g(&self.tokens),
-        })
-    }
-}
-
 /// A configured client and its exact counter.
 pub struct ConfiguredClient {
     pub id: String,
@@ -192,6 +155,8 @@ pub struct ClientPolicies {
     /// The counters of every unlisted client, under the default quota.
     unlisted: Option<Arc<RateLimiter>>,
     hasher: ahash::RandomState,
+    /// Fleet mode: the other instances' usage, and what this one counted.
+    fleet: Option<Arc<FleetQuotas>>,
 }
 
 impl std::fmt::Debug for ClientPolicies {
@@ -273,13 +238,32 @@ impl ClientPolicies {
             (Some(_), Some(kept)) => Some(kept),
             (Some(_), None) => Some(Arc::new(RateLimiter::new(kind, window_ms, clock.clone())?)),
         };
+        let fleet = config.fleet.map(|on_down| {
+            previous
+                .filter(|p| same_window && p.policy.fleet == Some(on_down))
+                .and_then(|p| p.fleet.clone())
+                .unwrap_or_else(|| {
+                    FleetQuotas::new(
+                        window_ms,
+                        clock.clone(),
+                        on_down,
+                        config.max_tracked_clients + config.limits.len(),
+                    )
+                })
+        });
         Ok(ClientPolicies {
             policy: config.clone(),
             clients,
             api_keys,
             unlisted,
             hasher: previous.map_or_else(ahash::RandomState::new, |p| p.hasher.clone()),
+            fleet,
         })
+    }
+
+    /// The fleet's view of the quotas (fleet mode).
+    pub fn fleet(&self) -> Option<&Arc<FleetQuotas>> {
+        self.fleet.as_ref()
     }
 
     /// Whether any client has API keys (then an unknown key is refused).
@@ -372,15 +356,39 @@ impl ClientPolicies {
             };
         }
         match limiter.check_and_charge(hash, tokens, quota) {
-            Ok((reservation, state)) => Decision::Admitted {
-                charge: Charge {
+            Ok((reservation, state)) => {
+                let mut charge = Charge {
                     limiter: limiter.clone(),
                     reservation,
                     open: true,
                     stats,
-                },
-                state,
-            },
+                    fleet: None,
+                };
+                let Some(f) = &self.fleet else {
+                    return Decision::Admitted { charge, state };
+                };
+                match self.fleet_check(f, id, quota, state) {
+                    Ok(state) => {
+                        let c = charge.reservation.charged;
+                        f.record(
+                            id,
+                            charge.reservation.window,
+                            c.requests as i64,
+                            c.tokens as i64,
+                        );
+                        charge.fleet = Some((f.clone(), Arc::from(id)));
+                        Decision::Admitted { charge, state }
+                    }
+                    Err((reason, refusal)) => {
+                        charge.refund_all();
+                        Decision::Refused {
+                            reason,
+                            refusal,
+                            mode,
+                        }
+                    }
+                }
+            }
             Err(refusal) => Decision::Refused {
                 reason: match refusal.exceeded {
                     Exceeded::Requests => RejectReason::RpmExceeded,
@@ -392,10 +400,81 @@ impl ClientPolicies {
         }
     }
 
-    /// Current usage of `id` against its quota, charging nothing.
+    /// Judges an admission by this instance's own counts against the
+    /// fleet's: `own + others` under the quota, or, while the store is
+    /// unreachable, `on_redis_down`. The state returned counts the fleet.
+    fn fleet_check(
+        &self,
+        f: &FleetQuotas,
+        id: &str,
+        quota: Quota,
+        state: QuotaState,
+    ) -> Result<QuotaState, (RejectReason, OverQuota)> {
+        let over = |used: Usage, q: Quota| {
+            if q.rpm.is_some_and(|l| used.requests > l) {
+                Some(Exceeded::Requests)
+            } else if q.tpm.is_some_and(|l| used.tokens > l) {
+                Some(Exceeded::Tokens)
+            } else {
+                None
+            }
+        };
+        let refuse = |exceeded, state| {
+            let reason = match exceeded {
+                Exceeded::Requests => RejectReason::RpmExceeded,
+                Exceeded::Tokens => RejectReason::TpmExceeded,
+            };
+            // The fleet's counts move with every sync: a second is a
+            // fair first wait.
+            Err((
+                reason,
+                OverQuota {
+                    exceeded,
+                    retry_after_ms: state_wait(&state),
+                    state,
+                },
+            ))
+        };
+        match f.verdict(id, quota) {
+            Verdict::Shared(others) => {
+                let total = QuotaState {
+                    used: Usage {
+                        requests: state.used.requests.saturating_add(others.requests),
+                        tokens: state.used.tokens.saturating_add(others.tokens),
+                    },
+                    ..state
+                };
+                match over(total.used, quota) {
+                    Some(e) => refuse(e, total),
+                    None => Ok(total),
+                }
+            }
+            Verdict::Alone(share) => match over(state.used, share) {
+                Some(e) => refuse(e, state),
+                None => Ok(state),
+            },
+            Verdict::Deny => Err((
+                RejectReason::Backpressure,
+                OverQuota {
+                    exceeded: Exceeded::Requests,
+                    retry_after_ms: 1000,
+                    state,
+                },
+            )),
+        }
+    }
+
+    /// Current usage of `id` against its quota (the fleet's, in fleet
+    /// mode), charging nothing.
     pub fn peek(&self, id: &str) -> Option<QuotaState> {
         let (quota, limiter, hash, _) = self.policy(id)?;
-        Some(limiter.peek(hash, quota))
+        let mut s = limiter.peek(hash, quota);
+        if let Some(f) = &self.fleet {
+            let o = f.others(id);
+            s.used.requests = s.used.requests.saturating_add(o.requests);
+            s.used.tokens = s.used.tokens.saturating_add(o.tokens);
+        }
+        Some(s)
     }
 
     /// Prepares the next window of every limiter. Off the request path.
@@ -416,83 +495,6 @@ impl ClientPolicies {
                 .values()
                 .map(|c| c.limiter.memory_bytes())
                 .sum::<usize>()
-    }
-}
-
-/// An admitted request's charge: one request and its token estimate,
-/// counted in the window it was admitted in. It ends one of three ways:
-/// [`settle`](Charge::settle) (the tokens become the count given: actual
-/// usage, or the estimate kept), [`refund_tokens`](Charge::refund_tokens)
-/// (the upstream failed: the request stays counted, its tokens do not), or
-/// [`refund_all`](Charge::refund_all) (refused after all: nothing stays).
-/// Dropped without any of these, it stays as charged.
-pub struct Charge {
-    limiter: Arc<RateLimiter>,
-    reservation: Reservation,
-    open: bool,
-    stats: Option<Arc<ClientStats>>,
-}
-
-/// What a settlement counted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Settled {
-    /// Tokens counted for the request.
-    pub tokens: u64,
-    /// The count given was over what a window can count (and counted as
-    /// that maximum).
-    pub clamped: bool,
-}
-
-impl Charge {
-    /// Tokens charged so far.
-    pub fn tokens(&self) -> u64 {
-        self.reservation.charged.tokens
-    }
-
-    /// Counts `tokens` for this request instead of what was charged.
-    pub fn settle(mut self, tokens: u64) -> Settled {
-        let clamped = self.limiter.settle_tokens(&mut self.reservation, tokens);
-        self.close();
-        Settled {
-            tokens: self.reservation.charged.tokens,
-            clamped,
-        }
-    }
-
-    /// Keeps the estimate as the count.
-    pub fn keep(self) -> Settled {
-        let estimate = self.tokens();
-        self.settle(estimate)
-    }
-
-    /// Keeps the request counted and takes its tokens back (a failed
-    /// upstream did no work worth charging).
-    pub fn refund_tokens(self) -> Settled {
-        self.settle(0)
-    }
-
-    /// Takes the whole charge back: the request was refused after all.
-    pub fn refund_all(mut self) {
-        self.limiter
-            .refund(&self.reservation, self.reservation.charged);
-        self.reservation.charged = Usage::default();
-        self.close();
-    }
-
-    fn close(&mut self) {
-        if let Some(s) = &self.stats {
-            s.tokens
-                .fetch_add(self.reservation.charged.tokens, Ordering::Relaxed);
-        }
-        self.open = false;
-    }
-}
-
-impl Drop for Charge {
-    fn drop(&mut self) {
-        if self.open {
-            self.close();
-        }
     }
 }
 

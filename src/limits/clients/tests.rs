@@ -4,6 +4,7 @@
 use super::*;
 use crate::limits::clock::ManualClock;
 use crate::limits::rate::MAX_TPM;
+use std::sync::atomic::Ordering;
 
 fn config() -> ClientsPolicy {
     let mut c = ClientsPolicy {
