@@ -11,7 +11,9 @@
 //! - an adaptive-window admission;
 //! - each of those contended by two threads;
 //! - one window rotation of a table sized for 2 M clients (off the request
-//!   path, in the background).
+//!   path, in the background);
+//! - an LLM request's estimate from its body (1 and 16 KiB of prompt), and
+//!   reading usage from a 16 KiB streamed response.
 
 #![allow(clippy::disallowed_methods)] // tests and benches may block: they are not the gateway
 use std::sync::Arc;
@@ -40,6 +42,8 @@ fn policies() -> (ClientPolicies, Arc<ManualClock>) {
     c.limits.insert(
         "gold".into(),
         ClientLimit {
+            max_concurrent: None,
+            models: Default::default(),
             quota: Quota {
                 rpm: Some(MAX_RPM),
                 tpm: Some(MAX_TPM),
@@ -73,7 +77,7 @@ fn steady_state(p: &ClientPolicies, clock: &ManualClock, ids: &[String]) {
 }
 
 fn decide(p: &ClientPolicies, id: &str) {
-    if let Decision::Admitted { charge, .. } = p.decide(id, 10) {
+    if let Decision::Admitted { charge, .. } = p.decide(id, None, 10) {
         charge.keep();
     }
 }
@@ -216,5 +220,63 @@ fn adaptive(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, quotas, connections, adaptive, rotation);
+/// What an LLM request's estimate costs (parsing its JSON body and
+/// counting the prompt with the tokenizer), per KiB of prompt; and reading
+/// usage from a streamed response, per KiB.
+fn llm(c: &mut Criterion) {
+    use floodgate::config::Tokenizer;
+    use floodgate::proxy::llm::{estimate::estimate, Api, UsageScanner};
+    let mut g = c.benchmark_group("llm");
+    let sentence = "The gateway estimates what a request will cost before it decides. ";
+    for kib in [1usize, 16] {
+        let mut prompt = String::new();
+        while prompt.len() < kib * 1024 {
+            prompt.push_str(sentence);
+        }
+        let body = serde_json::json!({"model": "gpt-4o", "max_tokens": 256,
+            "messages": [{"role": "user", "content": prompt}]})
+        .to_string();
+        // Warm the tokenizer (it is loaded once per process).
+        let _ = estimate(
+            Api::OpenAiChat,
+            "/v1/chat/completions",
+            body.as_bytes(),
+            Tokenizer::O200k,
+            0,
+        );
+        g.bench_with_input(
+            BenchmarkId::new("estimate, KiB of prompt", kib),
+            &body,
+            |b, body| {
+                b.iter(|| {
+                    estimate(
+                        Api::OpenAiChat,
+                        "/v1/chat/completions",
+                        body.as_bytes(),
+                        Tokenizer::O200k,
+                        0,
+                    )
+                })
+            },
+        );
+    }
+    let mut sse = String::new();
+    while sse.len() < 16 * 1024 {
+        sse.push_str("data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"word \"}}]}\n\n");
+    }
+    sse.push_str("data: {\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":20,\"total_tokens\":30}}\n\ndata: [DONE]\n\n");
+    g.bench_function("usage scanner, 16 KiB stream", |b| {
+        b.iter(|| {
+            let mut s = UsageScanner::new();
+            for chunk in sse.as_bytes().chunks(1500) {
+                s.feed(chunk);
+            }
+            s.finish();
+            s.get("total_tokens")
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, quotas, connections, adaptive, rotation, llm);
 criterion_main!(benches);

@@ -26,9 +26,11 @@ pub struct Metrics {
     pub request_duration_seconds: HistogramVec,
     /// `floodgate_ready`: 1 when `/ready` answers 200.
     pub ready: IntGauge,
-    /// `floodgate_tokens_total{client}`: tokens charged after settlement
-    /// (actual usage when the upstream reported it, else the estimate);
-    /// `client` is a configured client id or `other`.
+    /// `floodgate_tokens_total{client, model, kind}`: tokens charged after
+    /// settlement (the upstream's usage, else the gateway's own count, else
+    /// the estimate); `client` is a configured client id or `other`,
+    /// `model` a model with limits, `other`, or `none`; `kind` is `input`,
+    /// `output`, `cache_read` or `cache_write`.
     pub tokens_total: IntCounterVec,
     /// `floodgate_shadow_refusals_total{route, outcome}`: requests a
     /// shadow-mode policy would have refused, by the code it would have
@@ -115,9 +117,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
     let tokens_total = IntCounterVec::new(
         Opts::new(
             "floodgate_tokens_total",
-            "Tokens charged to clients after settlement (configured client id, or other).",
+            "Tokens charged to clients after settlement, by client (configured id, or other), model (with limits, other, or none) and kind (input, output, cache_read, cache_write).",
         ),
-        &["client"],
+        &["client", "model", "kind"],
     )?;
     let shadow_refusals_total = IntCounterVec::new(
         Opts::new(

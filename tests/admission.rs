@@ -110,7 +110,7 @@ async fn bodiless_answers_settle_their_charge() {
             "{what}: {m}"
         );
         assert_eq!(
-            metric(&m, "floodgate_tokens_total{client=\"t\"}"),
+            metric_sum(&m, "floodgate_tokens_total", "client=\"t\""),
             100.0,
             "{what}"
         );

@@ -145,6 +145,11 @@ pub(super) async fn client_stats(
         "configured": stats.is_some(),
         "stats": stats,
         "usage": usage_json(p.peek(&id)),
+        "models": p
+            .peek_models(&id)
+            .into_iter()
+            .map(|(m, q)| (m, usage_json(Some(q))))
+            .collect::<serde_json::Map<_, _>>(),
     }))
 }
 
@@ -212,7 +217,8 @@ pub(super) async fn check(
         json_body(&body, r#"{"tokens": N} with N >= 0"#)?
     };
     let rt = s.runtime.load();
-    let (status, allowed, state, refused, retry_ms) = match rt.clients.decide(&key, b.tokens) {
+    let (status, allowed, state, refused, retry_ms) = match rt.clients.decide(&key, None, b.tokens)
+    {
         Decision::Unlimited => (StatusCode::OK, true, None, None, 0),
         Decision::Admitted { charge, state } => {
             let estimate = charge.tokens();

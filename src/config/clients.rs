@@ -118,15 +118,45 @@ pub(super) fn validate_clients(c: RawClients, d: &mut Diagnostics<'_>) -> Option
             None
         }
     };
+    let concurrency = |v: Option<i64>, path: &KeyPath, d: &mut Diagnostics<'_>| match v {
+        None => Some(None),
+        Some(n) if (1..=1 << 20).contains(&n) => Some(Some(n as u64)),
+        Some(_) => {
+            d.error(path, "must be between 1 and 1048576");
+            None
+        }
+    };
+    let mut default_max_concurrent = Some(None);
     let default = match c.default {
         None => Some(None),
         Some(q) => {
             let dp = p.key("default");
             let rpm = limit(q.rpm, MAX_RPM, &dp.key("rpm"), d);
             let tpm = limit(q.tpm, MAX_TPM, &dp.key("tpm"), d);
+            default_max_concurrent = concurrency(q.max_concurrent, &dp.key("max_concurrent"), d);
             rpm.zip(tpm).map(|(rpm, tpm)| Some(Quota { rpm, tpm }))
         }
     };
+    // Per-model limits: `models."gpt-4o" = { rpm, tpm }`.
+    let models_of = |m: std::collections::BTreeMap<String, RawModelQuota>,
+                     path: &KeyPath,
+                     d: &mut Diagnostics<'_>| {
+        let mut out = std::collections::BTreeMap::new();
+        for (model, q) in m {
+            let mp = path.key(&model);
+            if model.is_empty() || model.len() > 128 || model.chars().any(char::is_control) {
+                d.error(&mp, "a model name is 1-128 characters");
+                continue;
+            }
+            let rpm = limit(q.rpm, MAX_RPM, &mp.key("rpm"), d);
+            let tpm = limit(q.tpm, MAX_TPM, &mp.key("tpm"), d);
+            if let (Some(rpm), Some(tpm)) = (rpm, tpm) {
+                out.insert(model, Quota { rpm, tpm });
+            }
+        }
+        out
+    };
+    let models = models_of(c.models, &p.key("models"), d);
     let mut limits = std::collections::BTreeMap::new();
     let mut key_owner: std::collections::HashMap<[u8; 32], String> = Default::default();
     for (id, l) in c.limits {
@@ -173,7 +203,12 @@ pub(super) fn validate_clients(c: RawClients, d: &mut Diagnostics<'_>) -> Option
                 Some(w.min(MAX_WAIT))
             }),
         };
-        if let (Some(rpm), Some(tpm), Some(m), Some(max_wait)) = (rpm, tpm, cmode, max_wait) {
+        let max_concurrent = concurrency(l.max_concurrent, &lp.key("max_concurrent"), d)
+            .map(|v| v.or(default_max_concurrent.flatten()));
+        let client_models = models_of(l.models, &lp.key("models"), d);
+        if let (Some(rpm), Some(tpm), Some(m), Some(max_wait), Some(max_concurrent)) =
+            (rpm, tpm, cmode, max_wait, max_concurrent)
+        {
             limits.insert(
                 id,
                 ClientLimit {
@@ -185,6 +220,8 @@ pub(super) fn validate_clients(c: RawClients, d: &mut Diagnostics<'_>) -> Option
                         critical: l.allow_criticality.unwrap_or(false),
                         max_wait,
                     },
+                    max_concurrent,
+                    models: client_models,
                 },
             );
         }
@@ -204,6 +241,8 @@ pub(super) fn validate_clients(c: RawClients, d: &mut Diagnostics<'_>) -> Option
             overflow: base.policy.overflow,
             default: default?,
             limits,
+            models,
+            default_max_concurrent: default_max_concurrent?,
             // Set from `[fleet]` once the whole file is validated.
             fleet: None,
         },

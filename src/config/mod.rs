@@ -227,6 +227,8 @@ pub struct UpstreamConfig {
     pub max_connections: u64,
     /// This upstream's own adaptive window.
     pub backpressure: Option<BackpressureConfig>,
+    /// Headers set on or removed from every request to it (provider keys).
+    pub request_headers: HeaderRules,
 }
 
 #[derive(Clone, Debug)]
@@ -245,6 +247,91 @@ pub struct RouteConfig {
     pub upstream: usize,
     /// Largest request body accepted; `None`: no limit.
     pub max_body_size: Option<usize>,
+    /// The LLM API behind the route (`None`: not an LLM route).
+    pub api: Option<LlmApi>,
+    /// The tokenizer of its estimates.
+    pub tokenizer: Tokenizer,
+    /// Output tokens assumed when a request sets no output cap.
+    pub default_output_tokens: u64,
+}
+
+/// The LLM API a route serves: where usage is read, how a request's cost
+/// is estimated, where its model is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LlmApi {
+    OpenAi,
+    Anthropic,
+    Gemini,
+    /// Recognised from each request's path.
+    Auto,
+}
+
+/// The BPE vocabulary of token estimates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Tokenizer {
+    /// GPT-4o and later.
+    #[default]
+    O200k,
+    /// GPT-4, GPT-3.5.
+    Cl100k,
+}
+
+/// Headers set on, or removed from, every request to an upstream.
+#[derive(Clone, Debug, Default)]
+pub struct HeaderRules {
+    pub set: Vec<(http::HeaderName, SecretTemplate)>,
+    pub remove: Vec<http::HeaderName>,
+}
+
+/// A header value that may name environment variables (`${env:NAME}`):
+/// resolved when a runtime is built, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretTemplate(String);
+
+impl std::fmt::Debug for SecretTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl SecretTemplate {
+    pub fn new(s: String) -> Self {
+        SecretTemplate(s)
+    }
+
+    /// The environment variables it names; `Err` when a `${` is not closed.
+    pub fn vars(&self) -> Result<Vec<String>, String> {
+        let mut out = Vec::new();
+        let mut rest = self.0.as_str();
+        while let Some(i) = rest.find("${") {
+            let after = &rest[i + 2..];
+            let end = after.find('}').ok_or("an unclosed ${")?;
+            let name = after[..end]
+                .strip_prefix("env:")
+                .ok_or("only ${env:NAME} is understood")?;
+            if name.is_empty() {
+                return Err("${env:} names no variable".into());
+            }
+            out.push(name.to_string());
+            rest = &after[end + 1..];
+        }
+        Ok(out)
+    }
+
+    /// The value, every `${env:NAME}` replaced; `Err` names a variable
+    /// that is not set.
+    pub fn resolve(&self) -> Result<http::HeaderValue, String> {
+        let mut v = self.0.clone();
+        for name in self.vars()? {
+            let val = std::env::var(&name)
+                .map_err(|_| format!("the environment variable {name} is not set"))?;
+            v = v.replace(&format!("${{env:{name}}}"), &val);
+        }
+        let mut h = http::HeaderValue::from_str(&v)
+            .map_err(|_| "the value is not a valid header value".to_string())?;
+        h.set_sensitive(true);
+        Ok(h)
+    }
 }
 
 /// Reads and validates the file at `path`. Blocking: runs at start, in

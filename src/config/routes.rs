@@ -46,11 +46,52 @@ pub(super) fn validate_route(
         None => Some(None),
         Some(v) => byte_size(v, &p.key("max_body_size"), d).map(Some),
     };
+    let api = match r.api.as_deref() {
+        None | Some("auto") => Some(Some(LlmApi::Auto)),
+        Some("openai") => Some(Some(LlmApi::OpenAi)),
+        Some("anthropic") => Some(Some(LlmApi::Anthropic)),
+        Some("gemini") => Some(Some(LlmApi::Gemini)),
+        Some("none") => Some(None),
+        Some(o) => {
+            d.error(
+                &p.key("api"),
+                format!(
+                    "{o:?}: must be \"openai\", \"anthropic\", \"gemini\", \"auto\" or \"none\""
+                ),
+            );
+            None
+        }
+    };
+    let tokenizer = match r.tokenizer.as_deref() {
+        None | Some("o200k_base") => Some(Tokenizer::O200k),
+        Some("cl100k_base") => Some(Tokenizer::Cl100k),
+        Some(o) => {
+            d.error(
+                &p.key("tokenizer"),
+                format!("{o:?}: must be \"o200k_base\" or \"cl100k_base\""),
+            );
+            None
+        }
+    };
+    let default_output_tokens = match r.default_output_tokens {
+        None => Some(1024),
+        Some(n) if (0..=1 << 30).contains(&n) => Some(n as u64),
+        Some(_) => {
+            d.error(
+                &p.key("default_output_tokens"),
+                "must be between 0 and 2^30",
+            );
+            None
+        }
+    };
     Some(RouteConfig {
         name: name?,
         host,
         path_prefix,
         upstream: upstream?,
         max_body_size: max_body_size?,
+        api: api?,
+        tokenizer: tokenizer?,
+        default_output_tokens: default_output_tokens?,
     })
 }

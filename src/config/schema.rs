@@ -129,6 +129,17 @@ pub struct RawUpstream {
     pub max_connections: Option<i64>,
     /// This upstream's own adaptive concurrency window.
     pub backpressure: Option<RawBackpressure>,
+    /// Headers set on (or removed from) every request to this upstream;
+    /// values may name an environment variable: `"Bearer ${env:KEY}"`.
+    pub request_headers: Option<RawHeaderRules>,
+}
+
+/// `[upstreams] request_headers = { set = { … }, remove = [ … ] }`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawHeaderRules {
+    pub set: std::collections::BTreeMap<String, String>,
+    pub remove: Vec<String>,
 }
 
 /// `[[routes]]`
@@ -145,6 +156,13 @@ pub struct RawRoute {
     pub upstream: Option<String>,
     /// Largest request body accepted, bytes or `"10MiB"`; 413 beyond.
     pub max_body_size: Option<toml::Value>,
+    /// The LLM API behind the route: `openai`, `anthropic`, `gemini`,
+    /// `auto` (recognised from the path), or `none`.
+    pub api: Option<String>,
+    /// The tokenizer of estimates: `o200k_base` or `cl100k_base`.
+    pub tokenizer: Option<String>,
+    /// Output tokens assumed when a request sets no output cap.
+    pub default_output_tokens: Option<i64>,
 }
 
 /// `[clients]`
@@ -177,15 +195,27 @@ pub struct RawClients {
     pub default: Option<RawQuota>,
     /// Per-client policies.
     pub limits: std::collections::BTreeMap<String, RawClientLimit>,
+    /// Per-model limits of every client (each counted on its own).
+    pub models: std::collections::BTreeMap<String, RawModelQuota>,
 }
 
-/// `[clients] default = { rpm, tpm }`
+/// `[clients] default = { rpm, tpm, max_concurrent }`
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct RawQuota {
     /// Requests per window; absent: unlimited.
     pub rpm: Option<i64>,
     /// Tokens per window; absent: unlimited.
+    pub tpm: Option<i64>,
+    /// Requests in flight at once (a stream counts until it ends).
+    pub max_concurrent: Option<i64>,
+}
+
+/// `models."<model>" = { rpm, tpm }`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawModelQuota {
+    pub rpm: Option<i64>,
     pub tpm: Option<i64>,
 }
 
@@ -208,6 +238,10 @@ pub struct RawClientLimit {
     pub allow_criticality: Option<bool>,
     /// How long `X-Can-Wait` may make this client wait in a queue.
     pub max_wait: Option<String>,
+    /// Requests in flight at once (a stream counts until it ends).
+    pub max_concurrent: Option<i64>,
+    /// This client's limits per model.
+    pub models: std::collections::BTreeMap<String, RawModelQuota>,
 }
 
 /// `[forward_proxy]`

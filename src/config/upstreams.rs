@@ -107,7 +107,43 @@ pub(super) fn validate_upstream(
             super::backpressure::validate_backpressure(b, &p.key("backpressure"), base, true, d)
         }
     };
+    let mut request_headers = HeaderRules::default();
+    let mut headers_ok = true;
+    if let Some(h) = u.request_headers {
+        let hp = p.key("request_headers");
+        for (name, value) in h.set {
+            let kp = hp.key("set").key(&name);
+            let Ok(n) = http::HeaderName::from_bytes(name.as_bytes()) else {
+                d.error(&kp, format!("{name:?} is not a valid header name"));
+                headers_ok = false;
+                continue;
+            };
+            let t = SecretTemplate::new(value);
+            if let Err(e) = t.vars() {
+                d.error(&kp, e);
+                headers_ok = false;
+                continue;
+            }
+            request_headers.set.push((n, t));
+        }
+        for (i, name) in h.remove.iter().enumerate() {
+            match http::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(n) => request_headers.remove.push(n),
+                Err(_) => {
+                    d.error(
+                        &hp.key("remove").index(i),
+                        format!("{name:?} is not a valid header name"),
+                    );
+                    headers_ok = false;
+                }
+            }
+        }
+    }
+    if !headers_ok {
+        return None;
+    }
     Some(UpstreamConfig {
+        request_headers,
         backpressure: backpressure?,
         max_connections: max_connections?,
         name: name?,

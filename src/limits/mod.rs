@@ -47,6 +47,8 @@ pub enum RejectReason {
     RpmExceeded,
     /// The client is over its tokens per window.
     TpmExceeded,
+    /// The client has `max_concurrent` requests in flight already.
+    ConcurrencyExceeded,
     /// The adaptive concurrency window is full.
     Backpressure,
     /// The upstream host is at its connection cap.
@@ -82,6 +84,7 @@ impl RejectReason {
             RejectReason::MethodNotAllowed => "method_not_allowed",
             RejectReason::RpmExceeded => "rpm_exceeded",
             RejectReason::TpmExceeded => "tpm_exceeded",
+            RejectReason::ConcurrencyExceeded => "concurrency_exceeded",
             RejectReason::Backpressure => "backpressure",
             RejectReason::ConnectionLimit => "connection_limit",
             RejectReason::UpstreamError => "upstream_error",
@@ -104,7 +107,9 @@ impl RejectReason {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             RejectReason::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            RejectReason::RpmExceeded | RejectReason::TpmExceeded => StatusCode::TOO_MANY_REQUESTS,
+            RejectReason::RpmExceeded
+            | RejectReason::TpmExceeded
+            | RejectReason::ConcurrencyExceeded => StatusCode::TOO_MANY_REQUESTS,
             RejectReason::Backpressure | RejectReason::ConnectionLimit => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -187,6 +187,8 @@ mod tests {
         c.limits.insert(
             "t".into(),
             ClientLimit {
+                max_concurrent: None,
+                models: Default::default(),
                 quota: Quota {
                     rpm: Some(10),
                     tpm: Some(10_000),
@@ -207,7 +209,7 @@ mod tests {
 
     fn admission(p: &Parts, estimate: u64, abort: AbortRefund) -> Admission {
         let mut a = Admission::new(abort);
-        match p.policies.decide("t", estimate) {
+        match p.policies.decide("t", None, estimate) {
             Decision::Admitted { charge, .. } => a.hold_charge(charge),
             _ => panic!("not admitted"),
         }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::admission::{Admission, Outcome};
 use super::headers::Origin;
-use super::usage::UsageScanner;
+use super::llm::{self, Api, Estimate, Tokens, UsageScanner};
 use crate::limits::clients::Privileges;
 use crate::limits::rate::QuotaState;
 use crate::limits::RejectReason;
@@ -60,6 +60,33 @@ pub struct RequestCtx {
     /// When a body still streaming from the client is too late
     /// (`server.body_timeout` after the request was admitted).
     pub body_deadline: Option<std::time::Instant>,
+    /// An LLM route's request: its API, estimate, model, place under the
+    /// client's `max_concurrent`.
+    pub llm: LlmCtx,
+}
+
+/// A request body the connection guard read whole, handed to the request's
+/// context (through Pingora's connection user context) so that an LLM
+/// route can estimate from it before deciding.
+#[derive(Debug)]
+pub struct RequestBody(pub bytes::Bytes);
+
+/// What an LLM route's request carries (see [`crate::proxy::llm`]).
+#[derive(Debug, Default)]
+pub struct LlmCtx {
+    /// The API of the request (`None`: not an LLM route).
+    pub api: Option<Api>,
+    pub tokenizer: crate::config::Tokenizer,
+    pub default_output_tokens: u64,
+    /// The request body, when it was read whole before the decision.
+    pub body: Option<bytes::Bytes>,
+    /// The cost estimated from the body.
+    pub estimate: Option<Estimate>,
+    /// The model the request asks for.
+    pub model: Option<String>,
+    /// Its place under the client's `max_concurrent`, held until the
+    /// response ends (a stream: its last byte).
+    pub inflight: Option<crate::limits::clients::InFlight>,
 }
 
 impl RequestCtx {
@@ -87,13 +114,47 @@ impl RequestCtx {
             max_body_size: None,
             body_bytes: 0,
             body_deadline: None,
+            llm: LlmCtx::default(),
         }
     }
 
-    /// The usage the upstream reported so far: its header, else the body.
+    /// The tokens the exchange took: the upstream's usage (its header, else
+    /// its body in the route's API's terms), else — on an LLM route that
+    /// was answered — the gateway's own count (the prompt, estimated, and
+    /// the output it streamed, counted with the same tokenizer).
+    pub fn tokens(&self) -> Option<Tokens> {
+        if let Some(n) = self.reported_tokens {
+            let input = self.llm.estimate.as_ref().map_or(0, |e| e.prompt).min(n);
+            return Some(Tokens {
+                input,
+                output: n - input,
+                ..Tokens::default()
+            });
+        }
+        let scanner = self.usage.as_ref()?;
+        let api = self.llm.api.unwrap_or(Api::Unknown);
+        if let Some(t) = llm::reported(api, scanner) {
+            return Some(t);
+        }
+        if self.llm.api.is_none() || self.upstream_failed {
+            return None;
+        }
+        let (text, overflow) = scanner.text();
+        if text.is_empty() && overflow == 0 {
+            return None;
+        }
+        let output = llm::count_tokens(self.llm.tokenizer, &String::from_utf8_lossy(text))
+            + (overflow as u64).div_ceil(4);
+        Some(Tokens {
+            input: self.llm.estimate.as_ref().map_or(0, |e| e.prompt),
+            output,
+            ..Tokens::default()
+        })
+    }
+
+    /// The usage the upstream reported so far (or the gateway counted).
     pub fn reported_usage(&self) -> Option<u64> {
-        self.reported_tokens
-            .or_else(|| self.usage.as_ref().and_then(UsageScanner::total))
+        self.tokens().map(|t| t.total())
     }
 
     /// The upstream response has ended (with or without a body): settle
@@ -120,9 +181,33 @@ impl RequestCtx {
             m.usage_clamped_total.inc();
         }
         if let (Some(rt), Some(id)) = (&self.runtime, &self.client_id) {
-            m.tokens_total
-                .with_label_values(&[rt.clients.label(id)])
-                .inc_by(settled.tokens);
+            // By kind: the usage's split when there is one, else the
+            // estimate's (prompt as input, the rest as output).
+            let kinds = match self.tokens().filter(|t| t.total() == settled.tokens) {
+                Some(t) => t,
+                None => {
+                    let prompt = self.llm.estimate.as_ref().map_or(0, |e| e.prompt);
+                    let input = prompt.min(settled.tokens);
+                    Tokens {
+                        input,
+                        output: settled.tokens - input,
+                        ..Tokens::default()
+                    }
+                }
+            };
+            let client = rt.clients.label(id);
+            let model = self
+                .llm
+                .model
+                .as_deref()
+                .map_or("none", |m| rt.clients.model_label(m));
+            for (kind, n) in kinds.kinds() {
+                if n > 0 {
+                    m.tokens_total
+                        .with_label_values(&[client, model, kind])
+                        .inc_by(n);
+                }
+            }
         }
     }
 

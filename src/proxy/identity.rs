@@ -162,6 +162,8 @@ mod tests {
         c.policy.limits.insert(
             "acme".into(),
             ClientLimit {
+                max_concurrent: None,
+                models: Default::default(),
                 quota: Quota::default(),
                 enabled: true,
                 mode: Mode::Enforce,

@@ -37,10 +37,10 @@ pub mod forward;
 pub mod guard;
 pub mod headers;
 pub mod identity;
+pub mod llm;
 pub mod log;
 pub mod phases;
 pub mod respond;
-pub mod usage;
 pub mod window;
 
 use async_trait::async_trait;
@@ -92,6 +92,19 @@ impl ProxyHttp for Gateway {
 
     /// Runs once per request, before anything goes upstream: decides whether
     /// the request may pass. `Ok(true)` means the gateway answered itself.
+    /// The body the connection guard read whole (see
+    /// `context::RequestBody`), for an LLM route's estimate.
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+        prev: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        if let Ok(b) = prev.downcast::<context::RequestBody>() {
+            ctx.llm.body = Some(b.0);
+        }
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let rt = self.runtime.load_full();
         ctx.admission = admission::Admission::new(rt.config.clients.refund_on_client_abort);
@@ -108,13 +121,14 @@ impl ProxyHttp for Gateway {
         if let Some(r) = phases::route(session, ctx, &rt) {
             return respond::refuse(session, ctx, r).await;
         }
-        if let Some(r) = phases::client_quotas(session, ctx, &rt) {
+        // A client that stops reading its answer is let go (HTTP/1: set by
+        // the guard). A small HTTP/2 body is read before anything is
+        // charged (and an LLM route estimates from it).
+        session.set_write_timeout(Some(rt.config.server.client_write_timeout));
+        if let Some(r) = phases::read_small_body(session, ctx, &rt).await {
             return respond::refuse(session, ctx, r).await;
         }
-        // A client that stops reading its answer is let go (HTTP/1: set by
-        // the guard).
-        session.set_write_timeout(Some(rt.config.server.client_write_timeout));
-        if let Some(r) = phases::read_small_body(session, &rt).await {
+        if let Some(r) = phases::client_quotas(session, ctx, &rt) {
             return respond::refuse(session, ctx, r).await;
         }
         if let Some(r) = phases::adaptive_windows(session, ctx, &rt).await? {
@@ -232,6 +246,15 @@ impl ProxyHttp for Gateway {
             // upstream's.
             upstream_request.remove_header(&http::header::AUTHORIZATION);
         }
+        // The upstream's own headers (a provider key the gateway holds).
+        if let Some(u) = &ctx.upstream {
+            for n in &u.remove_headers {
+                upstream_request.remove_header(n);
+            }
+            for (n, v) in &u.set_headers {
+                upstream_request.insert_header(n.clone(), v.clone())?;
+            }
+        }
         Ok(())
     }
 
@@ -270,7 +293,7 @@ impl ProxyHttp for Gateway {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse().ok());
             if ctx.reported_tokens.is_none() {
-                ctx.usage = Some(usage::UsageScanner::new());
+                ctx.usage = Some(llm::UsageScanner::new());
             }
         }
         if headers::ends_with_header(session.req_header(), upstream_response) {
@@ -293,6 +316,9 @@ impl ProxyHttp for Gateway {
             scanner.feed(b);
         }
         if end_of_stream {
+            if let Some(s) = ctx.usage.as_mut() {
+                s.finish();
+            }
             ctx.upstream_response_ended();
         }
         Ok(None)

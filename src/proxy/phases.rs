@@ -8,7 +8,7 @@
 //! 2. client           API key | id header | peer address → 400 / 401
 //! 3. token cost       X-Token-Estimate                  → 400; 413 if it can never fit
 //! 4. quotas           RPM and TPM, one check-and-add    → 429 + rate-limit headers
-//!    body             HTTP/2: a body up to 64 KiB read now → 408 (HTTP/1: the guard did)
+//!    (before 2)       HTTP/2: a body up to 64 KiB read first → 408 (HTTP/1: the guard did)
 //! 5. adaptive windows gateway-wide, then the upstream's → 503 backpressure (after the queue)
 //! 6. backend slot     a backend with room under its cap → 503 connection_limit
 //! ```
@@ -40,6 +40,11 @@ pub fn route(session: &Session, ctx: &mut RequestCtx, rt: &Runtime) -> Option<Re
     };
     ctx.route = Some(route.name.clone());
     ctx.route_metrics = Some(route.metrics.clone());
+    ctx.llm.api = route
+        .api
+        .map(|a| crate::proxy::llm::Api::of(a, req.uri.path()));
+    ctx.llm.tokenizer = route.tokenizer;
+    ctx.llm.default_output_tokens = route.default_output_tokens;
     ctx.upstream = rt.upstreams.get(route.upstream).cloned();
     ctx.max_body_size = route.max_body_size;
     // A declared body over the limit is refused before any of it is read; a
@@ -80,7 +85,47 @@ pub fn client_quotas(session: &Session, ctx: &mut RequestCtx, rt: &Runtime) -> O
         Ok(n) => n,
         Err(r) => return Some(r),
     };
-    let decision = policies.decide(&id, cost);
+    // No estimate from the client: an LLM route estimates from the body.
+    let path = req.uri.path();
+    let estimate = match (
+        req.headers.contains_key(&c.token_header),
+        ctx.llm.api,
+        &ctx.llm.body,
+    ) {
+        (false, Some(api), Some(body)) => crate::proxy::llm::estimate::estimate(
+            api,
+            path,
+            body,
+            ctx.llm.tokenizer,
+            ctx.llm.default_output_tokens,
+        ),
+        _ => None,
+    };
+    let cost = estimate.as_ref().map_or(cost, |e| e.total());
+    ctx.llm.model = estimate.as_ref().and_then(|e| e.model.clone()).or_else(|| {
+        ctx.llm
+            .api
+            .and_then(|_| crate::proxy::llm::estimate::gemini_model(path))
+    });
+    ctx.llm.estimate = estimate;
+    // Requests in flight first: nothing is charged for one refused here.
+    match policies.enter(&id) {
+        Ok(place) => ctx.llm.inflight = place,
+        Err(too_many) => {
+            ctx.client_id = Some(id);
+            return Some(
+                Refusal::new(
+                    RejectReason::ConcurrencyExceeded,
+                    format!(
+                        "the client already has {} requests in flight (its max_concurrent)",
+                        too_many.max_concurrent
+                    ),
+                )
+                .retry_after(1),
+            );
+        }
+    }
+    let decision = policies.decide(&id, ctx.llm.model.as_deref(), cost);
     ctx.client_id = Some(id);
     match decision {
         Decision::Unlimited => None,
@@ -93,9 +138,13 @@ pub fn client_quotas(session: &Session, ctx: &mut RequestCtx, rt: &Runtime) -> O
             reason,
             refusal,
             mode: Mode::Enforce,
+            model,
         } => {
-            let mut r = Refusal::new(reason, quota_message(reason, &refusal, cost))
-                .quota(refusal.state, refusal.exceeded);
+            let mut message = quota_message(reason, &refusal, cost);
+            if let Some(m) = model {
+                message = format!("{message} for model {m:?}");
+            }
+            let mut r = Refusal::new(reason, message).quota(refusal.state, refusal.exceeded);
             if reason.needs_retry_after() {
                 r = r.retry_after(refusal.retry_after_ms.div_ceil(1000));
             }
@@ -105,6 +154,7 @@ pub fn client_quotas(session: &Session, ctx: &mut RequestCtx, rt: &Runtime) -> O
             reason,
             refusal,
             mode: Mode::Shadow,
+            ..
         } => {
             // Shadow mode: count and log what would have happened, let the
             // request pass uncharged.
@@ -215,7 +265,11 @@ const REPLAY_LIMIT: u64 = 64 * 1024;
 /// slow sender holds no adaptive permit or upstream slot. (HTTP/1 bodies
 /// are read by the connection guard; a larger body streams, each HTTP/1
 /// read under `body_idle_timeout`.)
-pub async fn read_small_body(session: &mut Session, rt: &Runtime) -> Option<Refusal> {
+pub async fn read_small_body(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    rt: &Runtime,
+) -> Option<Refusal> {
     if !session.is_http2() {
         return None;
     }
@@ -258,6 +312,9 @@ pub async fn read_small_body(session: &mut Session, rt: &Runtime) -> Option<Refu
                 ))
             }
         }
+    }
+    if ctx.llm.api.is_some() {
+        ctx.llm.body = session.get_retry_buffer();
     }
     None
 }

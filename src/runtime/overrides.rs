@@ -92,6 +92,10 @@ pub fn with_overrides(base: &Config, overrides: &Overrides) -> Config {
                 mode: file.map_or(base.clients.policy.mode, |f| f.mode),
                 api_keys: file.map(|f| f.api_keys.clone()).unwrap_or_default(),
                 privileges: file.map(|f| f.privileges).unwrap_or_default(),
+                max_concurrent: file
+                    .map(|f| f.max_concurrent)
+                    .unwrap_or(base.clients.policy.default_max_concurrent),
+                models: file.map(|f| f.models.clone()).unwrap_or_default(),
             },
         );
     }

@@ -22,6 +22,11 @@ pub struct Route {
     pub max_body_size: Option<usize>,
     /// Its request metrics, resolved once.
     pub metrics: std::sync::Arc<crate::metrics::RouteMetrics>,
+    /// The LLM API behind it, the tokenizer of its estimates, and the
+    /// output assumed when a request sets no cap.
+    pub api: Option<crate::config::LlmApi>,
+    pub tokenizer: crate::config::Tokenizer,
+    pub default_output_tokens: u64,
 }
 
 impl Router {
@@ -35,6 +40,9 @@ impl Router {
                 upstream: r.upstream,
                 max_body_size: r.max_body_size,
                 metrics: crate::metrics::RouteMetrics::new(std::sync::Arc::from(r.name.as_str())),
+                api: r.api,
+                tokenizer: r.tokenizer,
+                default_output_tokens: r.default_output_tokens,
             })
             .collect();
         routes.sort_by(|a, b| {
@@ -92,6 +100,9 @@ mod tests {
             path_prefix: prefix.into(),
             upstream: up,
             max_body_size: None,
+            api: None,
+            tokenizer: Default::default(),
+            default_output_tokens: 0,
         }
     }
 

@@ -38,6 +38,10 @@ pub struct Upstream {
     max_connections: u64,
     /// This upstream's own adaptive window.
     pub adaptive: Option<AdaptiveWindow>,
+    /// Headers set on every request to it (provider keys: values resolved
+    /// from the environment, marked sensitive, never logged), and removed.
+    pub set_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub remove_headers: Vec<http::HeaderName>,
 }
 
 /// Why no backend could be given to a request.
@@ -100,7 +104,16 @@ impl Upstream {
             .iter()
             .map(|a| (*a, hosts.counter(&a.to_string())))
             .collect();
+        let mut set_headers = Vec::new();
+        for (name, template) in &c.request_headers.set {
+            let v = template
+                .resolve()
+                .map_err(|e| format!("upstream {}: request_headers.set.{name}: {e}", c.name))?;
+            set_headers.push((name.clone(), v));
+        }
         Ok(Upstream {
+            set_headers,
+            remove_headers: c.request_headers.remove.clone(),
             adaptive,
             counters,
             max_connections: c.max_connections,

@@ -343,6 +343,15 @@ pub fn metric(text: &str, prefix: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The sum of every series of `family` whose labels include `label`
+/// (`client="t"`).
+pub fn metric_sum(text: &str, family: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// GET `url` with `c` and parse the body as JSON.
 pub async fn json_at(c: &reqwest::Client, url: &str) -> serde_json::Value {
     c.get(url)

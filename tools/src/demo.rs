@@ -18,7 +18,10 @@
 //! - `stream=K` (with `usage`): answer as a server-sent event stream of K
 //!   chunks, the last event carrying the usage;
 //! - `empty=1`: answer with an empty body (`Content-Length: 0`);
-//! - `size=N`: answer with N bytes (`x`, at most 64 MiB) instead of JSON.
+//! - `size=N`: answer with N bytes (`x`, at most 64 MiB) instead of JSON;
+//! - `POST` to an LLM API path (`…/chat/completions`, `…/responses`,
+//!   `…/messages`, `…:generateContent`): that API's answer, plain or
+//!   streamed (see [`crate::llm`]).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -137,7 +140,42 @@ async fn handle(
     req: Request<Incoming>,
     name: Arc<str>,
     stats: Arc<DemoStats>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<DemoBody>, Infallible> {
+    handle_full(req, name, stats).await
+}
+
+/// A response body: whole, or streamed chunk by chunk.
+pub type DemoBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn whole(b: impl Into<Bytes>) -> DemoBody {
+    Full::new(b.into()).boxed()
+}
+
+/// An LLM API answer (see `crate::llm`), streamed with its delays.
+fn llm_response(r: crate::llm::Reply) -> Response<DemoBody> {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let delay = r.delay;
+    let stream = futures_util::stream::unfold(r.chunks.into_iter(), move |mut it| async move {
+        let c = it.next()?;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Some((Ok::<_, Infallible>(Frame::data(c)), it))
+    });
+    let mut resp = Response::new(StreamBody::new(stream).boxed());
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(r.content_type),
+    );
+    resp
+}
+
+async fn handle_full(
+    req: Request<Incoming>,
+    name: Arc<str>,
+    stats: Arc<DemoStats>,
+) -> Result<Response<DemoBody>, Infallible> {
     if req.uri().path() == "/metrics" {
         // A gauge a test (or a demo) moves with /__set?load=X, for
         // Prometheus to scrape and the adaptive window to react to.
@@ -147,7 +185,7 @@ async fn handle(
             stats.requests.load(Ordering::SeqCst),
             stats.in_flight.load(Ordering::SeqCst)
         );
-        return Ok(Response::new(Full::new(Bytes::from(body))));
+        return Ok(Response::new(whole(body)));
     }
     if req.uri().path() == "/__set" {
         let load = req
@@ -155,7 +193,7 @@ async fn handle(
             .query()
             .and_then(|q| q.strip_prefix("load="))
             .and_then(|v| v.parse::<f64>().ok());
-        let mut resp = Response::new(Full::new(Bytes::from("{}")));
+        let mut resp = Response::new(whole("{}"));
         match load {
             Some(v) => stats.load.store(v.to_bits(), Ordering::SeqCst),
             None => *resp.status_mut() = hyper::StatusCode::BAD_REQUEST,
@@ -168,7 +206,7 @@ async fn handle(
             "in_flight": stats.in_flight.load(Ordering::SeqCst),
             "max_in_flight": stats.max_in_flight.load(Ordering::SeqCst),
         });
-        return Ok(Response::new(Full::new(Bytes::from(body.to_string()))));
+        return Ok(Response::new(whole(body.to_string())));
     }
     let _guard = InFlight::enter(&stats);
     let query: BTreeMap<String, String> = req
@@ -190,10 +228,21 @@ async fn handle(
     }
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
-    let body_len = match req.into_body().collect().await {
-        Ok(b) => b.to_bytes().len(),
-        Err(_) => 0,
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
     };
+    let body_len = body.len();
+    if let (true, Some(format)) = (method == "POST", crate::llm::format_of(&path)) {
+        let Ok(json) = serde_json::from_slice::<serde_json::Value>(&body) else {
+            let mut resp = Response::new(whole(r#"{"error":{"message":"the body is not JSON"}}"#));
+            *resp.status_mut() = hyper::StatusCode::BAD_REQUEST;
+            return Ok(resp);
+        };
+        return Ok(llm_response(crate::llm::reply(
+            format, &path, &json, &query, &name,
+        )));
+    }
     if let Some(ms) = query.get("delay_ms").and_then(|v| v.parse::<u64>().ok()) {
         tokio::time::sleep(Duration::from_millis(ms.min(120_000))).await;
     }
@@ -250,7 +299,7 @@ async fn handle(
     } else {
         payload
     };
-    let mut resp = Response::new(Full::new(Bytes::from(payload)));
+    let mut resp = Response::new(whole(payload));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,

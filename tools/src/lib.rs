@@ -4,6 +4,7 @@
 //! benchmarks start.
 
 pub mod demo;
+pub mod llm;
 pub mod load;
 
 /// Parses a duration string with a unit: `"250ms"`, `"5s"`, `"1m"`.

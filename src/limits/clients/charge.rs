@@ -21,6 +21,9 @@ pub struct Charge {
     pub(super) stats: Option<Arc<ClientStats>>,
     /// Fleet mode: where the charge's changes are counted for the fleet.
     pub(super) fleet: Option<(Arc<FleetQuotas>, Arc<str>)>,
+    /// The same request's charge under its model's limits: it ends the
+    /// way this one does.
+    pub(super) linked: Option<Box<Charge>>,
 }
 
 /// When a refusal counted from the fleet may be retried: as the window
@@ -47,6 +50,9 @@ impl Charge {
 
     /// Counts `tokens` for this request instead of what was charged.
     pub fn settle(mut self, tokens: u64) -> Settled {
+        if let Some(l) = self.linked.take() {
+            l.settle(tokens);
+        }
         let before = self.reservation.charged.tokens;
         let clamped = self.limiter.settle_tokens(&mut self.reservation, tokens);
         if let Some((f, id)) = &self.fleet {
@@ -74,6 +80,9 @@ impl Charge {
 
     /// Takes the whole charge back: the request was refused after all.
     pub fn refund_all(mut self) {
+        if let Some(l) = self.linked.take() {
+            l.refund_all();
+        }
         self.limiter
             .refund(&self.reservation, self.reservation.charged);
         if let Some((f, id)) = &self.fleet {

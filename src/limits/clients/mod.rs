@@ -8,20 +8,22 @@
 //! memory stays bounded however many distinct ids arrive.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::clock::Clock;
-use super::fleet::{FleetQuotas, OnDown, Verdict};
-use super::rate::{
-    Exceeded, OverQuota, OverflowKind, Quota, QuotaState, RateLimiter, TableKind, Usage,
-};
+use super::fleet::{FleetQuotas, OnDown};
+use super::rate::{OverQuota, OverflowKind, Quota, QuotaState, RateLimiter, TableKind};
 use super::RejectReason;
 
 mod charge;
+mod concurrency;
+mod decide;
 mod stats;
-use charge::state_wait;
 pub use charge::{Charge, Settled};
+pub use concurrency::InFlight;
+pub use decide::TooMany;
 pub use stats::ClientStats;
 
 /// How a refusal is applied.
@@ -44,6 +46,10 @@ pub struct ClientLimit {
     pub api_keys: Vec<[u8; 32]>,
     /// What the client may ask of the adaptive windows.
     pub privileges: Privileges,
+    /// Its requests in flight at once (`None`: no cap).
+    pub max_concurrent: Option<u64>,
+    /// Its limits per model, on top of its own.
+    pub models: BTreeMap<String, Quota>,
 }
 
 /// What a client may ask of the adaptive windows with its own headers
@@ -75,6 +81,10 @@ pub struct ClientsPolicy {
     pub default: Option<Quota>,
     /// Configured clients by id.
     pub limits: BTreeMap<String, ClientLimit>,
+    /// Every client's limits per model (each client counted on its own).
+    pub models: BTreeMap<String, Quota>,
+    /// Requests in flight at once of each unlisted client.
+    pub default_max_concurrent: Option<u64>,
     /// Fleet mode: the quotas are the fleet's, and what applies while its
     /// store is unreachable.
     pub fleet: Option<OnDown>,
@@ -90,6 +100,8 @@ impl Default for ClientsPolicy {
             overflow: OverflowKind::Packed,
             default: None,
             limits: BTreeMap::new(),
+            models: BTreeMap::new(),
+            default_max_concurrent: None,
             fleet: None,
         }
     }
@@ -145,6 +157,12 @@ pub struct ConfiguredClient {
     pub privileges: Privileges,
     pub stats: Arc<ClientStats>,
     limiter: Arc<RateLimiter>,
+    /// Its requests in flight, and their cap.
+    inflight: Arc<AtomicU64>,
+    max_concurrent: Option<u64>,
+    /// Its limits per model (its own, and `[clients.models]`), each with an
+    /// exact counter.
+    models: HashMap<String, (Quota, Arc<RateLimiter>)>,
 }
 
 /// Every client policy and the limiter state behind them.
@@ -157,6 +175,8 @@ pub struct ClientPolicies {
     hasher: ahash::RandomState,
     /// Fleet mode: the other instances' usage, and what this one counted.
     fleet: Option<Arc<FleetQuotas>>,
+    /// Unlisted clients' requests in flight.
+    unlisted_inflight: Arc<concurrency::Unlisted>,
 }
 
 impl std::fmt::Debug for ClientPolicies {
@@ -174,11 +194,13 @@ pub enum Decision {
     Unlimited,
     /// Admitted and charged; the charge settles or refunds itself.
     Admitted { charge: Charge, state: QuotaState },
-    /// Refused (or, in shadow mode, would have been).
+    /// Refused (or, in shadow mode, would have been); `model`: by the
+    /// limits of that model.
     Refused {
         reason: RejectReason,
         refusal: OverQuota,
         mode: Mode,
+        model: Option<String>,
     },
 }
 
@@ -203,6 +225,19 @@ impl ClientPolicies {
                 .map(|c| c.limiter.clone())
                 .unwrap_or_else(|| Arc::new(RateLimiter::exact(window_ms, clock.clone())));
             let stats = prev.map(|c| c.stats.clone()).unwrap_or_default();
+            let inflight = prev.map(|c| c.inflight.clone()).unwrap_or_default();
+            // Its model limits: its own, then every client's; a counter
+            // kept across rebuilds while the window is the same.
+            let mut models = HashMap::new();
+            for (m, q) in config.models.iter().chain(l.models.iter()) {
+                let kept = prev
+                    .filter(|_| same_window)
+                    .and_then(|c| c.models.get(m))
+                    .map(|(_, lim)| lim.clone());
+                let lim =
+                    kept.unwrap_or_else(|| Arc::new(RateLimiter::exact(window_ms, clock.clone())));
+                models.insert(m.clone(), (*q, lim));
+            }
             for k in &l.api_keys {
                 api_keys.insert(*k, id.clone());
             }
@@ -217,6 +252,9 @@ impl ClientPolicies {
                     privileges: l.privileges,
                     stats,
                     limiter,
+                    inflight,
+                    max_concurrent: l.max_concurrent,
+                    models,
                 }),
             );
         }
@@ -233,10 +271,13 @@ impl ClientPolicies {
                     && p.policy.overflow == config.overflow
             })
             .and_then(|p| p.unlisted.clone());
-        let unlisted = match (config.default, kept) {
-            (None, _) => None,
-            (Some(_), Some(kept)) => Some(kept),
-            (Some(_), None) => Some(Arc::new(RateLimiter::new(kind, window_ms, clock.clone())?)),
+        // Unlisted clients are counted when a default quota or a model
+        // limit applies to them.
+        let needed = config.default.is_some() || !config.models.is_empty();
+        let unlisted = match (needed, kept) {
+            (false, _) => None,
+            (true, Some(kept)) => Some(kept),
+            (true, None) => Some(Arc::new(RateLimiter::new(kind, window_ms, clock.clone())?)),
         };
         let fleet = config.fleet.map(|on_down| {
             previous
@@ -258,6 +299,9 @@ impl ClientPolicies {
             unlisted,
             hasher: previous.map_or_else(ahash::RandomState::new, |p| p.hasher.clone()),
             fleet,
+            unlisted_inflight: previous
+                .map(|p| p.unlisted_inflight.clone())
+                .unwrap_or_default(),
         })
     }
 
@@ -298,12 +342,9 @@ impl ClientPolicies {
     /// Whether any client is limited at all (if not, the request path skips
     /// identification).
     pub fn any_limits(&self) -> bool {
-        self.unlisted.is_some() || self.clients.values().any(|c| c.enabled)
-    }
-
-    /// The quota and limiter that apply to `id`.
-    fn policy(&self, id: &str) -> Option<(Quota, &Arc<RateLimiter>, u64, Mode)> {
-        self.policy_of(id, self.clients.get(id))
+        self.unlisted.is_some()
+            || self.policy.default_max_concurrent.is_some()
+            || self.clients.values().any(|c| c.enabled)
     }
 
     fn policy_of<'a>(
@@ -322,161 +363,6 @@ impl ClientPolicies {
         }
     }
 
-    /// Checks and charges one request of `tokens` for `id`. A cost that can
-    /// never fit the client's TPM is refused as `estimate_too_large` before
-    /// the quota is looked at.
-    pub fn decide(&self, id: &str, tokens: u64) -> Decision {
-        let configured = self.clients.get(id);
-        let d = self.decide_inner(id, tokens, configured);
-        if let Some(c) = configured {
-            c.stats.count(&d);
-        }
-        d
-    }
-
-    fn decide_inner(
-        &self,
-        id: &str,
-        tokens: u64,
-        configured: Option<&Arc<ConfiguredClient>>,
-    ) -> Decision {
-        let Some((quota, limiter, hash, mode)) = self.policy_of(id, configured) else {
-            return Decision::Unlimited;
-        };
-        let stats = configured.map(|c| c.stats.clone());
-        if quota.tpm.is_some_and(|t| tokens > t) {
-            return Decision::Refused {
-                reason: RejectReason::EstimateTooLarge,
-                refusal: OverQuota {
-                    exceeded: Exceeded::Tokens,
-                    retry_after_ms: 0,
-                    state: limiter.peek(hash, quota),
-                },
-                mode,
-            };
-        }
-        match limiter.check_and_charge(hash, tokens, quota) {
-            Ok((reservation, state)) => {
-                let mut charge = Charge {
-                    limiter: limiter.clone(),
-                    reservation,
-                    open: true,
-                    stats,
-                    fleet: None,
-                };
-                let Some(f) = &self.fleet else {
-                    return Decision::Admitted { charge, state };
-                };
-                match self.fleet_check(f, id, quota, state) {
-                    Ok(state) => {
-                        let c = charge.reservation.charged;
-                        f.record(
-                            id,
-                            charge.reservation.window,
-                            c.requests as i64,
-                            c.tokens as i64,
-                        );
-                        charge.fleet = Some((f.clone(), Arc::from(id)));
-                        Decision::Admitted { charge, state }
-                    }
-                    Err((reason, refusal)) => {
-                        charge.refund_all();
-                        Decision::Refused {
-                            reason,
-                            refusal,
-                            mode,
-                        }
-                    }
-                }
-            }
-            Err(refusal) => Decision::Refused {
-                reason: match refusal.exceeded {
-                    Exceeded::Requests => RejectReason::RpmExceeded,
-                    Exceeded::Tokens => RejectReason::TpmExceeded,
-                },
-                refusal,
-                mode,
-            },
-        }
-    }
-
-    /// Judges an admission by this instance's own counts against the
-    /// fleet's: `own + others` under the quota, or, while the store is
-    /// unreachable, `on_redis_down`. The state returned counts the fleet.
-    fn fleet_check(
-        &self,
-        f: &FleetQuotas,
-        id: &str,
-        quota: Quota,
-        state: QuotaState,
-    ) -> Result<QuotaState, (RejectReason, OverQuota)> {
-        let over = |used: Usage, q: Quota| {
-            if q.rpm.is_some_and(|l| used.requests > l) {
-                Some(Exceeded::Requests)
-            } else if q.tpm.is_some_and(|l| used.tokens > l) {
-                Some(Exceeded::Tokens)
-            } else {
-                None
-            }
-        };
-        let refuse = |exceeded, state| {
-            let reason = match exceeded {
-                Exceeded::Requests => RejectReason::RpmExceeded,
-                Exceeded::Tokens => RejectReason::TpmExceeded,
-            };
-            // The fleet's counts move with every sync: a second is a
-            // fair first wait.
-            Err((
-                reason,
-                OverQuota {
-                    exceeded,
-                    retry_after_ms: state_wait(&state),
-                    state,
-                },
-            ))
-        };
-        match f.verdict(id, quota) {
-            Verdict::Shared(others) => {
-                let total = QuotaState {
-                    used: Usage {
-                        requests: state.used.requests.saturating_add(others.requests),
-                        tokens: state.used.tokens.saturating_add(others.tokens),
-                    },
-                    ..state
-                };
-                match over(total.used, quota) {
-                    Some(e) => refuse(e, total),
-                    None => Ok(total),
-                }
-            }
-            Verdict::Alone(share) => match over(state.used, share) {
-                Some(e) => refuse(e, state),
-                None => Ok(state),
-            },
-            Verdict::Deny => Err((
-                RejectReason::Backpressure,
-                OverQuota {
-                    exceeded: Exceeded::Requests,
-                    retry_after_ms: 1000,
-                    state,
-                },
-            )),
-        }
-    }
-
-    /// Current usage of `id` against its quota (the fleet's, in fleet
-    /// mode), charging nothing.
-    pub fn peek(&self, id: &str) -> Option<QuotaState> {
-        let (quota, limiter, hash, _) = self.policy(id)?;
-        let mut s = limiter.peek(hash, quota);
-        if let Some(f) = &self.fleet {
-            let o = f.others(id);
-            s.used.requests = s.used.requests.saturating_add(o.requests);
-            s.used.tokens = s.used.tokens.saturating_add(o.tokens);
-        }
-        Some(s)
-    }
-
     /// Prepares the next window of every limiter. Off the request path.
     pub fn rotate(&self) {
         if let Some(c) = &self.unlisted {
@@ -484,6 +370,9 @@ impl ClientPolicies {
         }
         for c in self.clients.values() {
             c.limiter.rotate();
+            for (_, l) in c.models.values() {
+                l.rotate();
+            }
         }
     }
 

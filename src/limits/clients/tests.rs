@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::limits::clock::ManualClock;
-use crate::limits::rate::MAX_TPM;
+use crate::limits::rate::{Usage, MAX_TPM};
 use std::sync::atomic::Ordering;
 
 fn config() -> ClientsPolicy {
@@ -18,6 +18,8 @@ fn config() -> ClientsPolicy {
     c.limits.insert(
         "gold".into(),
         ClientLimit {
+            max_concurrent: None,
+            models: Default::default(),
             quota: Quota {
                 rpm: Some(3),
                 tpm: Some(1000),
@@ -31,6 +33,8 @@ fn config() -> ClientsPolicy {
     c.limits.insert(
         "free".into(),
         ClientLimit {
+            max_concurrent: None,
+            models: Default::default(),
             quota: Quota::default(),
             enabled: false,
             mode: Mode::Enforce,
@@ -53,10 +57,10 @@ fn configured_unlisted_and_disabled_clients() {
     let clock = ManualClock::new(1_000_000);
     let p = ClientPolicies::build(&config(), clock, None).unwrap();
     for _ in 0..3 {
-        admitted(p.decide("gold", 10)).keep();
+        admitted(p.decide("gold", None, 10)).keep();
     }
     assert!(matches!(
-        p.decide("gold", 10),
+        p.decide("gold", None, 10),
         Decision::Refused {
             reason: RejectReason::RpmExceeded,
             ..
@@ -64,11 +68,14 @@ fn configured_unlisted_and_disabled_clients() {
     ));
     // Each unlisted client has the default on its own.
     for id in ["a", "b", "c"] {
-        admitted(p.decide(id, 1)).keep();
-        admitted(p.decide(id, 1)).keep();
-        assert!(matches!(p.decide(id, 1), Decision::Refused { .. }));
+        admitted(p.decide(id, None, 1)).keep();
+        admitted(p.decide(id, None, 1)).keep();
+        assert!(matches!(p.decide(id, None, 1), Decision::Refused { .. }));
     }
-    assert!(matches!(p.decide("free", 1_000_000), Decision::Unlimited));
+    assert!(matches!(
+        p.decide("free", None, 1_000_000),
+        Decision::Unlimited
+    ));
     assert_eq!(p.client_of_key(&[7; 32]), Some("gold"));
     assert_eq!(p.label("gold"), "gold");
     assert_eq!(p.label("a"), "other");
@@ -80,7 +87,7 @@ fn a_charge_ends_in_one_of_three_ways() {
     let p = ClientPolicies::build(&config(), clock, None).unwrap();
     let used = |p: &ClientPolicies| p.peek("gold").unwrap().used;
     // Dropped unsettled: stays as charged.
-    drop(admitted(p.decide("gold", 100)));
+    drop(admitted(p.decide("gold", None, 100)));
     assert_eq!(
         used(&p),
         Usage {
@@ -89,7 +96,7 @@ fn a_charge_ends_in_one_of_three_ways() {
         }
     );
     // Refused after all: nothing stays.
-    admitted(p.decide("gold", 500)).refund_all();
+    admitted(p.decide("gold", None, 500)).refund_all();
     assert_eq!(
         used(&p),
         Usage {
@@ -98,7 +105,7 @@ fn a_charge_ends_in_one_of_three_ways() {
         }
     );
     // The upstream failed: the request stays, its tokens do not.
-    admitted(p.decide("gold", 500)).refund_tokens();
+    admitted(p.decide("gold", None, 500)).refund_tokens();
     assert_eq!(
         used(&p),
         Usage {
@@ -108,7 +115,7 @@ fn a_charge_ends_in_one_of_three_ways() {
     );
     // Settled to the actual count; a huge count is clamped.
     let p2 = ClientPolicies::build(&config(), ManualClock::new(1_000_000), None).unwrap();
-    let s = admitted(p2.decide("gold", 500)).settle(42);
+    let s = admitted(p2.decide("gold", None, 500)).settle(42);
     assert_eq!(s.tokens, 42);
     assert_eq!(
         used(&p2),
@@ -117,7 +124,7 @@ fn a_charge_ends_in_one_of_three_ways() {
             tokens: 42
         }
     );
-    let s = admitted(p2.decide("gold", 5)).settle(u64::MAX);
+    let s = admitted(p2.decide("gold", None, 5)).settle(u64::MAX);
     assert!(s.clamped);
     assert_eq!(
         used(&p2).requests,
@@ -138,8 +145,8 @@ fn a_charge_ends_in_one_of_three_ways() {
 fn rebuild_keeps_counters() {
     let clock = ManualClock::new(1_000_000);
     let p = ClientPolicies::build(&config(), clock.clone(), None).unwrap();
-    admitted(p.decide("gold", 5)).keep();
-    admitted(p.decide("zed", 5)).keep();
+    admitted(p.decide("gold", None, 5)).keep();
+    admitted(p.decide("zed", None, 5)).keep();
     let p2 = ClientPolicies::build(&config(), clock, Some(&p)).unwrap();
     assert_eq!(p2.peek("gold").unwrap().used.requests, 1);
     assert_eq!(p2.peek("zed").unwrap().used.requests, 1);

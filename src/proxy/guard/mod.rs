@@ -241,6 +241,7 @@ pub async fn refuse(mut stream: Stream, route: &str, r: Refusal, request_id: Opt
 pub async fn hand_to_pingora<P: HttpServerApp + Send + Sync + 'static>(
     proxy: &Arc<P>,
     fence: Fence,
+    body: Option<bytes::Bytes>,
     limits: Limits,
     write_timeout: Duration,
     settings: Option<HttpPersistentSettings>,
@@ -250,6 +251,11 @@ pub async fn hand_to_pingora<P: HttpServerApp + Send + Sync + 'static>(
     match settings {
         Some(s) => s.apply_to_session(&mut session),
         None => session.set_keepalive(Some(limits.idle.as_secs().max(1))),
+    }
+    // A JSON body read whole goes to the request's context (an LLM route
+    // estimates from it); the request still reads it from the fence.
+    if let Some(b) = body {
+        session.set_connection_user_context(Some(Box::new(super::context::RequestBody(b))));
     }
     if *shutdown.borrow() {
         session.set_keepalive(None);
@@ -313,10 +319,21 @@ pub async fn serve_http1<P: HttpServerApp + Send + Sync + 'static>(
         }
         // The bytes past this request are the next one's (pipelining).
         let next = buf.split_off(end.min(buf.len()));
+        let body = match (head.json, head.framing, &rest) {
+            (true, http1::Framing::Length(n), http1::Rest::Done)
+                if buf.len() >= head.len + n as usize =>
+            {
+                Some(bytes::Bytes::copy_from_slice(
+                    &buf[head.len..head.len + n as usize],
+                ))
+            }
+            _ => None,
+        };
         let fence = Fence::new(stream, buf, rest, next);
         let (io, next, st) = hand_to_pingora(
             proxy,
             fence,
+            body,
             limits,
             write_timeout,
             settings.take(),

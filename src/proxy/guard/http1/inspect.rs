@@ -30,6 +30,9 @@ pub struct Head {
     pub upgrade: bool,
     /// An HTTP/1.1 request (else HTTP/1.0).
     pub http11: bool,
+    /// Its body is JSON (`Content-Type: application/json…`): an LLM route
+    /// may estimate from it.
+    pub json: bool,
     /// The `Expect: 100-continue` lines, to remove (and, for HTTP/1.1, to
     /// answer) when the body is read here.
     pub expect_continue: Vec<Range<usize>>,
@@ -105,6 +108,7 @@ pub fn inspect(buf: &[u8], len: usize) -> Result<Head, Refusal> {
     let mut host: Option<&[u8]> = None;
     let mut expect_continue = Vec::new();
     let mut upgrade = false;
+    let mut json = false;
     for (line, range) in lines {
         if line.is_empty() {
             break;
@@ -182,6 +186,8 @@ pub fn inspect(buf: &[u8], len: usize) -> Result<Head, Refusal> {
             expect_continue.push(range);
         } else if is(b"upgrade") {
             upgrade = true;
+        } else if is(b"content-type") {
+            json = value.len() >= 16 && value[..16].eq_ignore_ascii_case(b"application/json");
         }
     }
     let framing = match (chunked, length) {
@@ -215,6 +221,7 @@ pub fn inspect(buf: &[u8], len: usize) -> Result<Head, Refusal> {
         connect,
         upgrade,
         http11,
+        json,
         expect_continue,
     })
 }
