@@ -248,7 +248,10 @@ async fn tokens_reconcile_with_actual_usage() {
     assert_eq!(s, 200);
     assert_eq!(hd["x-ratelimit-limit"], "100");
     let m = gw.metrics().await;
-    assert_eq!(metric_sum(&m, "floodgate_tokens_total", "client=\"t\""), 35.0);
+    assert_eq!(
+        metric_sum(&m, "floodgate_tokens_total", "client=\"t\""),
+        35.0
+    );
 }
 
 #[tokio::test]
