@@ -7,7 +7,9 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY vendor ./vendor
+COPY proto ./proto
 COPY src ./src
 COPY benches ./benches
 COPY examples ./examples
@@ -26,7 +28,7 @@ COPY --from=build /src/target/release/floodgate-demo /usr/local/bin/floodgate-de
 COPY conf/floodgate.toml /etc/floodgate/floodgate.toml
 USER floodgate
 WORKDIR /var/lib/floodgate
-EXPOSE 8080 9091
+EXPOSE 8080 9091 9092
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
   CMD ["floodgate", "health", "--admin", "127.0.0.1:9091"]
 ENTRYPOINT ["floodgate"]

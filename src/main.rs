@@ -43,13 +43,21 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9091")]
         admin: String,
     },
+    /// Print the admin REST API's OpenAPI 3.1 description (what
+    /// `GET /api/v1/openapi.json` serves and `docs/admin-api.json` holds).
+    Openapi,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format, cli.daemon);
-    if let Some(Command::Health { admin }) = cli.command {
-        return health(&admin);
+    match cli.command {
+        Some(Command::Health { admin }) => return health(&admin),
+        Some(Command::Openapi) => {
+            print!("{}", floodgate::admin::rest::openapi::document());
+            return ExitCode::SUCCESS;
+        }
+        None => {}
     }
     if let Some(files) = cli.check {
         return check(&files);

@@ -124,12 +124,15 @@ fn admin_token(config: &Config) -> Result<Option<String>, String> {
         .as_ref()
         .and_then(|name| std::env::var(name).ok())
         .filter(|t| !t.is_empty());
-    if token.is_none() && !config.server.admin_listen.ip().is_loopback() {
-        return Err(format!(
-            "server.admin_listen {} is not a loopback address: set server.admin_token_env to \
-             the name of an environment variable holding the admin token, and set that variable",
-            config.server.admin_listen
-        ));
+    let listeners = std::iter::once(("admin_listen", config.server.admin_listen))
+        .chain(config.server.grpc_listen.map(|a| ("grpc_listen", a)));
+    for (key, addr) in listeners {
+        if token.is_none() && !addr.ip().is_loopback() {
+            return Err(format!(
+                "server.{key} {addr} is not a loopback address: set server.admin_token_env to \
+                 the name of an environment variable holding the admin token, and set that variable"
+            ));
+        }
     }
     Ok(token)
 }
@@ -272,6 +275,23 @@ pub fn prepare(config: Config, path: &Path, opts: &RunOptions) -> Result<Prepare
         token,
         fleet,
     };
+    if let Some(addr) = config.server.grpc_listen {
+        let listener = match bind_admin(addr) {
+            Ok(l) => Some(l),
+            Err(e) if opts.upgrade && e.kind() == std::io::ErrorKind::AddrInUse => None,
+            Err(e) => return Err(format!("server.grpc_listen {addr}: {e}")),
+        };
+        let tls = config
+            .server
+            .tls
+            .first()
+            .filter(|_| config.server.grpc_tls)
+            .map(|t| (t.cert_file.clone(), t.key_file.clone()));
+        server.add_service(background_service(
+            "admin gRPC",
+            crate::admin::grpc::GrpcService::new(addr, listener, tls, admin_state.clone()),
+        ));
+    }
     server.add_service(background_service(
         "admin",
         AdminService::new(addr, admin, admin_state),

@@ -323,12 +323,20 @@ async fn admin_api_crud_auth_validation_and_persistence() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
+    // POST again updates (FlowGuard's create-or-update), with its
+    // `client_id`: the record is replaced (an absent rpm is the default's).
     let r = auth(c.post(gw.admin_url("/api/v1/clients")))
-        .body(r#"{"id": "newbie"}"#)
+        .body(r#"{"client_id": "newbie", "tpm": 50}"#)
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 409);
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["rpm"].as_u64(), v["tpm"].as_u64()),
+        (Some(100), Some(50)),
+        "{v}"
+    );
     let r = auth(c.put(gw.admin_url("/api/v1/clients/filed")))
         .body(r#"{"rpm": 1}"#)
         .send()

@@ -386,9 +386,23 @@ fn dockerfile_is_multi_stage_non_root_with_a_healthcheck() {
     let conf = floodgate::config::load(&root().join("conf/docker.toml")).unwrap();
     assert!(
         expose.contains(&conf.server.listen[0].port())
-            && expose.contains(&conf.server.admin_listen.port()),
+            && expose.contains(&conf.server.admin_listen.port())
+            && conf
+                .server
+                .grpc_listen
+                .is_some_and(|g| expose.contains(&g.port())),
         "{expose:?}"
     );
+    // What the build needs besides the sources: the build script and the
+    // proto it compiles, the vendored crates `[patch.crates-io]` points to.
+    for needed in ["build.rs", "proto", "vendor", "src", "tools"] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("COPY ") && l.split_whitespace().any(|w| w == needed)),
+            "the build stage does not copy {needed}"
+        );
+    }
     // Everything the build stage copies exists.
     for l in lines
         .iter()

@@ -181,6 +181,9 @@ pub struct ServerConfig {
     pub tls: Vec<TlsListener>,
     pub threads: NonZeroUsize,
     pub admin_listen: SocketAddr,
+    /// The admin gRPC endpoint (`None`: none); `grpc_tls`: over TLS, with the first TLS cert.
+    pub grpc_listen: Option<SocketAddr>,
+    pub grpc_tls: bool,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub grace_period: Duration,
     pub max_header_size: usize,

@@ -40,6 +40,10 @@ pub struct RawServer {
     pub threads: Option<i64>,
     /// Admin REST endpoint, `/metrics`, `/health`, `/ready`.
     pub admin_listen: Option<String>,
+    /// Admin gRPC endpoint (`floodgate.admin.v1.Admin`, reflection, health).
+    pub grpc_listen: Option<String>,
+    /// Serve gRPC over TLS with the first `[[server.tls]]` certificate.
+    pub grpc_tls: Option<bool>,
     /// Peers (addresses or CIDR networks) whose `X-Forwarded-For` is kept.
     pub trusted_proxies: Vec<String>,
     /// Drain time on shutdown and upgrade.

@@ -55,6 +55,21 @@ pub(super) fn validate_server(
     if let Some(a) = admin_listen {
         all.push(a);
     }
+    let grpc_listen = s
+        .grpc_listen
+        .as_ref()
+        .and_then(|a| socket_addr(a, &p.key("grpc_listen"), d));
+    all.extend(grpc_listen);
+    let grpc_tls = s.grpc_tls.unwrap_or(false);
+    if grpc_tls && tls.is_empty() {
+        d.error(
+            &p.key("grpc_tls"),
+            "needs a [[server.tls]] listener: gRPC is served with its certificate",
+        );
+    }
+    if grpc_tls && s.grpc_listen.is_none() {
+        d.error(&p.key("grpc_tls"), "needs server.grpc_listen");
+    }
     let mut uniq = HashSet::new();
     for a in &all {
         if a.port() != 0 && !uniq.insert(*a) {
@@ -156,6 +171,8 @@ pub(super) fn validate_server(
         tls,
         threads: threads?,
         admin_listen: admin_listen?,
+        grpc_listen,
+        grpc_tls,
         trusted_proxies,
         grace_period: grace_period?,
         max_header_size: max_header_size?,

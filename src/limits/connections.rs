@@ -39,7 +39,7 @@ pub struct HostCounter {
 }
 
 /// Where a host's cap comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CapSource {
     File,
@@ -249,7 +249,9 @@ impl Hosts {
 }
 
 /// Which proxy a host's counter belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Proxy {
     /// An upstream's backend.
@@ -268,7 +270,7 @@ impl Proxy {
 }
 
 /// A snapshot of one host, for the admin API and metrics.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct HostInfo {
     pub host: String,
     /// An upstream's backend, or a forward-proxy destination.

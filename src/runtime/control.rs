@@ -25,20 +25,24 @@ use crate::limits::connections::{Hosts, Proxy, MAX_CAP};
 use crate::limits::rate::{MAX_RPM, MAX_TPM};
 
 /// What a successful reload changed.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct ReloadReport {
     /// Keys whose new values apply only after a restart.
     pub restart_required: Vec<String>,
 }
 
 /// A client as the admin API shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ClientRecord {
     pub id: String,
+    /// Requests per window; absent: the default's.
     pub rpm: Option<u64>,
+    /// Tokens per window; absent: the default's.
     pub tpm: Option<u64>,
+    /// `false`: not limited.
     pub enabled: bool,
-    /// `file` or `api`.
+    /// Where the limits come from: the config file or the admin API.
+    #[schema(value_type = String, pattern = "^(file|api)$")]
     pub source: &'static str,
 }
 
@@ -381,6 +385,8 @@ fn restart_required(old: &Config, new: &Config) -> Vec<String> {
     check("server.tls", tls(old) == tls(new));
     check("server.threads", o.threads == n.threads);
     check("server.admin_listen", o.admin_listen == n.admin_listen);
+    check("server.grpc_listen", o.grpc_listen == n.grpc_listen);
+    check("server.grpc_tls", o.grpc_tls == n.grpc_tls);
     check(
         "server.admin_token_env",
         o.admin_token_env == n.admin_token_env,

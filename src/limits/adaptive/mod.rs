@@ -104,7 +104,7 @@ impl Default for AdaptiveConfig {
 }
 
 /// A signal's state, as the admin API shows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SignalState {
     /// Below warning.
@@ -124,7 +124,7 @@ struct Reading {
 }
 
 /// What [`Controller::snapshot`] reports of one signal.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct SignalSnapshot {
     pub name: String,
     pub query: String,
@@ -138,7 +138,7 @@ pub struct SignalSnapshot {
 }
 
 /// The controller's state, for the admin API and metrics.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Snapshot {
     pub window: u64,
     pub inflight: u64,

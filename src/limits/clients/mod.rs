@@ -24,7 +24,7 @@ mod stats;
 pub use charge::{Charge, Settled};
 pub use concurrency::InFlight;
 pub use decide::TooMany;
-pub use stats::ClientStats;
+pub use stats::{ClientCounters, ClientStats, Refusals};
 
 /// How a refusal is applied.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -107,21 +107,25 @@ impl Default for ClientsPolicy {
     }
 }
 
-/// Longest client id accepted.
+/// Longest client id accepted, in characters.
 pub const MAX_CLIENT_ID: usize = 256;
 
-/// Checks a client id: 1-256 bytes, visible ASCII or UTF-8, no control
-/// characters.
+/// Checks a client id: 1-256 characters of UTF-8, no control characters,
+/// no leading or trailing white space.
 pub fn check_client_id(id: &[u8]) -> Result<(), String> {
     if id.is_empty() {
         return Err("is empty".into());
     }
-    if id.len() > MAX_CLIENT_ID {
-        return Err(format!("is longer than {MAX_CLIENT_ID} bytes"));
-    }
     let s = std::str::from_utf8(id).map_err(|_| "is not UTF-8".to_string())?;
-    if s.chars().any(|c| c.is_control()) {
-        return Err("contains control characters".into());
+    let mut n = 0;
+    for c in s.chars() {
+        if c.is_control() {
+            return Err("contains control characters".into());
+        }
+        n += 1;
+    }
+    if n > MAX_CLIENT_ID {
+        return Err(format!("is longer than {MAX_CLIENT_ID} characters"));
     }
     if s.trim() != s {
         return Err("has leading or trailing spaces".into());

@@ -37,17 +37,38 @@ impl ClientStats {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn to_json(&self) -> serde_json::Value {
+    /// A copy of the counters as they are now.
+    pub fn counters(&self) -> ClientCounters {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        serde_json::json!({
-            "requests": g(&self.admitted),
-            "refusals": {
-                "rpm_exceeded": g(&self.rpm_exceeded),
-                "tpm_exceeded": g(&self.tpm_exceeded),
-                "estimate_too_large": g(&self.estimate_too_large),
+        ClientCounters {
+            requests: g(&self.admitted),
+            refusals: Refusals {
+                rpm_exceeded: g(&self.rpm_exceeded),
+                tpm_exceeded: g(&self.tpm_exceeded),
+                estimate_too_large: g(&self.estimate_too_large),
             },
-            "shadow_refusals": g(&self.shadow_refusals),
-            "tokens": g(&self.tokens),
-        })
+            shadow_refusals: g(&self.shadow_refusals),
+            tokens: g(&self.tokens),
+        }
     }
+}
+
+/// [`ClientStats`] read at one moment (what the admin API shows).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct ClientCounters {
+    /// Requests the quotas admitted.
+    pub requests: u64,
+    pub refusals: Refusals,
+    /// Refusals shadow mode let through.
+    pub shadow_refusals: u64,
+    /// Tokens charged after settlement.
+    pub tokens: u64,
+}
+
+/// A client's refusals by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Refusals {
+    pub rpm_exceeded: u64,
+    pub tpm_exceeded: u64,
+    pub estimate_too_large: u64,
 }

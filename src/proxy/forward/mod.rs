@@ -178,6 +178,7 @@ fn is_the_gateway(rt: &Runtime, dest: &SocketAddr) -> bool {
         .iter()
         .chain(c.server.tls.iter().map(|t| &t.listen))
         .chain(std::iter::once(&c.server.admin_listen))
+        .chain(c.server.grpc_listen.iter())
         .chain(c.forward_proxy.iter().map(|f| &f.listen));
     for l in listeners {
         if l.port() != dest.port() {

@@ -38,7 +38,7 @@ use leases::Leases;
 use store::{Store, HEARTBEAT, INSTANCES, OVERRIDES, OVERRIDES_VERSION};
 
 /// One instance of the fleet, as the last heartbeat saw it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Member {
     pub instance_id: String,
     /// Milliseconds since its last heartbeat (Redis' clock).
@@ -47,7 +47,7 @@ pub struct Member {
 }
 
 /// What `GET /api/v1/fleet` shows and `/ready` looks at.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct FleetState {
     pub instance_id: String,
     /// Whether the last round reached Redis.
