@@ -719,7 +719,7 @@ async fn schemathesis_finds_nothing_in_the_rest_api() {
             ])
             .args(["--max-examples", "30", "--max-time", "90", "--seed", "2"])
             .args(["--header", &format!("Authorization: Bearer {TOKEN}")])
-            .args(["--request-timeout", "10"])
+            .args(["--request-timeout", "10", "--generation-codec", "utf-8"])
             .output()
             .unwrap()
     })
