@@ -118,12 +118,20 @@ fn bind_admin(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListen
 /// The admin bearer token, from the variable `admin_token_env` names. An
 /// admin endpoint off loopback refuses to start without one.
 fn admin_token(config: &Config) -> Result<Option<String>, String> {
-    let token = config
-        .server
-        .admin_token_env
-        .as_ref()
-        .and_then(|name| std::env::var(name).ok())
-        .filter(|t| !t.is_empty());
+    let token = match &config.server.admin_token_env {
+        None => None,
+        // Asked for a token and none there: refuse, rather than serve the
+        // admin API without one.
+        Some(name) => match std::env::var(name) {
+            Ok(t) if !t.is_empty() => Some(t),
+            _ => {
+                return Err(format!(
+                    "server.admin_token_env names {name}, which is not set or is empty: \
+                     set it to the admin token, or remove admin_token_env"
+                ))
+            }
+        },
+    };
     let listeners = std::iter::once(("admin_listen", config.server.admin_listen))
         .chain(config.server.grpc_listen.map(|a| ("grpc_listen", a)));
     for (key, addr) in listeners {
@@ -289,12 +297,24 @@ pub fn prepare(config: Config, path: &Path, opts: &RunOptions) -> Result<Prepare
             .map(|t| (t.cert_file.clone(), t.key_file.clone()));
         server.add_service(background_service(
             "admin gRPC",
-            crate::admin::grpc::GrpcService::new(addr, listener, tls, admin_state.clone()),
+            crate::admin::grpc::GrpcService::new(
+                addr,
+                listener,
+                tls,
+                admin_state.clone(),
+                config.server.keepalive_timeout,
+            ),
         ));
     }
     server.add_service(background_service(
         "admin",
-        AdminService::new(addr, admin, admin_state),
+        AdminService::new(
+            addr,
+            admin,
+            admin_state,
+            config.server.header_timeout,
+            config.server.keepalive_timeout,
+        ),
     ));
 
     Ok(Prepared { server, runtime })

@@ -11,6 +11,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 use floodgate::admin::grpc::pb;
@@ -698,7 +699,7 @@ async fn schemathesis_finds_nothing_in_the_rest_api() {
     let (gw, _) = admin_gateway(
         &up,
         "",
-        &format!("[forward_proxy]\nlisten = \"127.0.0.1:{fwd}\"\nallow_hosts = [\"127.0.0.1\"]\n"),
+        &format!("[forward_proxy]\nenabled = true\nlisten = \"127.0.0.1:{fwd}\"\nallow_hosts = [\"127.0.0.1\"]\n"),
     );
     let url = gw.admin_url("/api/v1/openapi.json");
     // Every check but `use_after_free` (why: tests/schemathesis.toml).
@@ -741,4 +742,219 @@ async fn schemathesis_finds_nothing_in_the_rest_api() {
     // And the gateway is still up and serving.
     let r = client().get(gw.admin_url("/health")).send().await.unwrap();
     assert_eq!(r.status(), 200);
+}
+
+/// The PID's open file descriptors.
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+#[tokio::test]
+async fn idle_and_slow_clients_of_the_admin_ports_hold_a_bounded_number_of_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start("a");
+    let (gw, grpc) = admin_gateway(
+        &up,
+        "keepalive_timeout = \"2s\"\nheader_timeout = \"1s\"",
+        "",
+    );
+    let pid = gw.proc.child.id();
+    let before = fds(pid);
+    // 600 idle connections to the REST port and 200 to the gRPC port.
+    let mut idle = Vec::new();
+    for (port, n) in [(gw.admin.port(), 600), (grpc, 200)] {
+        for _ in 0..n {
+            if let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                idle.push(s);
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = fds(pid) - before.min(fds(pid));
+    assert!(
+        held <= floodgate::admin::rest::MAX_CONNECTIONS
+            + floodgate::admin::grpc::MAX_CONNECTIONS
+            + 20,
+        "{held} descriptors held by 800 idle admin connections"
+    );
+    // The proxy is not touched.
+    let r = client().get(gw.url("/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Those over the cap were closed at once; the rest once idle for
+    // keepalive_timeout.
+    // (The gRPC server writes its SETTINGS first: read to the end.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+    let mut closed = 0;
+    for s in &mut idle {
+        let mut b = [0u8; 256];
+        loop {
+            match tokio::time::timeout_at(deadline, s.read(&mut b)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    closed += 1;
+                    break;
+                }
+                Ok(Ok(_)) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+    assert_eq!(closed, idle.len(), "every idle connection closed");
+    drop(idle);
+    // The admin port answers again.
+    let r = client().get(gw.admin_url("/health")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // A header sent a byte every 300 ms is cut at header_timeout (1 s).
+    let mut slow = tokio::net::TcpStream::connect(gw.admin).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut cut = false;
+    for b in b"GET /health HTTP/1.1\r\nHost: a\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+        if slow.write_all(&[*b]).await.is_err() {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut buf = [0u8; 256];
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(1), slow.read(&mut buf)).await
+        {
+            cut = true;
+            break;
+        }
+    }
+    assert!(
+        cut,
+        "a trickled header was served for {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn admin_edges_found_by_a_hostile_client() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start("a");
+    let (gw, grpc) = admin_gateway(&up, "", "");
+    let c = client();
+    let state = gw.dir.path().join("state.json");
+    // A reverse-proxy cap for a host that is no backend: 404, and nothing saved.
+    let r = c
+        .put(gw.admin_url("/api/v1/hosts/evil.example:1?proxy=reverse"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(r#"{"max_connections": 3}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let saved = std::fs::read_to_string(&state).unwrap_or_default();
+    assert!(!saved.contains("evil.example"), "{saved}");
+    // The answer to a cap is the cap this call set.
+    let r = c
+        .put(gw.admin_url(&format!("/api/v1/hosts/{}", up.addr)))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(r#"{"max_connections": 7}"#)
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["max_connections"].as_u64(), v["source"].as_str()),
+        (Some(7), Some("api"))
+    );
+    // The auth scheme in any case.
+    let r = c
+        .put(gw.admin_url("/api/v1/clients/lower"))
+        .header("authorization", format!("bearer {TOKEN}"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A body announced over the limit is refused at once, unread.
+    let mut s = tokio::net::TcpStream::connect(gw.admin).await.unwrap();
+    s.write_all(
+        format!(
+            "PUT /api/v1/clients/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 100000000\r\n\r\n{{}}"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+        .await
+        .expect("an answer before the body")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    // Writes in a burst do not stall reads of /ready (the control plane's
+    // lock is taken on blocking threads only).
+    let writes: Vec<_> = (0..150)
+        .map(|i| {
+            let (c, url) = (
+                c.clone(),
+                gw.admin_url(&format!("/api/v1/clients/burst-{i}")),
+            );
+            tokio::spawn(async move {
+                c.put(url)
+                    .header("authorization", format!("Bearer {TOKEN}"))
+                    .body(r#"{"rpm": 5}"#)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let t = std::time::Instant::now();
+    let r = c.get(gw.admin_url("/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "/ready took {:?}",
+        t.elapsed()
+    );
+    for w in writes {
+        assert_eq!(w.await.unwrap().unwrap(), 200);
+    }
+    // A 20 000-character id over gRPC: INVALID_ARGUMENT with a short message.
+    let mut g = grpc_client(grpc).await;
+    let e = g
+        .get_client_config(pb::GetClientConfigRequest {
+            client_id: "x".repeat(20_000),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(e.message().len() < 2100);
+}
+
+#[test]
+fn an_admin_token_variable_that_is_not_set_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("f.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{}\"]\nadmin_listen = \"127.0.0.1:{}\"\nadmin_token_env = \"FG_NOT_SET_ANYWHERE\"\n\n{}{}",
+            free_port(),
+            free_port(),
+            upstream_toml("api", &["127.0.0.1:9".parse().unwrap()], ""),
+            route_toml("main", "/", "api"),
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_floodgate"))
+        .args(["--conf", conf.to_str().unwrap()])
+        .env_remove("FG_NOT_SET_ANYWHERE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("FG_NOT_SET_ANYWHERE, which is not set"),
+        "{err}"
+    );
 }

@@ -94,7 +94,9 @@ fn references(file: &Path, text: &str) -> Vec<Vec<String>> {
         while j < bytes.len() && (bytes[j].is_ascii_alphanumeric() || bytes[j] == b'_') {
             j += 1;
         }
-        (code[i..j].to_string(), j)
+        // Bytes, not `str` slicing: `i` may sit inside a multi-byte
+        // character of a string literal.
+        (String::from_utf8_lossy(&bytes[i..j]).into_owned(), j)
     };
     let mut out = Vec::new();
     let mut i = 0;

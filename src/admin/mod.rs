@@ -20,6 +20,7 @@
 //! gRPC: a status with the same message).
 
 pub mod grpc;
+mod listener;
 pub mod rest;
 pub mod service;
 

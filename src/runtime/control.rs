@@ -266,8 +266,9 @@ impl ControlPlane {
         self.clients().into_iter().find(|c| c.id == id)
     }
 
-    /// Creates or replaces an API override for `id`.
-    pub fn put_client(&self, id: &str, o: ClientOverride) -> Result<(), ChangeError> {
+    /// Creates or replaces an API override for `id`; `Ok(true)`: it replaced
+    /// one.
+    pub fn put_client(&self, id: &str, o: ClientOverride) -> Result<bool, ChangeError> {
         crate::limits::clients::check_client_id(id.as_bytes())
             .map_err(|e| ChangeError::Rejected(format!("client id {e}")))?;
         if o.rpm.is_some_and(|r| r > MAX_RPM) {
@@ -280,9 +281,18 @@ impl ControlPlane {
                 "tpm must be at most {MAX_TPM}"
             )));
         }
+        {
+            let inner = self.lock();
+            let c = &inner.overrides.clients;
+            if !c.contains_key(id) && c.len() >= MAX_API_OVERRIDES {
+                return Err(too_many("client"));
+            }
+        }
+        let mut existed = false;
         self.change(|s| {
-            s.clients.insert(id.to_string(), o);
-        })
+            existed = s.clients.insert(id.to_string(), o).is_some();
+        })?;
+        Ok(existed)
     }
 
     /// Removes `id`'s API override; the file's value applies again.
@@ -331,7 +341,11 @@ impl ControlPlane {
         let mut overrides = inner.overrides.clone();
         let changed = match cap {
             Some(c) => {
-                overrides.host_caps(proxy).insert(host.to_string(), c);
+                let caps = overrides.host_caps(proxy);
+                if !caps.contains_key(host) && caps.len() >= MAX_API_OVERRIDES {
+                    return Err(too_many("host cap"));
+                }
+                caps.insert(host.to_string(), c);
                 true
             }
             None => overrides.host_caps(proxy).remove(host).is_some(),
@@ -345,6 +359,17 @@ impl ControlPlane {
         self.bump();
         Ok(true)
     }
+}
+
+/// The most client overrides, and the most host caps of each proxy, the
+/// admin API keeps: every change rewrites the state file and rebuilds the
+/// runtime, so their number is bounded.
+pub const MAX_API_OVERRIDES: usize = 10_000;
+
+fn too_many(what: &str) -> ChangeError {
+    ChangeError::Rejected(format!(
+        "at most {MAX_API_OVERRIDES} {what} overrides: delete one first"
+    ))
 }
 
 /// Why a change through the control plane did not happen (nothing

@@ -36,6 +36,9 @@ pub mod pb {
 
 use pb::admin_server::AdminServer;
 
+/// The longest status message sent, in bytes.
+const MAX_MESSAGE: usize = 2048;
+
 /// The service's full name, as reflection and health know it.
 pub const SERVICE: &str = "floodgate.admin.v1.Admin";
 
@@ -47,12 +50,23 @@ impl From<AdminError> for Status {
             ErrorKind::NotFound => tonic::Code::NotFound,
             ErrorKind::MethodNotAllowed => tonic::Code::Unimplemented,
             ErrorKind::BodyTooLarge => tonic::Code::ResourceExhausted,
+            ErrorKind::Timeout => tonic::Code::DeadlineExceeded,
             ErrorKind::ConfigRejected => tonic::Code::FailedPrecondition,
             ErrorKind::StateNotSaved | ErrorKind::Internal => tonic::Code::Internal,
         };
         let mut message = format!("{}: {}", e.kind.code(), e.message);
         for x in &e.errors {
             message.push_str(&format!("; {}: {}", x.path, x.message));
+        }
+        // grpc-message travels in a header: keep it well under what clients
+        // accept (grpcio refuses metadata over 8 KiB).
+        if message.len() > MAX_MESSAGE {
+            let mut cut = MAX_MESSAGE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
         }
         Status::new(code, message)
     }
@@ -75,7 +89,7 @@ impl Rpc {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(crate::admin::service::bearer_token);
         if self.admin.authorized(presented) {
             Ok(())
         } else {
@@ -125,7 +139,7 @@ impl pb::admin_server::Admin for Rpc {
         &self,
         req: Request<pb::GetClientConfigRequest>,
     ) -> Result<Response<pb::GetClientConfigResponse>, Status> {
-        let c = self.admin.get_client(&req.into_inner().client_id)?;
+        let c = self.admin.get_client(&req.into_inner().client_id).await?;
         Ok(Response::new(pb::GetClientConfigResponse {
             config: Some(c.into()),
         }))
@@ -143,7 +157,7 @@ impl pb::admin_server::Admin for Rpc {
         &self,
         _req: Request<pb::ListClientsRequest>,
     ) -> Result<Response<pb::ListClientsResponse>, Status> {
-        let l = self.admin.list_clients();
+        let l = self.admin.list_clients().await?;
         Ok(Response::new(pb::ListClientsResponse {
             clients: l.clients.into_iter().map(Into::into).collect(),
             default: l.default.map(|q| pb::Quota {
@@ -247,7 +261,14 @@ pub struct GrpcService {
     /// `(cert_file, key_file)` for TLS.
     tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     admin: Admin,
+    /// `server.keepalive_timeout`: a connection idle this long is closed.
+    idle: Duration,
 }
+
+/// The most connections the gRPC listener holds at once, and the most
+/// streams each may have open: what stalled readers can pin is bounded.
+pub const MAX_CONNECTIONS: usize = 64;
+const MAX_STREAMS: u32 = 16;
 
 impl GrpcService {
     pub fn new(
@@ -255,12 +276,14 @@ impl GrpcService {
         listener: Option<std::net::TcpListener>,
         tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
         admin: Admin,
+        idle: Duration,
     ) -> Self {
         GrpcService {
             addr,
             listener: std::sync::Mutex::new(listener),
             tls,
             admin,
+            idle,
         }
     }
 
@@ -288,7 +311,12 @@ impl GrpcService {
             .await;
         let mut builder = tonic::transport::Server::builder()
             .timeout(Duration::from_secs(30))
-            .http2_keepalive_interval(Some(Duration::from_secs(60)));
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .max_concurrent_streams(MAX_STREAMS)
+            .concurrency_limit_per_connection(MAX_STREAMS as usize)
+            .initial_connection_window_size(Some(256 * 1024))
+            .initial_stream_window_size(Some(64 * 1024));
         if let Some((cert, key)) = &self.tls {
             let cert = tokio::fs::read(cert)
                 .await
@@ -303,8 +331,11 @@ impl GrpcService {
                 )
                 .map_err(|e| format!("TLS: {e}"))?;
         }
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let limited = crate::admin::listener::Limited::new(listener, MAX_CONNECTIONS, self.idle);
+        let incoming = futures::stream::unfold(limited, |l| async move {
+            let (io, _) = l.accept().await;
+            Some((Ok::<_, std::io::Error>(io), l))
+        });
         builder
             .add_service(AdminServer::new(Rpc::new(self.admin.clone())))
             .add_service(health_service)

@@ -53,20 +53,21 @@ pub(super) async fn metrics(State(s): State<Admin>) -> Response {
 /// Every configured client (from the config file and the API), and the
 /// default quota.
 #[utoipa::path(get, path = "/api/v1/clients", tag = "clients",
-    responses((status = 200, body = ClientList)))]
-pub(super) async fn list_clients(State(s): State<Admin>) -> Json<ClientList> {
-    Json(s.list_clients())
+    responses((status = 200, body = ClientList), (status = 500, body = ErrorBody)))]
+pub(super) async fn list_clients(State(s): State<Admin>) -> Result<Json<ClientList>, AdminError> {
+    s.list_clients().await.map(Json)
 }
 
 /// A configured client.
 #[utoipa::path(get, path = "/api/v1/clients/{id}", tag = "clients",
     params(ClientId),
-    responses((status = 200, body = ClientRecord), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ClientRecord), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
 pub(super) async fn get_client(
     State(s): State<Admin>,
     Path(id): Path<String>,
 ) -> Result<Json<ClientRecord>, AdminError> {
-    s.get_client(&id).map(Json)
+    s.get_client(&id).await.map(Json)
 }
 
 /// Creates or updates a client's limits (FlowGuard's call: the id in the
@@ -124,7 +125,7 @@ pub(super) async fn put_client(
     params(ClientId),
     security(("bearer" = [])),
     responses(
-        (status = 200, body = ClientDeleted),
+        (status = 200, body = ClientDeleted), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 500, body = ErrorBody,
             description = "state_not_saved: the state file could not be written; nothing changed")))]

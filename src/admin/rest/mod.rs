@@ -22,6 +22,7 @@ use axum::{Json, Router};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use super::listener::Limited;
 use super::service::{Admin, AdminError, ErrorKind, MAX_BODY};
 use handlers::*;
 
@@ -62,6 +63,7 @@ pub(crate) fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Timeout => StatusCode::REQUEST_TIMEOUT,
         ErrorKind::StateNotSaved | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -85,7 +87,7 @@ async fn auth(State(s): State<Admin>, req: Request, next: Next) -> Response {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(crate::admin::service::bearer_token);
         if !s.authorized(presented) {
             let mut r = AdminError::new(
                 ErrorKind::Unauthorized,
@@ -104,7 +106,29 @@ async fn auth(State(s): State<Admin>, req: Request, next: Next) -> Response {
 /// limit, a method the path does not have, a bad path or query) as JSON in
 /// the API's one shape.
 async fn json_errors(req: Request, next: Next) -> Response {
-    let res = next.run(req).await;
+    // A body announced over the limit is refused before it is read.
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_BODY as u64) {
+        return AdminError::new(
+            ErrorKind::BodyTooLarge,
+            format!("the body is over the admin API's limit of {MAX_BODY} bytes"),
+        )
+        .into_response();
+    }
+    let res = match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => {
+            return AdminError::new(
+                ErrorKind::Timeout,
+                format!("the call took longer than {}s", REQUEST_TIMEOUT.as_secs()),
+            )
+            .into_response()
+        }
+    };
     let status = res.status();
     let json = res
         .headers()
@@ -147,18 +171,33 @@ pub struct AdminService {
     addr: std::net::SocketAddr,
     listener: std::sync::Mutex<Option<std::net::TcpListener>>,
     state: Admin,
+    /// `server.header_timeout`: the time a client has to send a request's
+    /// header.
+    header_timeout: Duration,
+    /// `server.keepalive_timeout`: a connection idle this long is closed.
+    idle: Duration,
 }
+
+/// The most connections the REST listener holds at once.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// The longest an admin call may take, its body included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl AdminService {
     pub fn new(
         addr: std::net::SocketAddr,
         listener: Option<std::net::TcpListener>,
         state: Admin,
+        header_timeout: Duration,
+        idle: Duration,
     ) -> Self {
         AdminService {
             addr,
             listener: std::sync::Mutex::new(listener),
             state,
+            header_timeout,
+            idle,
         }
     }
 }
@@ -192,6 +231,7 @@ impl BackgroundService for AdminService {
         self.state.ready.store(true, Ordering::Release);
         crate::metrics::metrics().ready.set(1);
         let app = router(self.state.clone());
+        let listener = Limited::new(listener, MAX_CONNECTIONS, self.idle);
         // While the gateway drains (SIGTERM, or SIGQUIT: the old process
         // of an upgrade) the admin endpoint keeps answering through the
         // grace period — `/ready` with 503, `/health` with 200 — and ends
@@ -205,11 +245,24 @@ impl BackgroundService for AdminService {
                 std::future::pending::<()>().await;
             }
         };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!("admin server: {e}");
+        tokio::pin!(stop);
+        // HTTP/1.1 only, each connection under the listener's cap and idle
+        // deadline, each request's header under header_timeout.
+        loop {
+            tokio::select! {
+                (io, _) = listener.accept() => {
+                    let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                    let header_timeout = self.header_timeout;
+                    tokio::spawn(async move {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .header_read_timeout(header_timeout)
+                            .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+                            .await;
+                    });
+                }
+                _ = &mut stop => break,
+            }
         }
     }
 }

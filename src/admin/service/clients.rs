@@ -12,26 +12,32 @@ use crate::runtime::control::{ClientOverride, ClientRecord};
 
 impl Admin {
     /// Every configured client, and the default quota.
-    pub fn list_clients(&self) -> ClientList {
+    pub async fn list_clients(&self) -> Result<ClientList, AdminError> {
+        let control = self.control.clone();
+        let clients = blocking(move || control.clients()).await?;
         let rt = self.runtime.load();
-        ClientList {
-            clients: self.control.clients(),
+        Ok(ClientList {
+            clients,
             default: rt.config.clients.policy.default.map(|q| QuotaBody {
                 rpm: q.rpm,
                 tpm: q.tpm,
             }),
-        }
+        })
     }
 
-    pub fn get_client(&self, id: &str) -> Result<ClientRecord, AdminError> {
-        self.control
-            .client(id)
-            .ok_or_else(|| AdminError::not_found(format!("no configured client {id:?}")))
+    /// A configured client. The control plane's lock may be held by a change
+    /// (a runtime rebuild, a state-file write): looked up on a blocking
+    /// thread, never on the admin runtime's worker.
+    pub async fn get_client(&self, id: &str) -> Result<ClientRecord, AdminError> {
+        check_id(id)?;
+        let (control, i) = (self.control.clone(), id.to_string());
+        blocking(move || control.client(&i))
+            .await?
+            .ok_or_else(|| AdminError::not_found(format!("no configured client {}", shown(id))))
     }
 
     /// Creates or replaces the API override of `id`'s limits.
     pub async fn set_client(&self, id: &str, o: ClientOverride) -> Result<ClientSet, AdminError> {
-        let created = self.control.client(id).is_none_or(|c| c.source != "api");
         // What was set (absent values fall back to the default's, as the
         // control plane layers them), not a second read: a concurrent call
         // may change the client again before this one answers.
@@ -51,31 +57,41 @@ impl Admin {
             source: "api",
         };
         let (control, i) = (self.control.clone(), id.to_string());
-        blocking(move || control.put_client(&i, o)).await??;
+        let replaced = blocking(move || control.put_client(&i, o)).await??;
         tracing::info!(target: "admin", client = %id, "client limits set through the admin API");
-        Ok(ClientSet { client, created })
+        Ok(ClientSet {
+            client,
+            created: !replaced,
+        })
     }
 
     /// Removes `id`'s API override; the file's limits (if any) apply again.
     pub async fn delete_client(&self, id: &str) -> Result<ClientDeleted, AdminError> {
+        check_id(id)?;
         let (control, i) = (self.control.clone(), id.to_string());
-        if !blocking(move || control.delete_client(&i)).await?? {
+        let now = blocking(move || {
+            control
+                .delete_client(&i)
+                .map(|deleted| deleted.then(|| control.client(&i)))
+        })
+        .await??;
+        let Some(now) = now else {
             return Err(AdminError::not_found(format!(
-                "client {id:?} has no API override"
+                "client {} has no API override",
+                shown(id)
             )));
-        }
+        };
         tracing::info!(target: "admin", client = %id, "client override removed");
         Ok(ClientDeleted {
             deleted: id.to_string(),
-            now: self.control.client(id),
+            now,
         })
     }
 
     /// What the client did (configured clients) and its current usage (any
     /// client).
     pub fn client_stats(&self, id: &str) -> Result<ClientStatsReport, AdminError> {
-        crate::limits::clients::check_client_id(id.as_bytes())
-            .map_err(|e| AdminError::bad_request(format!("client id {e}")))?;
+        check_id(id)?;
         let rt = self.runtime.load();
         let p = &rt.clients;
         let stats = p.configured(id).map(|c| c.stats.counters());
@@ -172,6 +188,20 @@ impl Admin {
             state,
             exceeded,
         })
+    }
+}
+
+/// A client id the API accepts (400 otherwise).
+fn check_id(id: &str) -> Result<(), AdminError> {
+    crate::limits::clients::check_client_id(id.as_bytes())
+        .map_err(|e| AdminError::bad_request(format!("client id {e}")))
+}
+
+/// An id for a message: quoted, and cut after 64 characters.
+fn shown(id: &str) -> String {
+    match id.char_indices().nth(64) {
+        Some((i, _)) => format!("{:?}…", &id[..i]),
+        None => format!("{id:?}"),
     }
 }
 

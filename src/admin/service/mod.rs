@@ -45,6 +45,13 @@ impl Admin {
     }
 }
 
+/// The token of an `Authorization` value `Bearer <token>` (the scheme in
+/// any case, as RFC 9110 has it).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
 /// What went wrong with an admin call. Each kind has one code (the JSON
 /// `error`), one HTTP status and one gRPC status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +66,8 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// The body is over the admin API's limit.
     BodyTooLarge,
+    /// The call (its body included) took too long.
+    Timeout,
     /// The new config file is invalid; the old one keeps serving.
     ConfigRejected,
     /// The change could not be persisted (nothing changed).
@@ -75,6 +84,7 @@ impl ErrorKind {
             ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::BodyTooLarge => "body_too_large",
+            ErrorKind::Timeout => "request_timeout",
             ErrorKind::ConfigRejected => "config_rejected",
             ErrorKind::StateNotSaved => "state_not_saved",
             ErrorKind::Internal => "internal",

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use super::types::*;
 use super::{blocking, Admin, AdminError, ErrorKind};
-use crate::limits::connections::{HostInfo, Proxy};
+use crate::limits::connections::{CapSource, HostInfo, Proxy};
 
 /// The longest host name a cap may be set for (`host:port`).
 const MAX_HOST: usize = 261;
@@ -91,6 +91,7 @@ impl Admin {
         cap: Option<u64>,
     ) -> Result<HostInfo, AdminError> {
         check_host(host)?;
+        let backend = self.control.proxy_of(host) == Some(Proxy::Reverse);
         let proxy: Proxy = which
             .proxy
             .or_else(|| self.control.proxy_of(host))
@@ -100,11 +101,21 @@ impl Admin {
         if proxy == Proxy::Forward && self.runtime.load().config.forward_proxy.is_none() {
             return Err(AdminError::not_found("the forward proxy is not configured"));
         }
+        // A reverse-proxy cap is for a backend; removing one is allowed for
+        // any host (a backend the config has since dropped).
+        if proxy == Proxy::Reverse && cap.is_some() && !backend {
+            return Err(AdminError::not_found(format!(
+                "no backend {host:?} in any upstream"
+            )));
+        }
         let (control, h) = (self.control.clone(), host.to_string());
         let changed = blocking(move || control.set_host_cap(proxy, &h, cap)).await??;
-        match cap {
+        let now = self.get_host(host, Which { proxy: Some(proxy) }).ok();
+        // What this call set, not what a concurrent call may have set since.
+        let (max_connections, source) = match cap {
             Some(c) => {
-                tracing::info!(target: "admin", host = %host, proxy = proxy.as_str(), max_connections = c, "connection cap set through the admin API")
+                tracing::info!(target: "admin", host = %host, proxy = proxy.as_str(), max_connections = c, "connection cap set through the admin API");
+                (c, CapSource::Api)
             }
             None if !changed => {
                 return Err(AdminError::not_found(format!(
@@ -112,10 +123,21 @@ impl Admin {
                 )))
             }
             None => {
-                tracing::info!(target: "admin", host = %host, "connection cap override removed")
+                tracing::info!(target: "admin", host = %host, "connection cap override removed");
+                let file = now
+                    .as_ref()
+                    .filter(|h| h.source == CapSource::File)
+                    .map_or(0, |h| h.max_connections);
+                (file, CapSource::File)
             }
-        }
-        self.get_host(host, Which { proxy: Some(proxy) })
+        };
+        Ok(HostInfo {
+            host: host.to_string(),
+            proxy,
+            active: now.map_or(0, |h| h.active),
+            max_connections,
+            source,
+        })
     }
 
     /// Reads the config file again: what needs a restart, or every error of

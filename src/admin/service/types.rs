@@ -17,7 +17,7 @@ use crate::services::fleet::FleetState;
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
     /// A stable code: `bad_request`, `unauthorized`, `not_found`,
-    /// `method_not_allowed`, `body_too_large`, `config_rejected`,
+    /// `method_not_allowed`, `body_too_large`, `request_timeout`, `config_rejected`,
     /// `state_not_saved`, `internal`.
     pub error: String,
     pub message: String,
