@@ -22,7 +22,19 @@ struct Scope<'a> {
     quota: Quota,
     limiter: &'a Arc<RateLimiter>,
     hash: u64,
-    fleet_key: String,
+    id: &'a str,
+    model: Option<&'a str>,
+}
+
+impl Scope<'_> {
+    /// The fleet's key of these limits: built only in fleet mode, so that a
+    /// decision without a fleet allocates nothing.
+    fn fleet_key(&self) -> std::borrow::Cow<'_, str> {
+        match self.model {
+            None => std::borrow::Cow::Borrowed(self.id),
+            Some(m) => std::borrow::Cow::Owned(format!("{}\u{1f}{m}", self.id)),
+        }
+    }
 }
 
 fn exceeded_reason(e: Exceeded) -> RejectReason {
@@ -62,7 +74,7 @@ impl ClientPolicies {
     /// The client's own limits.
     fn client_scope<'a>(
         &'a self,
-        id: &str,
+        id: &'a str,
         configured: Option<&'a Arc<ConfiguredClient>>,
     ) -> Option<Scope<'a>> {
         let (quota, limiter, hash, _) = self.policy_of(id, configured)?;
@@ -70,31 +82,33 @@ impl ClientPolicies {
             quota,
             limiter,
             hash,
-            fleet_key: id.to_string(),
+            id,
+            model: None,
         })
     }
 
     /// The limits of `model` for the client.
     fn model_scope<'a>(
         &'a self,
-        id: &str,
+        id: &'a str,
         configured: Option<&'a Arc<ConfiguredClient>>,
-        model: &str,
+        model: &'a str,
     ) -> Option<Scope<'a>> {
-        let fleet_key = format!("{id}\u{1f}{model}");
         match configured {
             Some(c) if !c.enabled => None,
             Some(c) => c.models.get(model).map(|(quota, limiter)| Scope {
                 quota: *quota,
                 limiter,
                 hash: 0,
-                fleet_key,
+                id,
+                model: Some(model),
             }),
             None => Some(Scope {
                 quota: *self.policy.models.get(model)?,
                 limiter: self.unlisted.as_ref()?,
                 hash: self.hasher.hash_one((id, model)),
-                fleet_key,
+                id,
+                model: Some(model),
             }),
         }
     }
@@ -151,28 +165,38 @@ impl ClientPolicies {
                 }
             }
         }
-        let stats = configured.map(|c| c.stats.clone());
-        let mut charges: Vec<(Charge, QuotaState)> = Vec::with_capacity(2);
-        for (s, is_model) in [(client, false), (by_model, true)] {
-            let Some(s) = s else { continue };
-            match self.charge(&s, tokens, stats.clone().filter(|_| !is_model)) {
-                Ok(c) => charges.push(c),
+        // The client's scope first (it carries the stats), then the model's;
+        // a refusal by the second gives back what the first took. No heap
+        // allocation on the way.
+        let first = match client {
+            Some(s) => match self.charge(&s, tokens, configured.map(|c| c.stats.clone())) {
+                Ok(c) => Some(c),
+                Err((reason, refusal)) => return refused(reason, refusal, false),
+            },
+            None => None,
+        };
+        let second = match by_model {
+            Some(s) => match self.charge(&s, tokens, None) {
+                Ok(c) => Some(c),
                 Err((reason, refusal)) => {
-                    for (c, _) in charges {
+                    if let Some((c, _)) = first {
                         c.refund_all();
                     }
-                    return refused(reason, refusal, is_model);
+                    return refused(reason, refusal, true);
                 }
-            }
-        }
-        let mut it = charges.into_iter();
-        let Some((mut charge, state)) = it.next() else {
-            return Decision::Unlimited;
+            },
+            None => None,
         };
-        if let Some((linked, _)) = it.next() {
-            charge.linked = Some(Box::new(linked));
+        match (first, second) {
+            (Some((mut charge, state)), Some((linked, _))) => {
+                charge.linked = Some(Box::new(linked));
+                Decision::Admitted { charge, state }
+            }
+            (Some((charge, state)), None) | (None, Some((charge, state))) => {
+                Decision::Admitted { charge, state }
+            }
+            (None, None) => Decision::Unlimited,
         }
-        Decision::Admitted { charge, state }
     }
 
     /// Checks and charges one scope (and, in fleet mode, judges it by the
@@ -198,16 +222,17 @@ impl ClientPolicies {
         let Some(f) = &self.fleet else {
             return Ok((charge, state));
         };
-        match self.fleet_check(f, &s.fleet_key, s.quota, state) {
+        let key = s.fleet_key();
+        match self.fleet_check(f, &key, s.quota, state) {
             Ok(state) => {
                 let c = charge.reservation.charged;
                 f.record(
-                    &s.fleet_key,
+                    &key,
                     charge.reservation.window,
                     c.requests as i64,
                     c.tokens as i64,
                 );
-                charge.fleet = Some((f.clone(), Arc::from(s.fleet_key.as_str())));
+                charge.fleet = Some((f.clone(), Arc::from(&*key)));
                 Ok((charge, state))
             }
             Err(e) => {
@@ -303,7 +328,7 @@ impl ClientPolicies {
     fn peek_scope(&self, s: &Scope<'_>) -> QuotaState {
         let mut st = s.limiter.peek(s.hash, s.quota);
         if let Some(f) = &self.fleet {
-            let o = f.others(&s.fleet_key);
+            let o = f.others(&s.fleet_key());
             st.used.requests = st.used.requests.saturating_add(o.requests);
             st.used.tokens = st.used.tokens.saturating_add(o.tokens);
         }
