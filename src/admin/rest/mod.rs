@@ -102,9 +102,10 @@ async fn auth(State(s): State<Admin>, req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-/// Rewrites the errors axum answers itself (plain text: a body over the
-/// limit, a method the path does not have, a bad path or query) as JSON in
-/// the API's one shape.
+/// Refuses a body announced over the limit before it is read, gives each
+/// call `REQUEST_TIMEOUT`, and rewrites the errors axum answers itself
+/// (plain text: a body over the limit, a method the path does not have, a
+/// bad path or query) as JSON in the API's one shape.
 async fn json_errors(req: Request, next: Next) -> Response {
     // A body announced over the limit is refused before it is read.
     let announced = req
