@@ -23,6 +23,7 @@
 //!   at its default size (4 × 1024) and with as many slots as the table.
 
 #![allow(clippy::disallowed_methods)] // tests and benches may block: they are not the gateway
+#![allow(clippy::expect_used)] // a bench stops with the reason when its set-up fails
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -24,6 +24,7 @@
 //! `target/bench/cost.json` and `target/bench/cost.md`.
 
 #![allow(clippy::disallowed_methods)] // benches may block: they are not the gateway
+#![allow(clippy::expect_used)] // a bench stops with the reason when its set-up fails
 #![allow(clippy::unwrap_used)]
 
 #[path = "shared/cost.rs"]

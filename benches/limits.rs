@@ -16,6 +16,7 @@
 //!   reading usage from a 16 KiB streamed response.
 
 #![allow(clippy::disallowed_methods)] // tests and benches may block: they are not the gateway
+#![allow(clippy::expect_used)] // a bench stops with the reason when its set-up fails
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

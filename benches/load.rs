@@ -20,6 +20,7 @@
 //! Writes `target/bench/results.json` and `target/bench/report.html`.
 
 #![allow(clippy::disallowed_methods)] // tests and benches may block: they are not the gateway
+#![allow(clippy::expect_used)] // a bench stops with the reason when its set-up fails
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! is), every metric the gateway registers is in `docs/metrics.md` (and
 //! nothing else is), and nothing in the repository points outside it.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(clippy::disallowed_methods)] // tests and benches may block: they are not the gateway
 
 use std::collections::BTreeSet;

@@ -2,7 +2,7 @@
 //! `cost` scenario of `cargo bench --bench load`: see `benches/cost.rs`.
 
 #![allow(dead_code)]
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(clippy::disallowed_methods)] // benches may block: they are not the gateway
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

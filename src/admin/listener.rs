@@ -18,6 +18,32 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
+/// The listener bound before the server started (taken from `slot`), or,
+/// during a binary upgrade, one bound as soon as the old process lets the
+/// port go. `None`: shutdown came first, or the listener cannot be used.
+pub async fn take_or_bind(
+    slot: &std::sync::Mutex<Option<std::net::TcpListener>>,
+    addr: SocketAddr,
+    shutdown: &mut pingora::server::ShutdownWatch,
+) -> Option<TcpListener> {
+    #[allow(clippy::disallowed_methods)] // taken once, at start
+    let taken = slot.lock().ok().and_then(|mut l| l.take());
+    if let Some(l) = taken {
+        return TcpListener::from_std(l)
+            .map_err(|e| tracing::error!("admin listener {addr}: {e}"))
+            .ok();
+    }
+    loop {
+        if let Ok(l) = TcpListener::bind(addr).await {
+            return Some(l);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = shutdown.changed() => return None,
+        }
+    }
+}
+
 /// A listener that admits at most `max` connections at once.
 pub struct Limited {
     listener: TcpListener,

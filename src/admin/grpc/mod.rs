@@ -352,27 +352,12 @@ impl GrpcService {
 #[async_trait]
 impl BackgroundService for GrpcService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        #[allow(clippy::disallowed_methods)] // taken once, at start
-        let taken = self.listener.lock().ok().and_then(|mut l| l.take());
-        let listener = match taken {
-            Some(l) => tokio::net::TcpListener::from_std(l),
-            // Upgrading: bound as soon as the old process lets it go.
-            None => loop {
-                match tokio::net::TcpListener::bind(self.addr).await {
-                    Ok(l) => break Ok(l),
-                    Err(_) => {
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                            _ = shutdown.changed() => return,
-                        }
-                    }
-                }
-            },
+        let Some(listener) =
+            crate::admin::listener::take_or_bind(&self.listener, self.addr, &mut shutdown).await
+        else {
+            return;
         };
-        let result = match listener {
-            Ok(l) => self.serve(l, shutdown).await,
-            Err(e) => Err(e.to_string()),
-        };
+        let result = self.serve(listener, shutdown).await;
         if let Err(e) = result {
             tracing::error!("gRPC server on {}: {e}", self.addr);
         }

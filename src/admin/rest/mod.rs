@@ -22,7 +22,7 @@ use axum::{Json, Router};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use super::listener::Limited;
+use super::listener::{take_or_bind, Limited};
 use super::service::{Admin, AdminError, ErrorKind, MAX_BODY};
 use handlers::*;
 
@@ -206,28 +206,8 @@ impl AdminService {
 #[async_trait]
 impl BackgroundService for AdminService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        #[allow(clippy::disallowed_methods)] // taken once, at start
-        let taken = self.listener.lock().ok().and_then(|mut l| l.take());
-        let listener = match taken {
-            Some(l) => tokio::net::TcpListener::from_std(l),
-            None => loop {
-                match tokio::net::TcpListener::bind(self.addr).await {
-                    Ok(l) => break Ok(l),
-                    Err(_) => {
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                            _ = shutdown.changed() => return,
-                        }
-                    }
-                }
-            },
-        };
-        let listener = match listener {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!("admin listener: {e}");
-                return;
-            }
+        let Some(listener) = take_or_bind(&self.listener, self.addr, &mut shutdown).await else {
+            return;
         };
         self.state.ready.store(true, Ordering::Release);
         crate::metrics::metrics().ready.set(1);
