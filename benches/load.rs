@@ -520,7 +520,7 @@ impl RedisServer {
 /// Fleet mode: throughput with and without it (one instance, every limit
 /// on, admitting); Redis commands a second per instance as the clients in
 /// use grow; and over-admission across three instances against the
-/// stated bound `(instances − 1) × rate × sync_interval`.
+/// stated bound `(instances − 1) × rate × 2 × sync_interval`.
 async fn fleet(quick: bool) -> serde_json::Value {
     let secs = if quick { 3.0 } else { 10.0 };
     let (_up, up) = upstream();
@@ -598,7 +598,7 @@ async fn fleet(quick: bool) -> serde_json::Value {
     // requests a second, the client allowed `quota` a window.
     let (quota, rate) = (300u64, 200.0);
     let sync_s = 0.1;
-    let bound = 2.0 * rate * sync_s;
+    let bound = 2.0 * rate * 2.0 * sync_s;
     let rest = route(up, "")
         + &format!("[clients]\nwindow = \"1h\"\n[clients.limits.hot]\nrpm = {quota}\n");
     let gws: Vec<Gw> = (0..3)

@@ -15,7 +15,16 @@
 //! `sync_interval`. Totals, not increments: a write that is retried, or
 //! lands twice, changes nothing, and a refund is just a smaller total. So
 //! over-admission of one client is bounded by what the *other* instances
-//! admit between two syncs: `(instances − 1) × rate × sync_interval`.
+//! admit while an instance's view of them is stale. That view is up to two
+//! intervals old (the other's write was up to one interval old when read,
+//! and the read is used for up to one more), so the bound is
+//! `(instances − 1) × rate × 2 × sync_interval`. Proof: let B be the
+//! instance that admits last, at t. It admitted because its own count plus
+//! what it saw of the others (their totals as of t − 2 × sync_interval at
+//! the oldest) was under the limit; so the fleet's total exceeds the limit
+//! by at most what the others admitted in the last 2 × sync_interval
+//! before t. Rounds that run late (a loaded machine, a slow Redis) stretch
+//! the interval in that formula to the real one.
 //!
 //! While the store is unreachable ([`FleetQuotas::set_degraded`]) the
 //! instance applies `on_redis_down`: its share of the limit
