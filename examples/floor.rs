@@ -6,9 +6,11 @@
 //!
 //!   cargo run --release --example floor -- 127.0.0.1:8081 127.0.0.1:8000
 //!
-//! Used by `cargo bench --bench cost`.
+//! Used by `cargo bench --bench cost`, and by `cargo bench --bench knobs`,
+//! which sets one Pingora setting at a time through the environment.
 
 use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 
@@ -33,18 +35,26 @@ impl ProxyHttp for Floor {
     }
 }
 
+/// A Pingora setting to try instead of Floodgate's, from the environment
+/// (`cargo bench --bench knobs` sets one at a time).
+fn knob<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(listen), Some(upstream)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: floor LISTEN UPSTREAM   (both host:port)");
+        eprintln!("usage: floor LISTEN UPSTREAM [THREADS]   (both host:port)");
+        eprintln!("knobs: FLOOR_WORK_STEALING=true|false FLOOR_LISTENER_TASKS=N FLOOR_POOL=N FLOOR_KEEPALIVE_LIMIT=N");
         std::process::exit(2);
     };
     let threads = args.get(3).and_then(|t| t.parse().ok()).unwrap_or(1);
     // Floodgate's settings (server::server_conf) for one worker.
     let conf = ServerConf {
         threads,
-        work_stealing: false,
-        upstream_keepalive_pool_size: 1024,
+        work_stealing: knob("FLOOR_WORK_STEALING").unwrap_or(false),
+        listener_tasks_per_fd: knob("FLOOR_LISTENER_TASKS").unwrap_or(1),
+        upstream_keepalive_pool_size: knob("FLOOR_POOL").unwrap_or(1024),
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(0),
         ..ServerConf::default()
@@ -57,6 +67,11 @@ fn main() {
             upstream: upstream.clone(),
         },
     );
+    if let Some(proxy) = svc.app_logic_mut() {
+        let mut o = HttpServerOptions::default();
+        o.keepalive_request_limit = knob("FLOOR_KEEPALIVE_LIMIT");
+        proxy.server_options = Some(o);
+    }
     svc.add_tcp(listen);
     server.add_service(svc);
     server.run_forever();

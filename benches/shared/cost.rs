@@ -61,10 +61,15 @@ impl Drop for Proc {
 }
 
 fn spawn(cmd: &Path, args: &[String], log: &Path) -> Proc {
+    spawn_with(cmd, args, &[], log)
+}
+
+fn spawn_with(cmd: &Path, args: &[String], env: &[(String, String)], log: &Path) -> Proc {
     let out = std::fs::File::create(log).expect("log file");
     Proc(
         Command::new(cmd)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "error")
             .stdout(out.try_clone().expect("log"))
             .stderr(out)
@@ -135,6 +140,8 @@ struct Target {
     name: &'static str,
     cmd: PathBuf,
     args: Vec<String>,
+    /// Set in its environment (the floor's knobs).
+    env: Vec<(String, String)>,
     port: u16,
 }
 
@@ -142,7 +149,7 @@ impl Target {
     fn start(&self, dir: &Path, callgrind: Option<&Path>) -> Proc {
         let log = dir.join(format!("{}.log", self.name.replace([' ', ','], "_")));
         let p = match callgrind {
-            None => spawn(&self.cmd, &self.args, &log),
+            None => spawn_with(&self.cmd, &self.args, &self.env, &log),
             Some(out) => {
                 let mut args = vec![
                     "--tool=callgrind".to_string(),
@@ -151,7 +158,7 @@ impl Target {
                     self.cmd.display().to_string(),
                 ];
                 args.extend(self.args.iter().cloned());
-                spawn(&require("valgrind", "valgrind"), &args, &log)
+                spawn_with(&require("valgrind", "valgrind"), &args, &self.env, &log)
             }
         };
         wait_port(self.port, self.name);
@@ -303,6 +310,7 @@ fn floodgate(dir: &Path, name: &'static str, origin: u16, cap: u64, rest: &str) 
         name,
         cmd: PathBuf::from(BIN),
         args: vec!["--conf".into(), conf.display().to_string()],
+        env: Vec::new(),
         port,
     }
 }
@@ -348,6 +356,7 @@ pub fn run(quick: bool) -> (serde_json::Value, String) {
             .display()
             .to_string(),
         ],
+        env: Vec::new(),
         port: nginx_port,
     };
     let floor_port = free_port();
@@ -358,6 +367,7 @@ pub fn run(quick: bool) -> (serde_json::Value, String) {
             format!("127.0.0.1:{floor_port}"),
             format!("127.0.0.1:{origin_port}"),
         ],
+        env: Vec::new(),
         port: floor_port,
     };
     let none = floodgate(dir, "floodgate, no limits", origin_port, 0, "");
@@ -484,6 +494,156 @@ pub fn run(quick: bool) -> (serde_json::Value, String) {
         summary["wrk"].as_str().unwrap_or(""),
         summary["callgrind"].as_str().unwrap_or(""),
         if quick { " A --quick run: not the result." } else { "" },
+    ));
+    (summary, md)
+}
+
+/// Pingora's own settings, one at a time, on the floor (bare Pingora on
+/// Floodgate's settings): throughput and p99 (wrk, rounds interleaved) and
+/// instructions per request (callgrind), against the floor as shipped in
+/// the same run. Returns the figures and their table (markdown).
+pub fn knobs(quick: bool) -> (serde_json::Value, String) {
+    let (secs, rounds, counted) = if quick {
+        (4, 1, 4_000)
+    } else {
+        (10, 3, 20_000)
+    };
+    let nginx = require("nginx", "nginx");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let origin_port = free_port();
+    let origin_conf = nginx_conf(
+        dir,
+        "origin",
+        origin_port,
+        "@@ default_type application/json; return 200 '{\"ok\":true,\"from\":\"origin\"}';",
+    );
+    let _origin = spawn(
+        &nginx,
+        &["-c".into(), origin_conf.display().to_string()],
+        &dir.join("origin.log"),
+    );
+    wait_port(origin_port, "origin");
+    // (name, environment): Floodgate's settings first, then one change each.
+    let variants: &[(&'static str, &[(&str, &str)])] = &[
+        (
+            "as shipped: no work stealing, 1 listener task, pool 1024, no request limit",
+            &[],
+        ),
+        (
+            "work_stealing = true (tokio multi-thread flavour)",
+            &[("FLOOR_WORK_STEALING", "true")],
+        ),
+        (
+            "listener_tasks_per_fd = 2",
+            &[("FLOOR_LISTENER_TASKS", "2")],
+        ),
+        (
+            "upstream_keepalive_pool_size = 32 (below the 64 connections)",
+            &[("FLOOR_POOL", "32")],
+        ),
+        (
+            "upstream_keepalive_pool_size = 8192",
+            &[("FLOOR_POOL", "8192")],
+        ),
+        (
+            "keepalive_request_limit = 1000 (nginx's keepalive_requests)",
+            &[("FLOOR_KEEPALIVE_LIMIT", "1000")],
+        ),
+        (
+            "keepalive_request_limit = 100",
+            &[("FLOOR_KEEPALIVE_LIMIT", "100")],
+        ),
+    ];
+    let floor = floor_bin();
+    let targets: Vec<Target> = variants
+        .iter()
+        .map(|(name, env)| {
+            let port = free_port();
+            Target {
+                name,
+                cmd: floor.clone(),
+                args: vec![
+                    format!("127.0.0.1:{port}"),
+                    format!("127.0.0.1:{origin_port}"),
+                ],
+                env: env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                port,
+            }
+        })
+        .collect();
+    let script = dir.join("plain.lua");
+    std::fs::write(
+        &script,
+        "request = function()\n  return wrk.format(\"GET\", \"/\", {[\"X-Client-ID\"] = \"c7\"})\nend\n",
+    )
+    .unwrap();
+    let mut runs: Vec<Vec<Wrk>> = targets.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        for (i, t) in targets.iter().enumerate() {
+            let p = t.start(dir, None);
+            let _ = wrk(t.port, 1, &script);
+            runs[i].push(wrk(t.port, secs, &script));
+            drop(p);
+            eprintln!("round {round}: {} done", t.name);
+        }
+    }
+    let mut rows = Vec::new();
+    let base_rps = median(runs[0].iter().map(|w| w.rps).collect());
+    let base_p99 = median(runs[0].iter().map(|w| w.p99_ms).collect());
+    let mut base_ir = f64::NAN;
+    for (i, t) in targets.iter().enumerate() {
+        let ir = instructions(t, dir, counted);
+        if i == 0 {
+            base_ir = ir;
+        }
+        eprintln!("{}: {ir:.0} instructions per request", t.name);
+        let rps = median(runs[i].iter().map(|w| w.rps).collect());
+        let p99 = median(runs[i].iter().map(|w| w.p99_ms).collect());
+        rows.push(json!({
+            "setting": t.name,
+            "rps": rps,
+            "rps_over_shipped": rps / base_rps,
+            "p99_ms": p99,
+            "p99_over_shipped": p99 / base_p99,
+            "instructions_per_request": ir,
+            "instructions_over_shipped": ir / base_ir,
+        }));
+    }
+    let summary = json!({
+        "quick": quick,
+        "wrk": format!("wrk -t1 -c64 -d{secs}s --latency, {rounds} rounds interleaved, medians"),
+        "callgrind": format!("valgrind --tool=callgrind --instr-atstart=no; callgrind_control --instr=on; h2load --h1 -n {counted} -c 16; --instr=off"),
+        "rows": rows,
+    });
+    let mut md = String::from(
+        "| Pingora setting (bare Pingora, one worker) | req/s | ×shipped | p99 ms | ×shipped | instructions/request | ×shipped |\n|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in summary["rows"].as_array().unwrap() {
+        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        md.push_str(&format!(
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.3} |\n",
+            r["setting"].as_str().unwrap_or(""),
+            f("rps"),
+            f("rps_over_shipped"),
+            f("p99_ms"),
+            f("p99_over_shipped"),
+            f("instructions_per_request"),
+            f("instructions_over_shipped"),
+        ));
+    }
+    md.push_str(&format!(
+        "\n{}; {}.{}\n",
+        summary["wrk"].as_str().unwrap_or(""),
+        summary["callgrind"].as_str().unwrap_or(""),
+        if quick {
+            " A --quick run: not the result."
+        } else {
+            ""
+        },
     ));
     (summary, md)
 }
