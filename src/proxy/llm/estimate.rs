@@ -39,8 +39,16 @@ pub fn count_tokens(tokenizer: Tokenizer, text: &str) -> u64 {
 }
 
 /// The model named in a Gemini path (`…/models/{model}:generateContent`).
+/// Runs on every request of an `auto` route (every route by default), so it
+/// scans bytes: `rsplit_once("/models/")` built a substring searcher each
+/// time, about 400 instructions for a path with no model in it.
 pub fn gemini_model(path: &str) -> Option<String> {
-    let after = path.rsplit_once("/models/")?.1;
+    const NEEDLE: &[u8] = b"/models/";
+    let at = path
+        .as_bytes()
+        .windows(NEEDLE.len())
+        .rposition(|w| w == NEEDLE)?;
+    let after = path.get(at + NEEDLE.len()..)?;
     let model = after.split(':').next()?;
     (!model.is_empty()).then(|| model.to_string())
 }
@@ -124,6 +132,26 @@ pub fn estimate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gemini_model_is_the_last_models_segment() {
+        let m = |p: &str| gemini_model(p);
+        assert_eq!(
+            m("/v1beta/models/gemini-2.0-flash:generateContent").as_deref(),
+            Some("gemini-2.0-flash")
+        );
+        assert_eq!(
+            m("/models/a/models/b:streamGenerateContent").as_deref(),
+            Some("b")
+        );
+        assert_eq!(m("/v1/models/gpt-4o").as_deref(), Some("gpt-4o"));
+        assert_eq!(m("/v1/models/").as_deref(), None);
+        assert_eq!(m("/v1/models/:x").as_deref(), None);
+        assert_eq!(m("/"), None);
+        assert_eq!(m(""), None);
+        assert_eq!(m("/models"), None);
+        assert_eq!(m("/é/models/ü:x").as_deref(), Some("ü"));
+    }
 
     #[test]
     fn estimates_every_format() {
