@@ -111,11 +111,25 @@ impl RateLimiter {
 
     /// The sliding estimate for `hash` at `now`.
     fn estimate(&self, hash: u64, n: u64, into: u64) -> Usage {
+        let (cur, prev) = self.counts(hash, n);
+        self.slide(cur, prev, into)
+    }
+
+    /// `hash`'s counts in window `n` and the one before it.
+    fn counts(&self, hash: u64, n: u64) -> (Usage, Usage) {
         let cur = self.ring.table(n).map(|t| t.get(hash)).unwrap_or_default();
-        let prev = match n.checked_sub(1).and_then(|p| self.ring.table(p)) {
-            Some(t) => t.get(hash),
-            None => Usage::default(),
-        };
+        let prev = n
+            .checked_sub(1)
+            .and_then(|p| self.ring.table(p))
+            .map(|t| t.get(hash))
+            .unwrap_or_default();
+        (cur, prev)
+    }
+
+    /// The sliding estimate from a window's count and the previous one's,
+    /// `into` ms into the window.
+    #[inline]
+    fn slide(&self, cur: Usage, prev: Usage, into: u64) -> Usage {
         Usage {
             requests: cur.requests + self.weigh(prev.requests, into),
             tokens: cur.tokens + self.weigh(prev.tokens, into),
@@ -158,8 +172,16 @@ impl RateLimiter {
             reset_ms,
             window_ms: self.window_ms,
         };
-        let before = self.estimate(hash, n, into);
-        if let Some(r) = self.refusal(hash, before, tokens, quota, n, into) {
+        // Each window's table is looked up once for the whole decision (a
+        // client table is behind an `ArcSwap`), and each count read once
+        // for the check before charging.
+        let cur_table = self.ring.table(n);
+        let prev_table = n.checked_sub(1).and_then(|p| self.ring.table(p));
+        let read =
+            |t: &Option<ring::TableRef<'_>>| t.as_ref().map(|t| t.get(hash)).unwrap_or_default();
+        let (cur, prev) = (read(&cur_table), read(&prev_table));
+        let before = self.slide(cur, prev, into);
+        if let Some(r) = self.refusal_from(before, tokens, quota, cur, prev, into) {
             return Err(OverQuota {
                 exceeded: r.0,
                 retry_after_ms: r.1,
@@ -172,7 +194,7 @@ impl RateLimiter {
             requests: u64::from(quota.rpm.is_some()),
             tokens: if quota.tpm.is_some() { tokens } else { 0 },
         };
-        let Some(table) = self.ring.table(n) else {
+        let Some(table) = cur_table else {
             // The rotation is behind (a stalled thread): admit uncounted
             // rather than count into a table that is about to be cleared.
             return Ok((
@@ -192,11 +214,7 @@ impl RateLimiter {
         let after_cur = table.add(hash, charge);
         let now = self.clock.now_ms();
         let after = if now / self.window_ms == n {
-            let prev = n
-                .checked_sub(1)
-                .and_then(|p| self.ring.table(p))
-                .map(|t| t.get(hash))
-                .unwrap_or_default();
+            let prev = read(&prev_table);
             let (_, into_now, _) = self.position(now);
             let w = |v| self.weigh(v, into_now);
             Usage {
@@ -249,12 +267,20 @@ impl RateLimiter {
         n: u64,
         into: u64,
     ) -> Option<(Exceeded, u64)> {
-        let cur = self.ring.table(n).map(|t| t.get(hash)).unwrap_or_default();
-        let prev = n
-            .checked_sub(1)
-            .and_then(|p| self.ring.table(p))
-            .map(|t| t.get(hash))
-            .unwrap_or_default();
+        let (cur, prev) = self.counts(hash, n);
+        self.refusal_from(used, tokens, quota, cur, prev, into)
+    }
+
+    /// [`Self::refusal`], from the counts (`cur`, `prev`) already read.
+    fn refusal_from(
+        &self,
+        used: Usage,
+        tokens: u64,
+        quota: Quota,
+        cur: Usage,
+        prev: Usage,
+        into: u64,
+    ) -> Option<(Exceeded, u64)> {
         let mut worst: Option<(Exceeded, u64)> = None;
         let mut consider =
             |which, limit: Option<u64>, used: u64, cost: u64, cur: u64, prev: u64| {
