@@ -2,6 +2,7 @@
 //! active health checks, and the peer each request connects to.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,8 +33,14 @@ pub struct Upstream {
     /// two upstreams with different TLS trust never share a connection.
     pool_group: u64,
     /// The connection counter of each backend host (shared with every
-    /// upstream listing the same backend, and across reloads).
+    /// upstream listing the same backend, and across reloads), once each.
     counters: Vec<(SocketAddr, Arc<HostCounter>)>,
+    /// Whether each backend (as `counters`) passed its last health check,
+    /// copied from Pingora's checks after each round: the request path
+    /// reads a flag instead of hashing the backend into Pingora's registry.
+    healthy: Vec<AtomicBool>,
+    /// The round robin's position.
+    next: AtomicUsize,
     /// This upstream's cap per backend host (0 = none).
     max_connections: u64,
     /// This upstream's own adaptive window.
@@ -99,11 +106,15 @@ impl Upstream {
                 },
             }),
         };
-        let counters = c
-            .backends
-            .iter()
-            .map(|a| (*a, hosts.counter(&a.to_string())))
-            .collect();
+        let mut counters: Vec<(SocketAddr, Arc<HostCounter>)> = Vec::new();
+        for a in &c.backends {
+            // A backend listed twice is one backend (as Pingora's set has it).
+            if !counters.iter().any(|(x, _)| x == a) {
+                counters.push((*a, hosts.counter(&a.to_string())));
+            }
+        }
+        // Healthy until a check says otherwise (as Pingora starts them).
+        let healthy = counters.iter().map(|_| AtomicBool::new(true)).collect();
         let mut set_headers = Vec::new();
         for (name, template) in &c.request_headers.set {
             let v = template
@@ -116,6 +127,8 @@ impl Upstream {
             remove_headers: c.request_headers.remove.clone(),
             adaptive,
             counters,
+            healthy,
+            next: AtomicUsize::new(0),
             max_connections: c.max_connections,
             name: c.name.clone(),
             lb,
@@ -138,50 +151,29 @@ impl Upstream {
     /// The next backend (round robin, healthy first, skipping `exclude`)
     /// that has room under its connection cap, with its slot taken.
     pub fn acquire(&self, exclude: &[SocketAddr]) -> Result<(SocketAddr, HostSlot), NoBackend> {
-        let slot: std::cell::RefCell<Option<HostSlot>> = Default::default();
-        let any_fresh = std::cell::Cell::new(false);
-        let n = self.backend_count().max(1);
+        let n = self.counters.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut any_fresh = false;
         for healthy_only in [true, false] {
-            let chosen = self.lb.select_with(b"", n * 2, |b, healthy| {
-                let Some(addr) = b.addr.as_inet() else {
-                    return false;
-                };
-                if exclude.contains(addr) || (healthy_only && !healthy) {
-                    return false;
-                }
-                any_fresh.set(true);
-                match self
-                    .counter(*addr)
-                    .map(|c| c.try_acquire(self.max_connections))
+            for k in 0..n {
+                let i = start.wrapping_add(k) % n;
+                let (addr, counter) = &self.counters[i];
+                if exclude.contains(addr)
+                    || (healthy_only && !self.healthy[i].load(Ordering::Relaxed))
                 {
-                    Some(Some(s)) => {
-                        *slot.borrow_mut() = Some(s);
-                        true
-                    }
-                    Some(None) => false,
-                    // Not a configured backend (cannot happen): no cap.
-                    None => true,
+                    continue;
                 }
-            });
-            if let Some(addr) = chosen.and_then(|b| b.addr.as_inet().copied()) {
-                if let Some(s) = slot.into_inner() {
-                    return Ok((addr, s));
+                any_fresh = true;
+                if let Some(slot) = counter.try_acquire(self.max_connections) {
+                    return Ok((*addr, slot));
                 }
-                return Err(NoBackend::Exhausted);
             }
         }
-        Err(if any_fresh.get() {
+        Err(if any_fresh {
             NoBackend::AtCap
         } else {
             NoBackend::Exhausted
         })
-    }
-
-    fn counter(&self, addr: SocketAddr) -> Option<&Arc<HostCounter>> {
-        self.counters
-            .iter()
-            .find(|(a, _)| *a == addr)
-            .map(|(_, c)| c)
     }
 
     /// Each backend's counter, as the admin API and metrics show it.
@@ -199,7 +191,7 @@ impl Upstream {
     }
 
     pub fn backend_count(&self) -> usize {
-        self.lb.backends().get_backend().len()
+        self.counters.len()
     }
 
     /// The peer a request to `addr` connects through; Pingora pools the
@@ -229,7 +221,16 @@ impl Upstream {
     /// Probes every backend once (in parallel); called by the health-check
     /// service every `health_check_interval`.
     pub async fn run_health_check(&self) {
-        self.lb.backends().run_health_check(true).await;
+        let backends = self.lb.backends();
+        backends.run_health_check(true).await;
+        for b in backends.get_backend().iter() {
+            let Some(addr) = b.addr.as_inet() else {
+                continue;
+            };
+            if let Some(i) = self.counters.iter().position(|(a, _)| a == addr) {
+                self.healthy[i].store(backends.ready(b), Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -251,4 +252,46 @@ fn load_ca(path: &std::path::Path) -> Result<Vec<WrappedX509>, String> {
         return Err("no certificate found".into());
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(backends: &str, cap: u64) -> Upstream {
+        let c = crate::config::parse(
+            &format!(
+                "[[upstreams]]\nname = \"a\"\nbackends = [{backends}]\nmax_connections = {cap}\n[[routes]]\nupstream = \"a\"\n"
+            ),
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        Upstream::build(&c.upstreams[0], &HostRegistry::new(), None).unwrap()
+    }
+
+    const A: &str = "127.0.0.1:1";
+    const B: &str = "127.0.0.1:2";
+
+    #[test]
+    fn round_robin_healthy_first_then_any_with_room() {
+        let u = upstream(&format!("\"{A}\", \"{B}\", \"{A}\""), 2);
+        // A backend listed twice is one backend.
+        assert_eq!(u.backend_count(), 2);
+        let a: SocketAddr = A.parse().unwrap();
+        let b: SocketAddr = B.parse().unwrap();
+        let (x, sx) = u.acquire(&[]).unwrap();
+        let (y, sy) = u.acquire(&[]).unwrap();
+        assert_ne!(x, y, "round robin alternates");
+        drop((sx, sy));
+        // `a` fails its check: `b` is chosen while it has room, then `a`.
+        u.healthy[0].store(false, Ordering::Relaxed);
+        let held: Vec<_> = (0..4).map(|_| u.acquire(&[]).unwrap()).collect();
+        let picked: Vec<SocketAddr> = held.iter().map(|(addr, _)| *addr).collect();
+        assert_eq!(picked, vec![b, b, a, a]);
+        assert_eq!(u.acquire(&[]).unwrap_err(), NoBackend::AtCap);
+        drop(held);
+        // Every backend tried already: exhausted, not at cap.
+        assert_eq!(u.acquire(&[a, b]).unwrap_err(), NoBackend::Exhausted);
+        assert_eq!(u.acquire(&[b]).unwrap().0, a);
+    }
 }
