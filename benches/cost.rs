@@ -2,7 +2,7 @@
 //! nginx, each one worker, keep-alive both sides, access logs off, in front
 //! of the same origin (nginx `return 200`), in one run:
 //!
-//!   cargo bench --bench cost              (about 8 minutes)
+//!   cargo bench --bench cost              (about 10 minutes)
 //!   cargo bench --bench cost -- --quick   (a shorter run: not the result)
 //!
 //! - throughput and p99: `wrk`, 1 thread, 64 connections, 3 rounds
@@ -10,7 +10,9 @@
 //!   median of each, and ratios, not absolute figures);
 //! - instructions per request: callgrind, counting only while a fixed
 //!   number of requests flows (`h2load --h1`), which repeats from run to
-//!   run where wall-clock figures do not.
+//!   run where wall-clock figures do not; counted twice, the second time
+//!   with glibc's `memcpy` by its vector loop (callgrind counts `rep movsb`
+//!   once per byte: see `VECTOR_MEMCPY` in `shared/cost.rs`).
 //!
 //! Floodgate runs twice: with no limit, and with every limit on — client
 //! quotas, a host cap and an adaptive window — set so that each one refuses
