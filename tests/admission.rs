@@ -61,12 +61,23 @@ async fn wait_released(gw: &Gateway) {
 
 /// A gateway with a configured client `t` (TPM `tpm`), a global adaptive
 /// window (no signals: it may grow) and a host cap.
+/// A gateway on `rest`. Its client windows are an hour long (every test
+/// here says so), and it never starts in an hour's last minute: the tests
+/// assert exact windowed usage, which a window boundary mid-test would
+/// weigh down (one failed on CI when a minute window's boundary fell
+/// mid-test: 897 tokens for 900).
+fn start(rest: &str) -> Gateway {
+    assert!(rest.contains("window = \"1h\""), "{rest}");
+    clear_of_window_boundary(Duration::from_secs(3600), Duration::from_secs(60));
+    Gateway::start("", rest)
+}
+
 fn gateway(up: &Upstream, clients_extra: &str, tpm: u64) -> Gateway {
     let rest = upstream_toml("api", &[up.addr], "max_connections = 50")
         + &route_toml("main", "/", "api")
-        + &format!("[clients]\n{clients_extra}\n[clients.limits.t]\nrpm = 100\ntpm = {tpm}\n")
+        + &format!("[clients]\nwindow = \"1h\"\n{clients_extra}\n[clients.limits.t]\nrpm = 100\ntpm = {tpm}\n")
         + "[backpressure]\nenabled = true\nmin_window = 2\nmax_window = 50\n";
-    Gateway::start("", &rest)
+    start(&rest)
 }
 
 async fn send(c: &reqwest::Client, method: reqwest::Method, url: &str, estimate: u64) -> u16 {
@@ -175,9 +186,9 @@ async fn a_client_that_leaves_the_queue_is_refunded_unless_the_policy_says_none(
     for (policy, refunded) in [("", true), ("refund_on_client_abort = \"none\"", false)] {
         let rest = upstream_toml("api", &[up.addr], "")
             + &route_toml("main", "/", "api")
-            + &format!("[clients]\n{policy}\n[clients.limits.t]\nrpm = 100\ntpm = 1000\n")
+            + &format!("[clients]\nwindow = \"1h\"\n{policy}\n[clients.limits.t]\nrpm = 100\ntpm = 1000\n")
             + "[backpressure]\nenabled = true\nmin_window = 1\nmax_window = 1\nqueue_timeout = \"5s\"\n";
-        let gw = Gateway::start("", &rest);
+        let gw = start(&rest);
         // One request holds the only slot.
         let url = gw.url("/x?delay_ms=1500");
         let holder = tokio::spawn(async move { client().get(url).send().await });
@@ -212,9 +223,9 @@ async fn refusals_at_each_phase_leave_nothing_held() {
     // Phase 6: every backend at its cap.
     let rest = upstream_toml("api", &[up.addr], "max_connections = 1")
         + &route_toml("main", "/", "api")
-        + "[clients]\n[clients.limits.t]\nrpm = 100\ntpm = 1000\n"
+        + "[clients]\nwindow = \"1h\"\n[clients.limits.t]\nrpm = 100\ntpm = 1000\n"
         + "[backpressure]\nenabled = true\nmin_window = 10\nmax_window = 10\n";
-    let gw = Gateway::start("", &rest);
+    let gw = start(&rest);
     let url = gw.url("/x?delay_ms=1000");
     let holder = tokio::spawn(async move { client().get(url).send().await });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -230,9 +241,9 @@ async fn refusals_at_each_phase_leave_nothing_held() {
     // Phase 5: the window is full.
     let rest = upstream_toml("api", &[up.addr], "")
         + &route_toml("main", "/", "api")
-        + "[clients]\n[clients.limits.t]\nrpm = 100\ntpm = 1000\n"
+        + "[clients]\nwindow = \"1h\"\n[clients.limits.t]\nrpm = 100\ntpm = 1000\n"
         + "[backpressure]\nenabled = true\nmin_window = 1\nmax_window = 1\n";
-    let gw = Gateway::start("", &rest);
+    let gw = start(&rest);
     let url = gw.url("/x?delay_ms=1000");
     let holder = tokio::spawn(async move { client().get(url).send().await });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -247,9 +258,9 @@ async fn refusals_at_each_phase_leave_nothing_held() {
     // A streamed (chunked) body over the route's limit, after admission.
     let rest = upstream_toml("api", &[up.addr], "")
         + "[[routes]]\nname = \"main\"\npath_prefix = \"/\"\nupstream = \"api\"\nmax_body_size = 100\n"
-        + "[clients]\n[clients.limits.t]\nrpm = 100\ntpm = 1000\n"
+        + "[clients]\nwindow = \"1h\"\n[clients.limits.t]\nrpm = 100\ntpm = 1000\n"
         + "[backpressure]\nenabled = true\nmin_window = 5\nmax_window = 5\n";
-    let gw = Gateway::start("", &rest);
+    let gw = start(&rest);
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![Ok(vec![b'a'; 80]), Ok(vec![b'b'; 80])];
     let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
     let r = c
@@ -271,9 +282,9 @@ async fn refusals_at_each_phase_leave_nothing_held() {
         &[([127, 0, 0, 1], dead).into(), up.addr],
         "max_connections = 1\nretries = 1\nconnect_timeout = \"300ms\"",
     ) + &route_toml("main", "/", "api")
-        + "[clients]\n[clients.limits.t]\nrpm = 100\ntpm = 1000\n"
+        + "[clients]\nwindow = \"1h\"\n[clients.limits.t]\nrpm = 100\ntpm = 1000\n"
         + "[backpressure]\nenabled = true\nmin_window = 5\nmax_window = 5\n";
-    let gw = Gateway::start("", &rest);
+    let gw = start(&rest);
     // Hold the live backend's only slot, then send requests until one
     // lands on the dead backend first and its retry finds the live one
     // full.

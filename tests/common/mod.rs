@@ -528,3 +528,20 @@ impl Drop for Prometheus {
         self.kill();
     }
 }
+
+/// Waits, when less than `need` is left of the current `window` (client
+/// windows are aligned to the Unix epoch), until the next one starts: a
+/// test that asserts exact windowed usage must not straddle a boundary,
+/// where the sliding estimate weighs the previous window's counts down
+/// (a charge of 900 reads 897 0.2 s into the next window).
+pub fn clear_of_window_boundary(window: Duration, need: Duration) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_millis() as u64;
+    let w = window.as_millis().max(1) as u64;
+    let left = w - now % w;
+    if left < need.as_millis() as u64 {
+        std::thread::sleep(Duration::from_millis(left + 20));
+    }
+}
