@@ -59,8 +59,6 @@ async fn wait_released(gw: &Gateway) {
     }
 }
 
-/// A gateway with a configured client `t` (TPM `tpm`), a global adaptive
-/// window (no signals: it may grow) and a host cap.
 /// A gateway on `rest`. Its client windows are an hour long (every test
 /// here says so), and it never starts in an hour's last minute: the tests
 /// assert exact windowed usage, which a window boundary mid-test would
@@ -72,6 +70,8 @@ fn start(rest: &str) -> Gateway {
     Gateway::start("", rest)
 }
 
+/// A gateway with a configured client `t` (TPM `tpm`), a global adaptive
+/// window (no signals: it may grow) and a host cap.
 fn gateway(up: &Upstream, clients_extra: &str, tpm: u64) -> Gateway {
     let rest = upstream_toml("api", &[up.addr], "max_connections = 50")
         + &route_toml("main", "/", "api")
