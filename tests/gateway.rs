@@ -42,6 +42,31 @@ async fn round_robin_across_backends() {
     }
 }
 
+/// With no retries to hide a wrong pick, a backend its health check found
+/// dead gets no request at all: the selection reads what the checks found.
+#[tokio::test]
+async fn a_backend_failing_its_health_check_gets_no_requests() {
+    let a = Upstream::start("a");
+    let mut b = Upstream::start("b");
+    let gw = Gateway::start(
+        "",
+        &(upstream_toml(
+            "api",
+            &[a.addr, b.addr],
+            "health_check_interval = \"200ms\"\nconnect_timeout = \"500ms\"\nretries = 0",
+        ) + &route_toml("all", "/", "api")),
+    );
+    let c = client();
+    b.kill();
+    // A few check rounds.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for _ in 0..20 {
+        let (status, _, v) = get_json(&c, &gw.url("/x")).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(server_of(&v), "a");
+    }
+}
+
 #[tokio::test]
 async fn dead_backend_is_skipped_then_recovers() {
     let a = Upstream::start("a");
