@@ -32,8 +32,6 @@
 #[path = "shared/cost.rs"]
 mod cost;
 
-use std::path::{Path, PathBuf};
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--list") {
@@ -41,18 +39,5 @@ fn main() {
     }
     let quick = args.iter().any(|a| a == "--quick");
     let (summary, md) = cost::run(quick);
-    println!("{md}");
-    let out = Path::new(cost::BIN)
-        .parent()
-        .and_then(Path::parent)
-        .map(|t| t.join("bench"))
-        .unwrap_or_else(|| PathBuf::from("target/bench"));
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(
-        out.join("cost.json"),
-        serde_json::to_string_pretty(&summary).unwrap(),
-    )
-    .unwrap();
-    std::fs::write(out.join("cost.md"), md).unwrap();
-    eprintln!("wrote {}", out.join("cost.md").display());
+    cost::write_report("cost", &summary, &md);
 }

@@ -17,8 +17,6 @@
 #[path = "shared/cost.rs"]
 mod cost;
 
-use std::path::{Path, PathBuf};
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--list") {
@@ -26,18 +24,5 @@ fn main() {
     }
     let quick = args.iter().any(|a| a == "--quick");
     let (summary, md) = cost::knobs(quick);
-    println!("{md}");
-    let out = Path::new(cost::BIN)
-        .parent()
-        .and_then(Path::parent)
-        .map(|t| t.join("bench"))
-        .unwrap_or_else(|| PathBuf::from("target/bench"));
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(
-        out.join("knobs.json"),
-        serde_json::to_string_pretty(&summary).unwrap(),
-    )
-    .unwrap();
-    std::fs::write(out.join("knobs.md"), md).unwrap();
-    eprintln!("wrote {}", out.join("knobs.md").display());
+    cost::write_report("knobs", &summary, &md);
 }

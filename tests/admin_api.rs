@@ -581,11 +581,9 @@ async fn grpc_over_tls_with_the_listeners_certificate() {
 
 #[test]
 fn a_grpc_listener_off_loopback_needs_a_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("f.toml");
-    std::fs::write(
-        &conf,
-        format!(
+    let out = run_on_config(
+        "--conf",
+        &format!(
             "[server]\nlisten = [\"127.0.0.1:{}\"]\nadmin_listen = \"127.0.0.1:{}\"\ngrpc_listen = \"0.0.0.0:{}\"\n\n{}{}",
             free_port(),
             free_port(),
@@ -593,12 +591,8 @@ fn a_grpc_listener_off_loopback_needs_a_token() {
             upstream_toml("api", &["127.0.0.1:9".parse().unwrap()], ""),
             route_toml("main", "/", "api"),
         ),
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_floodgate"))
-        .args(["--conf", conf.to_str().unwrap()])
-        .output()
-        .unwrap();
+        &[],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -933,24 +927,17 @@ async fn admin_edges_found_by_a_hostile_client() {
 
 #[test]
 fn an_admin_token_variable_that_is_not_set_stops_the_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("f.toml");
-    std::fs::write(
-        &conf,
-        format!(
+    let out = run_on_config(
+        "--conf",
+        &format!(
             "[server]\nlisten = [\"127.0.0.1:{}\"]\nadmin_listen = \"127.0.0.1:{}\"\nadmin_token_env = \"FG_NOT_SET_ANYWHERE\"\n\n{}{}",
             free_port(),
             free_port(),
             upstream_toml("api", &["127.0.0.1:9".parse().unwrap()], ""),
             route_toml("main", "/", "api"),
         ),
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_floodgate"))
-        .args(["--conf", conf.to_str().unwrap()])
-        .env_remove("FG_NOT_SET_ANYWHERE")
-        .output()
-        .unwrap();
+        &["FG_NOT_SET_ANYWHERE"],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

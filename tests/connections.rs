@@ -382,18 +382,11 @@ async fn destination_policy_refusals() {
 
 #[test]
 fn open_forward_proxy_on_a_public_address_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("open.toml");
-    std::fs::write(
-        &f,
+    let out = run_on_config(
+        "--check",
         "[[upstreams]]\nname = \"a\"\nbackends = [\"127.0.0.1:1\"]\n[[routes]]\nupstream = \"a\"\n[forward_proxy]\nenabled = true\nlisten = \"0.0.0.0:3128\"\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(BIN)
-        .arg("--check")
-        .arg(&f)
-        .output()
-        .unwrap();
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("forward_proxy.listen (line 8): a forward proxy on a non-loopback address needs an explicit destination policy"), "{text}");

@@ -470,18 +470,11 @@ async fn admin_api_crud_auth_validation_and_persistence() {
 
 #[test]
 fn a_public_admin_endpoint_needs_a_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("c.toml");
-    std::fs::write(
-        &f,
-        format!("[server]\nlisten = [\"127.0.0.1:{}\"]\nadmin_listen = \"0.0.0.0:{}\"\n[[upstreams]]\nname = \"a\"\nbackends = [\"127.0.0.1:1\"]\n[[routes]]\nupstream = \"a\"\n", free_port(), free_port()),
-    )
-    .unwrap();
-    let out = std::process::Command::new(BIN)
-        .arg("--conf")
-        .arg(&f)
-        .output()
-        .unwrap();
+    let out = run_on_config(
+        "--conf",
+        &format!("[server]\nlisten = [\"127.0.0.1:{}\"]\nadmin_listen = \"0.0.0.0:{}\"\n[[upstreams]]\nname = \"a\"\nbackends = [\"127.0.0.1:1\"]\n[[routes]]\nupstream = \"a\"\n", free_port(), free_port()),
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -135,6 +135,45 @@ fn nginx_conf(dir: &Path, name: &str, port: u16, body: &str) -> PathBuf {
     conf
 }
 
+/// The origin every proxy is measured in front of: nginx answering 200
+/// with a small JSON body. Its process (stopped when dropped) and port.
+fn origin(nginx: &Path, dir: &Path) -> (Proc, u16) {
+    let port = free_port();
+    let conf = nginx_conf(
+        dir,
+        "origin",
+        port,
+        "@@ default_type application/json; return 200 '{\"ok\":true,\"from\":\"origin\"}';",
+    );
+    let p = spawn(
+        nginx,
+        &["-c".into(), conf.display().to_string()],
+        &dir.join("origin.log"),
+    );
+    wait_port(port, "origin");
+    (p, port)
+}
+
+/// Writes a bench's figures as `target/bench/NAME.json` and its table as
+/// `NAME.md`, and prints the table.
+pub fn write_report(name: &str, summary: &serde_json::Value, md: &str) {
+    println!("{md}");
+    let out = Path::new(BIN)
+        .parent()
+        .and_then(Path::parent)
+        .map(|t| t.join("bench"))
+        .unwrap_or_else(|| PathBuf::from("target/bench"));
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        out.join(format!("{name}.json")),
+        serde_json::to_string_pretty(summary).unwrap(),
+    )
+    .unwrap();
+    let table = out.join(format!("{name}.md"));
+    std::fs::write(&table, md).unwrap();
+    eprintln!("wrote {}", table.display());
+}
+
 /// What each proxy is, and how to start it (possibly under valgrind).
 struct Target {
     name: &'static str,
@@ -363,20 +402,7 @@ pub fn run(quick: bool) -> (serde_json::Value, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let dir = dir.path();
 
-    // The origin: nginx answering 200 with a small JSON body.
-    let origin_port = free_port();
-    let origin_conf = nginx_conf(
-        dir,
-        "origin",
-        origin_port,
-        "@@ default_type application/json; return 200 '{\"ok\":true,\"from\":\"origin\"}';",
-    );
-    let _origin = spawn(
-        &nginx,
-        &["-c".into(), origin_conf.display().to_string()],
-        &dir.join("origin.log"),
-    );
-    wait_port(origin_port, "origin");
+    let (_origin, origin_port) = origin(&nginx, dir);
 
     let nginx_port = free_port();
     let nginx_proxy = Target {
@@ -569,19 +595,7 @@ pub fn knobs(quick: bool) -> (serde_json::Value, String) {
     let nginx = require("nginx", "nginx");
     let dir = tempfile::tempdir().expect("tempdir");
     let dir = dir.path();
-    let origin_port = free_port();
-    let origin_conf = nginx_conf(
-        dir,
-        "origin",
-        origin_port,
-        "@@ default_type application/json; return 200 '{\"ok\":true,\"from\":\"origin\"}';",
-    );
-    let _origin = spawn(
-        &nginx,
-        &["-c".into(), origin_conf.display().to_string()],
-        &dir.join("origin.log"),
-    );
-    wait_port(origin_port, "origin");
+    let (_origin, origin_port) = origin(&nginx, dir);
     // (name, environment): Floodgate's settings first, then one change each.
     let variants: &[(&'static str, &[(&str, &str)])] = &[
         (

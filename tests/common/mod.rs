@@ -545,3 +545,18 @@ pub fn clear_of_window_boundary(window: Duration, need: Duration) {
         std::thread::sleep(Duration::from_millis(left + 20));
     }
 }
+
+/// Runs `floodgate ARG FILE` to its end (`arg` is `--conf` or `--check`) on
+/// a config file written from `text`, with the variables `unset` removed
+/// from its environment: for configs the gateway must refuse.
+pub fn run_on_config(arg: &str, text: &str, unset: &[&str]) -> std::process::Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("floodgate.toml");
+    std::fs::write(&conf, text).expect("write the config");
+    let mut cmd = Command::new(BIN);
+    cmd.arg(arg).arg(&conf);
+    for v in unset {
+        cmd.env_remove(v);
+    }
+    cmd.output().expect("run floodgate")
+}
