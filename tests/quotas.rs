@@ -19,7 +19,16 @@ fn sha(key: &str) -> String {
 
 fn gateway(up: &Upstream, clients: &str) -> Gateway {
     let rest = upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api") + clients;
-    Gateway::start("", &rest)
+    start(&rest)
+}
+
+/// A gateway on `rest`, never started in a minute's last 15 s: these tests
+/// assert exact usage in 60 s windows (the default), which a boundary
+/// mid-test would weigh down (one CI run admitted a request past a
+/// 100-token quota when a minute ended between its two checks).
+fn start(rest: &str) -> Gateway {
+    clear_of_window_boundary(Duration::from_secs(60), Duration::from_secs(15));
+    Gateway::start("", rest)
 }
 
 async fn call(
@@ -267,7 +276,7 @@ async fn failed_upstream_requests_refund_their_tokens() {
         + &route_toml("dead", "/dead", "dead")
         + &route_toml("main", "/", "api")
         + "[clients]\n[clients.limits.t]\ntpm = 100\n";
-    let gw = Gateway::start("", &rest);
+    let gw = start(&rest);
     let c = client();
     let h = [("x-client-id", "t"), ("x-token-estimate", "100")];
     // Upstream 5xx: refunded.
