@@ -699,11 +699,16 @@ async fn schemathesis_finds_nothing_in_the_rest_api() {
     // Every check but `use_after_free` (why: tests/schemathesis.toml).
     // Its example database and reports go to the gateway's temp dir.
     let dir = gw.dir.path().to_path_buf();
+    let config = repo("tests/schemathesis.toml");
     let out = tokio::task::spawn_blocking(move || {
         Command::new("timeout")
             .current_dir(dir)
             .arg("240")
             .arg(schemathesis)
+            // Its settings (run from the gateway's directory, it would not
+            // find them by itself).
+            .arg("--config-file")
+            .arg(config)
             .args([
                 "run",
                 &url,
