@@ -418,6 +418,7 @@ async fn grpc_calls_share_the_service_layer_auth_and_errors() {
             .status()
             .as_u16()
     };
+    clear_of_window_boundary(Duration::from_secs(60), Duration::from_secs(5)); // exact counts
     assert_eq!((call().await, call().await), (200, 429));
     let stats = g
         .get_client_stats(pb::GetClientStatsRequest {

@@ -55,10 +55,15 @@ fn sdk(gw: &Gateway, id: &str, scenario: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// A gateway on `clients` (a `[clients]` table), with hour-long windows
+/// that the test, started clear of an hour's end, never straddles: the
+/// exact charges it asserts would read lower past a window's end.
 fn llm_gateway(up: &Upstream, clients: &str) -> Gateway {
+    let clients = clients.replacen("[clients]\n", "[clients]\nwindow = \"1h\"\n", 1);
+    clear_of_window_boundary(Duration::from_secs(3600), Duration::from_secs(60));
     Gateway::start(
         "",
-        &(upstream_toml("llm", &[up.addr], "") + &route_toml("llm", "/", "llm") + clients),
+        &(upstream_toml("llm", &[up.addr], "") + &route_toml("llm", "/", "llm") + &clients),
     )
 }
 

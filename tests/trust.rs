@@ -8,6 +8,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 
 fn sha(key: &str) -> String {
@@ -96,6 +98,7 @@ async fn ids_and_addresses_are_separate_namespaces() {
         + "[clients]\ndefault = { rpm = 1 }\n";
     let gw = Gateway::start("", &rest);
     let c = client();
+    clear_of_window_boundary(Duration::from_secs(60), Duration::from_secs(5)); // exact counts
     assert_eq!(
         status(&c, &gw.url("/x"), &[("x-client-id", "127.0.0.1")]).await,
         200

@@ -24,7 +24,12 @@
 //! the oldest) was under the limit; so the fleet's total exceeds the limit
 //! by at most what the others admitted in the last 2 × sync_interval
 //! before t. Rounds that run late (a loaded machine, a slow Redis) stretch
-//! the interval in that formula to the real one.
+//! the interval in that formula to the real one. The views of clients not
+//! used here since the last sync are read too (up to a budget a round,
+//! oldest first), so a view does not stay as it was the last time the
+//! client came here; a client new here is judged on its own count until
+//! the first read, at most two intervals, and what it admits then is in
+//! the same bound.
 //!
 //! While the store is unreachable ([`FleetQuotas::set_degraded`]) the
 //! instance applies `on_redis_down`: its share of the limit
@@ -111,6 +116,8 @@ pub struct ClientCounts {
     /// The window it was last used in (entries idle for two windows are
     /// forgotten).
     last_used: AtomicU64,
+    /// When (the clock's ms) a sync last read the others' totals; 0 never.
+    viewed_at: AtomicU64,
 }
 
 /// A client's own totals to write: (window, usage) for each window held.
@@ -256,31 +263,42 @@ impl FleetQuotas {
         c.dirty.store(true, Ordering::Release);
     }
 
-    /// The clients to sync: those used here since the last sync, with
-    /// their own totals to write (and the others' to read back). A client
-    /// not used here needs no fresh count here; clients idle for two
-    /// windows are forgotten. So the store's load follows the clients in
-    /// use, not the requests.
-    pub fn to_sync(&self) -> Vec<(Arc<str>, OwnTotals)> {
+    /// The clients to sync, with their own totals to write (empty: read
+    /// only). Every client used here since the last sync writes its totals
+    /// and reads the others' back; of the clients followed but not used
+    /// since, the `read_budget` whose view of the others is oldest read
+    /// theirs, so a view does not stay as it was the last time the client
+    /// came here (a refund or a burst elsewhere since would be missed by
+    /// its next request here). Clients idle for two windows are forgotten.
+    /// So the store's load follows the clients in use, not the requests.
+    pub fn to_sync(&self, read_budget: usize) -> Vec<(Arc<str>, OwnTotals)> {
         let n = self.clock.now_ms() / self.window_ms;
         self.clients
             .retain(|_, c| c.last_used.load(Ordering::Acquire) + 2 >= n);
-        self.clients
-            .iter()
-            .filter(|e| e.value().dirty.swap(false, Ordering::AcqRel))
-            .map(|e| {
-                let own = e
-                    .value()
-                    .own
-                    .iter()
-                    .filter_map(|cell| {
-                        let w = cell.window.load(Ordering::Acquire);
-                        (w > 0 && w + 1 >= n).then(|| (w, cell.get(w)))
-                    })
-                    .collect();
-                (e.key().clone(), own)
-            })
-            .collect()
+        let mut out = Vec::new();
+        let mut clean = Vec::new();
+        for e in self.clients.iter() {
+            let c = e.value();
+            if !c.dirty.swap(false, Ordering::AcqRel) {
+                clean.push((c.viewed_at.load(Ordering::Acquire), e.key().clone()));
+                continue;
+            }
+            let own = c
+                .own
+                .iter()
+                .filter_map(|cell| {
+                    let w = cell.window.load(Ordering::Acquire);
+                    (w > 0 && w + 1 >= n).then(|| (w, cell.get(w)))
+                })
+                .collect();
+            out.push((e.key().clone(), own));
+        }
+        if clean.len() > read_budget {
+            clean.select_nth_unstable(read_budget);
+            clean.truncate(read_budget);
+        }
+        out.extend(clean.into_iter().map(|(_, id)| (id, Vec::new())));
+        out
     }
 
     /// Writes every client's totals again at the next sync (after the
@@ -302,6 +320,8 @@ impl FleetQuotas {
     pub fn set_others(&self, id: &str, n: u64, others: Usage) {
         if let Some(c) = self.clients.get(id) {
             c.others[(n % 2) as usize].set(n, others);
+            c.viewed_at
+                .store(self.clock.now_ms().max(1), Ordering::Release);
         }
     }
 
@@ -357,7 +377,7 @@ mod tests {
         // Window 1 (the cell of window 0's parity was never used).
         f.record("a", 1, 3, 30);
         f.record("a", 1, -1, -10);
-        let s = f.to_sync();
+        let s = f.to_sync(8);
         assert_eq!(s.len(), 1);
         assert_eq!(
             s[0].1,
@@ -369,8 +389,9 @@ mod tests {
                 }
             )]
         );
-        // Nothing used since: nothing to sync.
-        assert!(f.to_sync().is_empty());
+        // Nothing used since: nothing to write, the others' to read.
+        assert_eq!(f.to_sync(8), vec![(Arc::from("a"), vec![])]);
+        assert!(f.to_sync(0).is_empty());
         f.set_others(
             "a",
             1,
@@ -389,6 +410,53 @@ mod tests {
         // Half-way into the next window, the previous one weighs half.
         clock.set(120_000 + 30_000);
         assert_eq!(f.others("a").requests, 5);
+    }
+
+    /// A client not used here since the last sync still has its view of
+    /// the others read, oldest view first, within the budget: a refund or
+    /// a burst at another instance reaches this one's next decision.
+    #[test]
+    fn views_of_idle_clients_are_refreshed_oldest_first() {
+        let clock = ManualClock::new(60_000);
+        let f = FleetQuotas::new(60_000, clock.clone(), OnDown::Local, 100);
+        for id in ["a", "b", "c"] {
+            f.record(id, 1, 1, 0);
+        }
+        assert_eq!(
+            f.to_sync(0).len(),
+            3,
+            "used since the last sync: all written"
+        );
+        clock.set(61_000);
+        f.set_others("b", 1, Usage::default());
+        clock.set(62_000);
+        f.set_others("a", 1, Usage::default());
+        // "c" was never read, then "b" is the oldest.
+        let ids = |v: Vec<(Arc<str>, OwnTotals)>| {
+            let mut ids: Vec<String> = v
+                .into_iter()
+                .map(|(id, own)| {
+                    assert!(own.is_empty(), "nothing to write");
+                    id.to_string()
+                })
+                .collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(ids(f.to_sync(1)), ["c"]);
+        assert_eq!(ids(f.to_sync(2)), ["b", "c"]);
+        assert_eq!(ids(f.to_sync(10)), ["a", "b", "c"]);
+        // Another instance refunded: the next read shows it.
+        f.set_others(
+            "a",
+            1,
+            Usage {
+                requests: 4,
+                tokens: 0,
+            },
+        );
+        f.set_others("a", 1, Usage::default());
+        assert_eq!(f.others("a"), Usage::default());
     }
 
     #[test]

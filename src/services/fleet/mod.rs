@@ -59,7 +59,8 @@ pub struct FleetState {
     pub last_sync_ms: f64,
     pub last_error: Option<String>,
     pub instances: Vec<Member>,
-    /// Clients synced in the last round (used here since the one before).
+    /// Clients synced in the last round: those used here since the one
+    /// before (written and read), and idle ones whose view was refreshed.
     pub clients_synced: usize,
     pub required: bool,
 }

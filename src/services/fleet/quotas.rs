@@ -1,6 +1,7 @@
 //! One sync of the client quotas: for every client used here since the
 //! last sync, this instance's own totals out and the other instances'
-//! totals in.
+//! totals in; for up to [`READ_BUDGET`] clients followed here but not used
+//! since, the others' totals in.
 
 use std::sync::Arc;
 
@@ -15,6 +16,12 @@ type Fields = Vec<(String, u64)>;
 
 /// Clients synced at once (each is one pipeline, in its own slot).
 const CONCURRENCY: usize = 64;
+
+/// Clients not used here since the last sync whose view of the others is
+/// read again in one sync, the oldest views first: with fewer, every view
+/// is at most one sync old; with more, they take turns, and the store's
+/// load stays bounded.
+pub const READ_BUDGET: usize = 1024;
 
 /// What one sync did: clients synced, failures.
 #[derive(Debug, Default, Clone, Copy)]
@@ -33,7 +40,7 @@ pub async fn sync(
 ) -> redis::RedisResult<QuotaSync> {
     let n = fleet.window_now();
     let ttl_ms = fleet.window_ms() * 3;
-    let todo = fleet.to_sync();
+    let todo = fleet.to_sync(READ_BUDGET);
     let mut out = QuotaSync::default();
     let mut first_error = None;
     for chunk in todo.chunks(CONCURRENCY) {
@@ -68,7 +75,7 @@ pub async fn sync(
     }
 }
 
-/// Writes `id`'s own totals (when changed) and reads the others' for the
+/// Writes `id`'s own totals (when changed: `own` is empty otherwise) and reads the others' for the
 /// current and previous window: one pipeline, one slot.
 async fn one(
     conn: &mut Store,
