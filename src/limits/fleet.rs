@@ -24,12 +24,12 @@
 //! the oldest) was under the limit; so the fleet's total exceeds the limit
 //! by at most what the others admitted in the last 2 × sync_interval
 //! before t. Rounds that run late (a loaded machine, a slow Redis) stretch
-//! the interval in that formula to the real one. The views of clients not
-//! used here since the last sync are read too (up to a budget a round,
-//! oldest first), so a view does not stay as it was the last time the
-//! client came here; a client new here is judged on its own count until
-//! the first read, at most two intervals, and what it admits then is in
-//! the same bound.
+//! the interval in that formula to the real one, and so does a view of a
+//! client not used here lately: those are read too, up to a budget a
+//! round, oldest first, so a view does not stay as it was the last time
+//! the client came here (past the budget, views take turns and may be
+//! older). A client new here is judged on its own count until the first
+//! read, at most two intervals.
 //!
 //! While the store is unreachable ([`FleetQuotas::set_degraded`]) the
 //! instance applies `on_redis_down`: its share of the limit

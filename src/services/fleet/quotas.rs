@@ -21,7 +21,7 @@ const CONCURRENCY: usize = 64;
 /// read again in one sync, the oldest views first: with fewer, every view
 /// is at most one sync old; with more, they take turns, and the store's
 /// load stays bounded.
-pub const READ_BUDGET: usize = 1024;
+pub const READ_BUDGET: usize = 256;
 
 /// What one sync did: clients synced, failures.
 #[derive(Debug, Default, Clone, Copy)]
