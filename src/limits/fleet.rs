@@ -36,6 +36,7 @@
 //! (`limit / live instances`, the last count known), the full limit alone,
 //! or nothing at all.
 
+use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -276,11 +277,19 @@ impl FleetQuotas {
         self.clients
             .retain(|_, c| c.last_used.load(Ordering::Acquire) + 2 >= n);
         let mut out = Vec::new();
-        let mut clean = Vec::new();
+        // The `read_budget` oldest views among the clean clients: a max-heap
+        // of that size, so only those clients' ids are cloned.
+        let mut clean: BinaryHeap<(u64, Arc<str>)> = BinaryHeap::with_capacity(read_budget);
         for e in self.clients.iter() {
             let c = e.value();
             if !c.dirty.swap(false, Ordering::AcqRel) {
-                clean.push((c.viewed_at.load(Ordering::Acquire), e.key().clone()));
+                let viewed_at = c.viewed_at.load(Ordering::Acquire);
+                if clean.len() < read_budget {
+                    clean.push((viewed_at, e.key().clone()));
+                } else if clean.peek().is_some_and(|(newest, _)| viewed_at < *newest) {
+                    clean.pop();
+                    clean.push((viewed_at, e.key().clone()));
+                }
                 continue;
             }
             let own = c
@@ -292,10 +301,6 @@ impl FleetQuotas {
                 })
                 .collect();
             out.push((e.key().clone(), own));
-        }
-        if clean.len() > read_budget {
-            clean.select_nth_unstable(read_budget);
-            clean.truncate(read_budget);
         }
         out.extend(clean.into_iter().map(|(_, id)| (id, Vec::new())));
         out
