@@ -209,9 +209,10 @@ async fn an_instance_the_client_left_still_sees_the_fleet() {
     settle(&gws, 2).await;
     let get = |g: &Gateway| client().get(g.url("/x")).header("x-client-id", "v").send();
     assert_eq!(get(&gws[0]).await.unwrap().status(), 200);
-    // gw0's sync after that request has read the fleet.
-    let v = usage_when(&gws[0], "v", |u| u["requests_used"] == 1).await;
+    // gw0's sync after that request runs (before the fix, gw0's last read
+    // of the fleet for "v"); nothing was admitted elsewhere yet.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let v = json_at(&client(), &gws[0].admin_url("/api/v1/clients/v/stats")).await;
     assert_eq!(v["usage"]["requests_used"], 1, "{v}");
     for _ in 0..5 {
         assert_eq!(get(&gws[1]).await.unwrap().status(), 200);

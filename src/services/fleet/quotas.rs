@@ -75,8 +75,9 @@ pub async fn sync(
     }
 }
 
-/// Writes `id`'s own totals (when changed: `own` is empty otherwise) and reads the others' for the
-/// current and previous window: one pipeline, one slot.
+/// Writes `id`'s own totals (when changed: `own` is empty otherwise) and
+/// reads the others' for the current and previous window: one pipeline,
+/// one slot.
 async fn one(
     conn: &mut Store,
     id: &str,
