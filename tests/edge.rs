@@ -346,7 +346,14 @@ async fn slow_bodies_hold_no_upstream_slot() {
         stats["requests"], 10,
         "no slow body reached the upstream: {stats}"
     );
-    let m = gw.metrics().await;
+    let m = gw
+        .metrics_when(|m| {
+            metric(
+                m,
+                "floodgate_requests_total{outcome=\"request_timeout\",route=\"none\"}",
+            ) >= 12.0
+        })
+        .await;
     assert_eq!(
         metric(
             &m,

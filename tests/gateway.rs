@@ -186,7 +186,16 @@ async fn upstream_errors_are_json() {
     assert_eq!(status, 503);
     assert_eq!(server_of(&v), "a");
 
-    let m = gw.metrics().await;
+    let m = gw
+        .metrics_when(|m| {
+            [
+                "upstream_timeout\",route=\"slow\"} 1",
+                "upstream_error\",route=\"dead\"} 1",
+            ]
+            .iter()
+            .all(|s| m.contains(s))
+        })
+        .await;
     assert!(
         m.contains("floodgate_requests_total{outcome=\"upstream_timeout\",route=\"slow\"} 1"),
         "{m}"
@@ -681,7 +690,11 @@ async fn request_bodies_over_the_route_limit_get_413() {
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["body_bytes"], 1000);
-    let m = gw.metrics().await;
+    let m = gw
+        .metrics_when(|m| {
+            m.contains("floodgate_requests_total{outcome=\"body_too_large\",route=\"small\"} 2")
+        })
+        .await;
     assert!(
         m.contains("floodgate_requests_total{outcome=\"body_too_large\",route=\"small\"} 2"),
         "{m}"

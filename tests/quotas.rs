@@ -86,7 +86,14 @@ async fn configured_client_gets_exactly_its_quota() {
         let (s, _, _) = call(&c, &gw.url("/x"), &[("x-client-id", "gold")]).await;
         assert_eq!(s, 429);
     }
-    let m = gw.metrics().await;
+    let m = gw
+        .metrics_when(|m| {
+            metric(
+                m,
+                "floodgate_requests_total{outcome=\"rpm_exceeded\",route=\"main\"}",
+            ) >= 6.0
+        })
+        .await;
     assert_eq!(
         metric(
             &m,
@@ -256,7 +263,9 @@ async fn tokens_reconcile_with_actual_usage() {
     let (s, hd, _) = call(&c, &gw.url("/x?usage=0"), &h("65")).await;
     assert_eq!(s, 200);
     assert_eq!(hd["x-ratelimit-limit"], "100");
-    let m = gw.metrics().await;
+    let m = gw
+        .metrics_when(|m| metric_sum(m, "floodgate_tokens_total", "client=\"t\"") >= 35.0)
+        .await;
     assert_eq!(
         metric_sum(&m, "floodgate_tokens_total", "client=\"t\""),
         35.0
@@ -316,7 +325,18 @@ async fn shadow_mode_refuses_nothing_but_counts() {
     assert_eq!(s, 200);
     let (s, _, _) = call(&c, &gw.url("/x"), &[("x-client-id", "strict")]).await;
     assert_eq!(s, 429);
-    let m = gw.metrics().await;
+    let m = gw
+        .metrics_when(|m| {
+            metric(
+                m,
+                "floodgate_shadow_refusals_total{outcome=\"rpm_exceeded\",route=\"main\"}",
+            ) >= 3.0
+                && metric(
+                    m,
+                    "floodgate_requests_total{outcome=\"allowed\",route=\"main\"}",
+                ) >= 6.0
+        })
+        .await;
     assert_eq!(
         metric(
             &m,

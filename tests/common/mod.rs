@@ -272,6 +272,22 @@ impl Gateway {
             .await
             .expect("metrics body")
     }
+
+    /// The metrics once `done` holds for them, or the last scrape after
+    /// 5 s: a request is counted in its logging phase, which runs just
+    /// after its answer is sent, so on a loaded machine a scrape right
+    /// after the answer can come first (a CI-like run with both cores busy
+    /// read 5 refusals of 6).
+    pub async fn metrics_when(&self, done: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let m = self.metrics().await;
+            if done(&m) || std::time::Instant::now() > deadline {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// An `[[upstreams]]` + `[[routes]]` pair sending everything to `backends`.
