@@ -42,22 +42,27 @@ async fn round_robin_across_backends() {
     }
 }
 
-/// With no retries to hide a wrong pick, a backend its health check found
-/// dead gets no request at all: the selection reads what the checks found.
-#[tokio::test]
-async fn a_backend_failing_its_health_check_gets_no_requests() {
+/// Backends `a` and `b` behind one route with the upstream `settings`,
+/// and `b` killed: returns both (to keep `a` serving and to restart `b`)
+/// and the gateway.
+fn a_and_dead_b(settings: &str) -> (Upstream, Upstream, Gateway) {
     let a = Upstream::start("a");
     let mut b = Upstream::start("b");
     let gw = Gateway::start(
         "",
-        &(upstream_toml(
-            "api",
-            &[a.addr, b.addr],
-            "health_check_interval = \"200ms\"\nconnect_timeout = \"500ms\"\nretries = 0",
-        ) + &route_toml("all", "/", "api")),
+        &(upstream_toml("api", &[a.addr, b.addr], settings) + &route_toml("all", "/", "api")),
     );
-    let c = client();
     b.kill();
+    (a, b, gw)
+}
+
+/// With no retries to hide a wrong pick, a backend its health check found
+/// dead gets no request at all: the selection reads what the checks found.
+#[tokio::test]
+async fn a_backend_failing_its_health_check_gets_no_requests() {
+    let (_a, _b, gw) =
+        a_and_dead_b("health_check_interval = \"200ms\"\nconnect_timeout = \"500ms\"\nretries = 0");
+    let c = client();
     // A few check rounds.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     for _ in 0..20 {
@@ -69,20 +74,11 @@ async fn a_backend_failing_its_health_check_gets_no_requests() {
 
 #[tokio::test]
 async fn dead_backend_is_skipped_then_recovers() {
-    let a = Upstream::start("a");
-    let mut b = Upstream::start("b");
-    let gw = Gateway::start(
-        "",
-        &(upstream_toml(
-            "api",
-            &[a.addr, b.addr],
-            "health_check_interval = \"200ms\"\nconnect_timeout = \"500ms\"",
-        ) + &route_toml("all", "/", "api")),
-    );
+    // b is down: no request fails (a failed connect is retried on a), and
+    // b stops getting traffic.
+    let (_a, mut b, gw) =
+        a_and_dead_b("health_check_interval = \"200ms\"\nconnect_timeout = \"500ms\"");
     let c = client();
-    // Kill b mid-test: no request fails (a failed connect is retried on a),
-    // and b stops getting traffic.
-    b.kill();
     for _ in 0..20 {
         let (status, _, v) = get_json(&c, &gw.url("/x")).await;
         assert_eq!(status, 200);
@@ -104,15 +100,8 @@ async fn dead_backend_is_skipped_then_recovers() {
 
 #[tokio::test]
 async fn failed_connect_is_retried_on_another_backend() {
-    let a = Upstream::start("a");
-    let mut b = Upstream::start("b");
     // Health checks far apart: only the retry can save the requests.
-    let gw = Gateway::start(
-        "",
-        &(upstream_toml("api", &[a.addr, b.addr], "health_check_interval = \"1h\"")
-            + &route_toml("all", "/", "api")),
-    );
-    b.kill();
+    let (_a, _b, gw) = a_and_dead_b("health_check_interval = \"1h\"");
     let c = client();
     for _ in 0..10 {
         let (status, _, v) = get_json(&c, &gw.url("/retry")).await;
