@@ -19,7 +19,7 @@ pub struct RequestCtx {
     pub started: Instant,
     /// The configuration this request sees from start to end.
     pub runtime: Option<Arc<Runtime>>,
-    pub request_id: String,
+    pub request_id: super::headers::RequestId,
     /// Name of the matched route.
     pub route: Option<Arc<str>>,
     /// The matched route's request metrics.
@@ -94,7 +94,7 @@ impl RequestCtx {
         RequestCtx {
             started: Instant::now(),
             runtime: None,
-            request_id: String::new(),
+            request_id: Default::default(),
             route: None,
             route_metrics: None,
             upstream: None,

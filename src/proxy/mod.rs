@@ -268,12 +268,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         upstream_response.reserve_headers(6);
-        match http::HeaderValue::from_str(&ctx.request_id) {
-            Ok(v) => headers::set_response(upstream_response, &headers::H_X_REQUEST_ID, v),
-            Err(_) => {
-                upstream_response.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?
-            }
-        }
+        headers::set_response(
+            upstream_response,
+            &headers::H_X_REQUEST_ID,
+            ctx.request_id.value(),
+        );
         if let Some(state) = &ctx.quota_state {
             for (k, v) in headers::rate_limit_headers(state, None) {
                 headers::set_response(upstream_response, &k, v);

@@ -9,7 +9,7 @@ use pingora::proxy::{FailToProxy, Session};
 
 use super::admission::Outcome;
 use super::context::RequestCtx;
-use super::headers::{rate_limit_headers, X_REQUEST_ID};
+use super::headers::{rate_limit_headers, H_X_REQUEST_ID};
 use crate::limits::{Refusal, RejectReason};
 
 /// Answers the request with `r` and ends its processing: records the
@@ -48,7 +48,7 @@ async fn write(session: &mut Session, ctx: &RequestCtx, r: &Refusal) -> Result<(
         h.insert_header(http::header::RETRY_AFTER, secs)?;
     }
     if !ctx.request_id.is_empty() {
-        h.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        super::headers::set_response(&mut h, &H_X_REQUEST_ID, ctx.request_id.value());
     }
     let quota = match r.quota {
         Some((state, exceeded)) => Some((state, Some(exceeded))),

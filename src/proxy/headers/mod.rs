@@ -31,7 +31,7 @@ impl Name {
 pub const H_X_REQUEST_ID: Name = Name::new(X_REQUEST_ID);
 const H_X_FORWARDED_FOR: Name = Name::new(X_FORWARDED_FOR);
 const H_X_FORWARDED_PROTO: Name = Name::new(X_FORWARDED_PROTO);
-const H_X_REAL_IP: Name = Name::new("x-real-ip");
+const H_X_REAL_IP: Name = Name::new(X_REAL_IP);
 
 /// Sets `name` to `value` on a request header, replacing any value.
 pub fn set_request(req: &mut RequestHeader, name: &Name, value: HeaderValue) {
@@ -91,25 +91,66 @@ pub fn valid_request_id(b: &[u8]) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
 }
 
-/// A fresh random request id.
+/// A request's id: 1-128 characters of `[A-Za-z0-9._:-]`, the client's
+/// (when well formed) or a fresh one. Held as the header value it is sent
+/// as, made once per request: the upstream request and the response get
+/// clones of it, not copies.
+#[derive(Clone, Debug)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// The id as text (always ASCII: checked when it was made).
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or("")
+    }
+
+    /// The id as a header value.
+    pub fn value(&self) -> HeaderValue {
+        self.0.clone()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Default for RequestId {
+    /// No id yet (a request refused before its header was looked at).
+    fn default() -> Self {
+        RequestId(HeaderValue::from_static(""))
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A fresh random request id: 32 hex digits.
 pub fn new_request_id() -> String {
+    String::from_utf8_lossy(&fresh_id()).into_owned()
+}
+
+fn fresh_id() -> [u8; 32] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = [0u8; 32];
     for (i, b) in fastrand::u128(..).to_be_bytes().into_iter().enumerate() {
         out[2 * i] = HEX[usize::from(b >> 4)];
         out[2 * i + 1] = HEX[usize::from(b & 0xf)];
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 /// The client's `X-Request-Id` when it is well formed, else a fresh one.
-pub fn request_id(req: &RequestHeader) -> String {
-    match req.headers.get(X_REQUEST_ID) {
-        // Checked ASCII by `valid_request_id`.
-        Some(v) if valid_request_id(v.as_bytes()) => {
-            String::from_utf8_lossy(v.as_bytes()).into_owned()
+pub fn request_id(req: &RequestHeader) -> RequestId {
+    match req.headers.get(&H_X_REQUEST_ID.0) {
+        // A clone of the client's value: checked ASCII by
+        // `valid_request_id`, so the id is its bytes.
+        Some(v) if valid_request_id(v.as_bytes()) => RequestId(v.clone()),
+        _ => {
+            RequestId(HeaderValue::from_bytes(&fresh_id()).unwrap_or(HeaderValue::from_static("")))
         }
-        _ => new_request_id(),
     }
 }
 
@@ -152,7 +193,7 @@ impl Origin {
         if peer_trusted {
             let entries = req
                 .headers
-                .get_all(X_FORWARDED_FOR)
+                .get_all(&H_X_FORWARDED_FOR.0)
                 .iter()
                 .rev()
                 .filter_map(|v| v.to_str().ok())
@@ -217,16 +258,31 @@ const X_REAL_IP: &str = "x-real-ip";
 ///   one (RFC 9113 §8.2.3), for an HTTP/1 upstream;
 /// - `Content-Length` is written in its canonical form (`0010` is `10`);
 /// - `X-Request-Id` carries the request id.
-pub fn prepare_upstream(req: &mut RequestHeader, origin: &Origin, request_id: &str) -> Result<()> {
+pub fn prepare_upstream(
+    req: &mut RequestHeader,
+    origin: &Origin,
+    request_id: &RequestId,
+) -> Result<()> {
     // Room for what is added below, at once.
     req.reserve_headers(6);
-    strip_hop_by_hop(req);
+    // One pass over the names the client sent, instead of a hashed look-up
+    // for each name below that a request usually does not carry.
+    let mut seen = Seen::of(req);
+    if seen.upgrade || seen.connection {
+        strip_listed(req);
+        seen = Seen::of(req);
+    }
+    if seen.hop_by_hop {
+        for n in &HOP_BY_HOP {
+            req.remove_header(n);
+        }
+    }
 
     let xff = match (origin.peer, origin.trusted) {
-        (Some(ip), true) => {
+        (Some(ip), true) if seen.forwarded_for => {
             let prev: Vec<&str> = req
                 .headers
-                .get_all(X_FORWARDED_FOR)
+                .get_all(&H_X_FORWARDED_FOR.0)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .map(str::trim)
@@ -237,46 +293,90 @@ pub fn prepare_upstream(req: &mut RequestHeader, origin: &Origin, request_id: &s
                 false => HeaderValue::try_from(format!("{}, {ip}", prev.join(", "))).ok(),
             }
         }
-        (Some(ip), false) => Some(ip_value(ip)),
+        (Some(ip), _) => Some(ip_value(ip)),
         (None, _) => None,
     };
     match xff {
         Some(v) => set_request(req, &H_X_FORWARDED_FOR, v),
-        None => {
-            req.remove_header(X_FORWARDED_FOR);
+        None if seen.forwarded_for => {
+            req.remove_header(&H_X_FORWARDED_FOR.0);
         }
+        None => {}
     }
-    if !(origin.trusted && req.headers.contains_key(X_FORWARDED_PROTO)) {
+    if !(origin.trusted && seen.forwarded_proto) {
         let proto = if origin.tls { "https" } else { "http" };
         set_request(req, &H_X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    if !origin.trusted {
+    if !origin.trusted && seen.forwarding {
         for h in &FORWARDING {
-            if req.headers.contains_key(h) {
-                req.remove_header(h);
-            }
+            req.remove_header(h);
         }
     }
     match origin.client {
         Some(ip) => set_request(req, &H_X_REAL_IP, ip_value(ip)),
-        None => {
-            if req.headers.contains_key(X_REAL_IP) {
-                req.remove_header(X_REAL_IP);
-            }
+        None if seen.real_ip => {
+            req.remove_header(&H_X_REAL_IP.0);
         }
+        None => {}
     }
-    if !req.headers.contains_key(HOST) {
+    if !seen.host {
         if let Some(a) = req.uri.authority().map(|a| a.as_str().to_string()) {
             req.insert_header(HOST, a)?;
         }
     }
-    join_cookies(req)?;
-    canonical_content_length(req)?;
-    match HeaderValue::from_str(request_id) {
-        Ok(v) => set_request(req, &H_X_REQUEST_ID, v),
-        Err(_) => req.insert_header(X_REQUEST_ID, request_id)?,
+    if seen.cookie {
+        join_cookies(req)?;
     }
+    if seen.content_length {
+        canonical_content_length(req)?;
+    }
+    set_request(req, &H_X_REQUEST_ID, request_id.value());
     Ok(())
+}
+
+/// Which of the names [`prepare_upstream`] acts on a request carries.
+#[derive(Default)]
+struct Seen {
+    upgrade: bool,
+    connection: bool,
+    /// Any of [`HOP_BY_HOP`].
+    hop_by_hop: bool,
+    /// Any of [`FORWARDING`].
+    forwarding: bool,
+    forwarded_for: bool,
+    forwarded_proto: bool,
+    real_ip: bool,
+    host: bool,
+    cookie: bool,
+    content_length: bool,
+}
+
+impl Seen {
+    fn of(req: &RequestHeader) -> Seen {
+        let mut s = Seen::default();
+        // Names in a `HeaderMap` are lower case.
+        for name in req.headers.keys() {
+            match name.as_str() {
+                "upgrade" => s.upgrade = true,
+                "connection" => s.connection = true,
+                "keep-alive"
+                | "proxy-connection"
+                | "proxy-authenticate"
+                | "proxy-authorization"
+                | "te"
+                | "trailer" => s.hop_by_hop = true,
+                "forwarded" | "x-forwarded-host" | "x-forwarded-port" => s.forwarding = true,
+                X_FORWARDED_FOR => s.forwarded_for = true,
+                X_FORWARDED_PROTO => s.forwarded_proto = true,
+                X_REAL_IP => s.real_ip = true,
+                "host" => s.host = true,
+                "cookie" => s.cookie = true,
+                "content-length" => s.content_length = true,
+                _ => {}
+            }
+        }
+        s
+    }
 }
 
 /// One `Cookie` field for an HTTP/1 upstream (HTTP/2 clients may split
@@ -345,17 +445,10 @@ pub fn set_client_id(req: &mut RequestHeader, header: &HeaderName, id: &str) -> 
     Ok(())
 }
 
-fn strip_hop_by_hop(req: &mut RequestHeader) {
+/// Removes the names `Connection` lists (hop-by-hop too) and
+/// `Connection` itself, except what a protocol upgrade (WebSocket) needs.
+fn strip_listed(req: &mut RequestHeader) {
     let upgrade = req.headers.contains_key(UPGRADE);
-    if !upgrade && !req.headers.contains_key(CONNECTION) {
-        for n in &HOP_BY_HOP {
-            if req.headers.contains_key(n) {
-                req.remove_header(n);
-            }
-        }
-        return;
-    }
-    // Names listed in Connection are hop-by-hop too.
     let listed: Vec<HeaderName> = req
         .headers
         .get_all(CONNECTION)
@@ -368,11 +461,6 @@ fn strip_hop_by_hop(req: &mut RequestHeader) {
         .collect();
     for n in listed {
         req.remove_header(&n);
-    }
-    for n in &HOP_BY_HOP {
-        if req.headers.contains_key(n) {
-            req.remove_header(n);
-        }
     }
     if upgrade {
         // Keep exactly what the upgrade needs.

@@ -1,6 +1,8 @@
 //! The rate-limit headers of a response: the legacy `X-RateLimit-*` trio
 //! and the IETF draft `RateLimit-Policy` / `RateLimit`.
 
+use std::io::Write;
+
 use http::header::HeaderValue;
 
 use super::Name;
@@ -26,9 +28,15 @@ pub fn rate_limit_headers(
     let t = state.reset_ms.div_ceil(1000);
     let mut out: [Option<(Name, HeaderValue)>; 5] = Default::default();
     if let Some((_, limit, left)) = state.tightest(refused) {
-        out[0] = Some((X_RATELIMIT_LIMIT, HeaderValue::from(limit)));
+        // The limit and the reset repeat from one request to the next:
+        // each is rendered once per thread and value, then shared.
+        let (limit, reset) = NUMBERS.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            (cache.0.get(limit), cache.1.get(t))
+        });
+        out[0] = Some((X_RATELIMIT_LIMIT, limit));
         out[1] = Some((X_RATELIMIT_REMAINING, HeaderValue::from(left)));
-        out[2] = Some((X_RATELIMIT_RESET, HeaderValue::from(t)));
+        out[2] = Some((X_RATELIMIT_RESET, reset));
     }
     let dims = state.dimensions();
     if !dims.is_empty() {
@@ -64,19 +72,30 @@ pub fn rate_limit_headers(
             *cache = Some((key, v.clone()));
             v
         });
-        let mut s = String::with_capacity(48);
+        // On the stack (two quotas' names and four u64s fit), then copied
+        // once into the value.
+        let mut buf = [0u8; 128];
+        let mut w = &mut buf[..];
+        let mut reset = itoa::Buffer::new();
+        let reset = reset.format(t).as_bytes();
         for (i, (d, _, left)) in dims.iter().enumerate() {
-            if i > 0 {
-                s.push_str(", ");
+            let sep: &[u8] = if i > 0 { b", " } else { b"" };
+            for part in [
+                sep,
+                name(d).as_bytes(),
+                b";r=",
+                num.format(left).as_bytes(),
+                b";t=",
+                reset,
+            ] {
+                let _ = w.write_all(part);
             }
-            s.push_str(name(d));
-            s.push_str(";r=");
-            s.push_str(num.format(left));
-            s.push_str(";t=");
-            s.push_str(num.format(t));
         }
+        let n = 128 - w.len();
         out[3] = Some((RATELIMIT_POLICY, policy));
-        out[4] = HeaderValue::from_str(&s).ok().map(|v| (RATELIMIT, v));
+        out[4] = HeaderValue::from_bytes(&buf[..n])
+            .ok()
+            .map(|v| (RATELIMIT, v));
     }
     out.into_iter().flatten()
 }
@@ -89,6 +108,26 @@ thread_local! {
     /// The last policy rendered on this thread.
     static POLICY: std::cell::RefCell<Option<(PolicyKey, HeaderValue)>> =
         const { std::cell::RefCell::new(None) };
+    /// The last `X-RateLimit-Limit` and `X-RateLimit-Reset` values
+    /// rendered on this thread.
+    static NUMBERS: std::cell::RefCell<(LastNumber, LastNumber)> =
+        const { std::cell::RefCell::new((LastNumber(None), LastNumber(None))) };
+}
+
+/// A number's header value, kept while the next one asked for is the same.
+struct LastNumber(Option<(u64, HeaderValue)>);
+
+impl LastNumber {
+    fn get(&mut self, n: u64) -> HeaderValue {
+        match &self.0 {
+            Some((k, v)) if *k == n => v.clone(),
+            _ => {
+                let v = HeaderValue::from(n);
+                self.0 = Some((n, v.clone()));
+                v
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,10 @@ fn req(headers: &[(&str, &str)]) -> RequestHeader {
     r
 }
 
+fn id(s: &'static str) -> RequestId {
+    RequestId(HeaderValue::from_static(s))
+}
+
 fn get<'a>(r: &'a RequestHeader, k: &str) -> Option<&'a str> {
     r.headers.get(k).map(|v| v.to_str().unwrap())
 }
@@ -21,7 +25,7 @@ fn untrusted_peer_replaces_forwarded_for() {
         ("x-forwarded-proto", "https"),
     ]);
     let o = origin(&r, "10.0.0.9", &[]);
-    prepare_upstream(&mut r, &o, "id1").unwrap();
+    prepare_upstream(&mut r, &o, &id("id1")).unwrap();
     assert_eq!(get(&r, "x-forwarded-for"), Some("10.0.0.9"));
     assert_eq!(get(&r, "x-forwarded-proto"), Some("http"));
     assert_eq!(get(&r, "x-request-id"), Some("id1"));
@@ -75,7 +79,7 @@ fn forwarding_headers_only_from_trusted_peers() {
     ];
     let mut r = req(&headers);
     let o = origin(&r, "192.0.2.1", &["10.0.0.0/8"]);
-    prepare_upstream(&mut r, &o, "id").unwrap();
+    prepare_upstream(&mut r, &o, &id("id")).unwrap();
     assert!(get(&r, "forwarded").is_none());
     assert!(get(&r, "x-forwarded-host").is_none());
     assert_eq!(get(&r, "x-real-ip"), Some("192.0.2.1"));
@@ -84,7 +88,7 @@ fn forwarding_headers_only_from_trusted_peers() {
     assert_eq!(get(&r, "content-length"), Some("10"));
     let mut r = req(&headers);
     let o = origin(&r, "10.0.0.9", &["10.0.0.0/8"]);
-    prepare_upstream(&mut r, &o, "id").unwrap();
+    prepare_upstream(&mut r, &o, &id("id")).unwrap();
     assert_eq!(get(&r, "x-forwarded-host"), Some("evil"));
     assert_eq!(get(&r, "x-real-ip"), Some("10.0.0.9"));
 }
@@ -96,7 +100,7 @@ fn trusted_peer_appends() {
         ("x-forwarded-proto", "https"),
     ]);
     let o = origin(&r, "10.0.0.9", &["10.0.0.0/8"]);
-    prepare_upstream(&mut r, &o, "id").unwrap();
+    prepare_upstream(&mut r, &o, &id("id")).unwrap();
     assert_eq!(get(&r, "x-forwarded-for"), Some("1.2.3.4, 10.0.0.9"));
     assert_eq!(get(&r, "x-forwarded-proto"), Some("https"));
 }
@@ -115,7 +119,7 @@ fn hop_by_hop_removed_upgrade_kept() {
         tls: true,
         ..Origin::default()
     };
-    prepare_upstream(&mut r, &tls, "id").unwrap();
+    prepare_upstream(&mut r, &tls, &id("id")).unwrap();
     for h in [
         "connection",
         "keep-alive",
@@ -129,15 +133,22 @@ fn hop_by_hop_removed_upgrade_kept() {
     assert_eq!(get(&r, "x-forwarded-proto"), Some("https"));
 
     let mut r = req(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
-    prepare_upstream(&mut r, &Origin::default(), "id").unwrap();
+    prepare_upstream(&mut r, &Origin::default(), &id("id")).unwrap();
     assert_eq!(get(&r, "upgrade"), Some("websocket"));
     assert_eq!(get(&r, "connection"), Some("upgrade"));
 }
 
 #[test]
 fn request_id_kept_when_well_formed() {
-    assert_eq!(request_id(&req(&[("x-request-id", "abc-123")])), "abc-123");
+    assert_eq!(
+        request_id(&req(&[("x-request-id", "abc-123")])).as_str(),
+        "abc-123"
+    );
     let fresh = request_id(&req(&[("x-request-id", "bad id!")]));
-    assert_eq!(fresh.len(), 32);
-    assert_ne!(request_id(&req(&[])), request_id(&req(&[])));
+    assert_eq!(fresh.as_str().len(), 32);
+    assert!(valid_request_id(fresh.as_str().as_bytes()));
+    assert_ne!(
+        request_id(&req(&[])).as_str(),
+        request_id(&req(&[])).as_str()
+    );
 }
