@@ -1,6 +1,8 @@
 //! The cost of each limiter decision, without a socket:
 //!
-//!   cargo bench --bench limits -- --quick
+//!   cargo bench --bench limits              (the result: about 3 minutes)
+//!   cargo bench --bench limits -- --quick   (no warm-up: not the result,
+//!                                            see benches/README.md)
 //!
 //! - quota check-and-charge for a configured client (exact counter) and an
 //!   unlisted one (the shared table), at 100 k and 2 M distinct clients a
