@@ -54,6 +54,18 @@ fn check_clock_thread(tm: &Arc<TimerManager>) {
     }
 }
 
+/// Registers a timer, checking that the clock thread runs when the timer
+/// is new to this thread (Floodgate patch: the check reads the time, and
+/// ran for every timeout created; a timer that is not new shares the slot
+/// of one checked for less than a slot's 10 ms ago).
+fn register(duration: Duration) -> TimerStub {
+    let (stub, new) = TIMER_MANAGER.register(duration);
+    if new {
+        check_clock_thread(&TIMER_MANAGER);
+    }
+    stub
+}
+
 fn should_use_tokio_timeout(duration: Duration) -> bool {
     let threshold_secs = FAST_TIMEOUT_TO_TOKIO_THRESHOLD_SECS.load(Ordering::Relaxed);
     threshold_secs != FAST_TIMEOUT_TO_TOKIO_DISABLED && duration.as_secs() > threshold_secs
@@ -90,7 +102,7 @@ pub struct FastTimeout(Duration);
 
 impl ToTimeout for FastTimeout {
     fn timeout(&self) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
-        Box::pin(TIMER_MANAGER.register_timer(self.0).poll())
+        Box::pin(register(self.0).poll())
     }
 
     fn create(d: Duration) -> Self {
@@ -112,6 +124,7 @@ pub struct FastOrTokioTimeout {
 }
 
 impl FastOrTokioTimeout {
+    #[cfg(test)]
     fn use_tokio(&self) -> bool {
         matches!(self.kind, TimeoutKind::Tokio)
     }
@@ -142,18 +155,13 @@ pub fn fast_timeout<T>(duration: Duration, future: T) -> Timeout<T, FastOrTokioT
 where
     T: Future,
 {
-    let callback = FastOrTokioTimeout::create(duration);
-    if !callback.use_tokio() {
-        check_clock_thread(&TIMER_MANAGER);
-    }
-
-    Timeout::new_with_callback(future, callback)
+    // The clock thread is checked when the timer is registered (`register`).
+    Timeout::new_with_callback(future, FastOrTokioTimeout::create(duration))
 }
 
 /// Similar to [tokio::time::sleep] but more efficient.
 pub async fn fast_sleep(duration: Duration) {
-    check_clock_thread(&TIMER_MANAGER);
-    TIMER_MANAGER.register_timer(duration).poll().await
+    register(duration).poll().await
 }
 
 /// Pause the timer for fork()

@@ -208,6 +208,13 @@ impl TimerManager {
     ///
     /// When the timer expires, the [TimerStub] will be notified.
     pub fn register_timer(&self, duration: Duration) -> TimerStub {
+        self.register(duration).0
+    }
+
+    /// [`Self::register_timer`], and whether the timer was new to this
+    /// thread's memo (Floodgate patch: the caller checks the clock thread
+    /// then, at least once per 10 ms slot, instead of for every timeout).
+    pub(crate) fn register(&self, duration: Duration) -> (TimerStub, bool) {
         if self.is_paused_for_fork() {
             // Return a dummy TimerStub that will trigger right away.
             // This is fine assuming pause_for_fork() is called right before fork().
@@ -216,7 +223,7 @@ impl TimerManager {
             // TODO: buffer these register calls instead (without a lock)
             let timer = Timer::new();
             timer.fire();
-            return timer.subscribe();
+            return (timer.subscribe(), false);
         }
         let now: Time = (Instant::now() + duration - self.zero).into();
         // A timer this thread registered for the same slot serves again,
@@ -225,7 +232,7 @@ impl TimerManager {
         // well, and its stub returns at once, as it should.
         let recent = self.recent.get_or(Default::default);
         if let Some((_, t)) = recent.borrow().iter().flatten().find(|(k, _)| *k == now) {
-            return t.subscribe();
+            return (t.subscribe(), false);
         }
         let (stub, timer) = self.register_in_tree(now);
         // An empty slot, else the one of the earliest expiry, makes room.
@@ -233,7 +240,7 @@ impl TimerManager {
         if let Some(slot) = recent.iter_mut().min_by_key(|s| s.as_ref().map(|(k, _)| *k)) {
             *slot = Some((now, timer));
         }
-        stub
+        (stub, true)
     }
 
     fn register_in_tree(&self, now: Time) -> (TimerStub, Timer) {

@@ -11,11 +11,13 @@
 //! chunked framing) and refuses what would make that ambiguous; Pingora
 //! still parses the request itself.
 
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use pingora::prelude::fast_timeout::fast_timeout;
+use pingora::prelude::Elapsed;
 use tokio::io::AsyncReadExt;
-use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::limits::{Refusal, RejectReason};
 
@@ -118,7 +120,7 @@ where
         Instant::now() + limits.header_timeout
     } else if buf.is_empty() {
         buf.reserve(4096);
-        match timeout(limits.idle, stream.read_buf(buf)).await {
+        match fast_timeout(limits.idle, stream.read_buf(buf)).await {
             Err(_) | Ok(Ok(0)) | Ok(Err(_)) => return Step::Closed,
             Ok(Ok(_)) => Instant::now() + limits.header_timeout,
         }
@@ -140,7 +142,7 @@ where
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(4096);
         }
-        match timeout_at(deadline, stream.read_buf(buf)).await {
+        match until(deadline, stream.read_buf(buf)).await {
             // Not a byte: closed without an answer, as nginx does.
             Err(_) if buf.iter().all(|b| matches!(b, b'\r' | b'\n')) => return Step::Closed,
             Err(_) => {
@@ -291,7 +293,7 @@ where
             buf.reserve(16 * 1024);
         }
         let idle = (Instant::now() + limits.body_idle).min(total);
-        match timeout_at(idle, stream.read_buf(buf)).await {
+        match until(idle, stream.read_buf(buf)).await {
             Err(_) => {
                 return Err(refusal(
                     RejectReason::RequestTimeout,
@@ -302,6 +304,14 @@ where
             Ok(Ok(_)) => {}
         }
     }
+}
+
+/// `fut`, given up at `deadline`. On Pingora's timer, which rounds
+/// deadlines up to 10 ms and registers one in a fraction of what a tokio
+/// timer costs (the guard waits like this for every request on a kept-alive
+/// connection; its deadlines are seconds long).
+fn until<F: Future>(deadline: Instant, fut: F) -> impl Future<Output = Result<F::Output, Elapsed>> {
+    fast_timeout(deadline.saturating_duration_since(Instant::now()), fut)
 }
 
 #[cfg(test)]
