@@ -139,6 +139,27 @@ fn hop_by_hop_removed_upgrade_kept() {
 }
 
 #[test]
+fn the_client_id_is_the_only_value_upstream() {
+    let h = HeaderName::from_static("x-client-id");
+    // Already the only value: left as sent.
+    let mut r = req(&[("X-Client-ID", "c7")]);
+    set_client_id(&mut r, &h, "c7").unwrap();
+    assert_eq!(r.headers.get_all(&h).iter().count(), 1);
+    assert_eq!(get(&r, "x-client-id"), Some("c7"));
+    // Another value, two values, or none: the resolved id only.
+    for sent in [
+        &[("x-client-id", "mallory")][..],
+        &[("x-client-id", "c7"), ("x-client-id", "x")],
+        &[],
+    ] {
+        let mut r = req(sent);
+        set_client_id(&mut r, &h, "c7").unwrap();
+        let all: Vec<_> = r.headers.get_all(&h).iter().collect();
+        assert_eq!(all, ["c7"], "{sent:?}");
+    }
+}
+
+#[test]
 fn request_id_kept_when_well_formed() {
     assert_eq!(
         request_id(&req(&[("x-request-id", "abc-123")])).as_str(),
