@@ -173,3 +173,25 @@ fn request_id_kept_when_well_formed() {
         request_id(&req(&[])).as_str()
     );
 }
+
+#[test]
+fn the_one_pass_knows_every_name_the_lists_hold() {
+    // `Seen::of` matches names as text; the lists hold them as
+    // `HeaderName`s. A name added to one must be added to the other.
+    for n in &HOP_BY_HOP {
+        let r = req(&[(n.as_str(), "x")]);
+        assert!(Seen::of(&r).hop_by_hop, "{n}");
+    }
+    for n in &FORWARDING {
+        let r = req(&[(n.as_str(), "x")]);
+        assert!(Seen::of(&r).forwarding, "{n}");
+    }
+    let r = req(&[
+        ("X-Forwarded-For", "1.2.3.4"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Real-IP", "1.2.3.4"),
+    ]);
+    let s = Seen::of(&r);
+    assert!(s.forwarded_for && s.forwarded_proto && s.real_ip);
+    assert!(!(s.hop_by_hop || s.forwarding || s.host || s.cookie || s.content_length));
+}
