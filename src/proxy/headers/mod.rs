@@ -142,13 +142,16 @@ fn fresh_id() -> [u8; 32] {
     out
 }
 
-/// The client's `X-Request-Id` when it is well formed, else a fresh one.
+/// The client's `X-Request-Id` when it is well formed (the first well
+/// formed one, as the connection guard's refusals take it), else a fresh
+/// one.
 pub fn request_id(req: &RequestHeader) -> RequestId {
-    match req.headers.get(&H_X_REQUEST_ID.0) {
+    let sent = req.headers.get_all(&H_X_REQUEST_ID.0);
+    match sent.iter().find(|v| valid_request_id(v.as_bytes())) {
         // A clone of the client's value: checked ASCII by
         // `valid_request_id`, so the id is its bytes.
-        Some(v) if valid_request_id(v.as_bytes()) => RequestId(v.clone()),
-        _ => {
+        Some(v) => RequestId(v.clone()),
+        None => {
             RequestId(HeaderValue::from_bytes(&fresh_id()).unwrap_or(HeaderValue::from_static("")))
         }
     }
@@ -197,9 +200,13 @@ impl Origin {
                 .iter()
                 .rev()
                 .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.rsplit(','));
+                .flat_map(|v| v.rsplit(','))
+                .map(str::trim)
+                // An empty element is no element (RFC 9110 §5.6.1): it
+                // neither names a client nor stops the walk.
+                .filter(|e| !e.is_empty());
             for e in entries {
-                match parse_forwarded_ip(e.trim()) {
+                match parse_forwarded_ip(e) {
                     Some(ip) => {
                         client = Some(ip);
                         if !trusted(ip) {
@@ -280,11 +287,13 @@ pub fn prepare_upstream(
 
     let xff = match (origin.peer, origin.trusted) {
         (Some(ip), true) if seen.forwarded_for => {
+            // The list's elements, empty ones dropped, on one line.
             let prev: Vec<&str> = req
                 .headers
                 .get_all(&H_X_FORWARDED_FOR.0)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
                 .map(str::trim)
                 .filter(|v| !v.is_empty())
                 .collect();

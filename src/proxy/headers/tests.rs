@@ -195,3 +195,34 @@ fn the_one_pass_knows_every_name_the_lists_hold() {
     assert!(s.forwarded_for && s.forwarded_proto && s.real_ip);
     assert!(!(s.hop_by_hop || s.forwarding || s.host || s.cookie || s.content_length));
 }
+
+#[test]
+fn empty_forwarded_for_elements_are_no_elements() {
+    // "3.3.3.3," from a trusted proxy: the client is 3.3.3.3, not the
+    // proxy (an empty element used to stop the walk at the proxy).
+    let trusted = ["127.0.0.0/8"];
+    for lines in [
+        &[("x-forwarded-for", "3.3.3.3,")][..],
+        &[("x-forwarded-for", "3.3.3.3"), ("x-forwarded-for", "")],
+        &[("x-forwarded-for", " , 3.3.3.3 , ,")],
+    ] {
+        let mut r = req(lines);
+        let o = origin(&r, "127.0.0.1", &trusted);
+        assert_eq!(o.client, Some("3.3.3.3".parse().unwrap()), "{lines:?}");
+        // Upstream, the list without its empty elements, the peer last.
+        prepare_upstream(&mut r, &o, &id("id")).unwrap();
+        assert_eq!(
+            get(&r, "x-forwarded-for"),
+            Some("3.3.3.3, 127.0.0.1"),
+            "{lines:?}"
+        );
+        assert_eq!(get(&r, "x-real-ip"), Some("3.3.3.3"), "{lines:?}");
+    }
+}
+
+#[test]
+fn the_first_well_formed_request_id_is_the_one() {
+    // As the connection guard's refusals take it (`find_request_id`).
+    let r = req(&[("x-request-id", "bad id"), ("x-request-id", "good")]);
+    assert_eq!(request_id(&r).as_str(), "good");
+}
