@@ -237,7 +237,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.admission.mark_sent();
-        headers::prepare_upstream(upstream_request, &ctx.origin, &ctx.request_id)?;
+        headers::prepare_upstream(upstream_request, &ctx.origin, &ctx.request_id, ctx.backend)?;
         if let (Some(rt), Some(id)) = (&ctx.runtime, &ctx.client_id) {
             headers::set_client_id(upstream_request, &rt.config.clients.id_header, id)?;
         }

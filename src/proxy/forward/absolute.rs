@@ -133,7 +133,7 @@ impl ProxyHttp for ForwardGateway {
             Some(rt) => headers::Origin::of(req, peer, false, |ip| rt.is_trusted_proxy(ip)),
             None => headers::Origin::default(),
         };
-        headers::prepare_upstream(req, &origin, &ctx.request_id)
+        headers::prepare_upstream(req, &origin, &ctx.request_id, None)
     }
 
     /// Runs when the destination's response header arrives: a header that

@@ -260,7 +260,8 @@ const X_REAL_IP: &str = "x-real-ip";
 ///   trusted proxy, else removed; `X-Real-IP` is the client's address;
 /// - hop-by-hop headers and the headers `Connection` names are removed,
 ///   except what a protocol upgrade (WebSocket) needs;
-/// - `Host` is set from `:authority` when an HTTP/2 request has none;
+/// - `Host` is set from `:authority` when an HTTP/2 request has none, and
+///   to `backend`'s address when a request has neither (HTTP/1.0);
 ///   cookies an HTTP/2 client split into several fields are joined into
 ///   one (RFC 9113 §8.2.3), for an HTTP/1 upstream;
 /// - `Content-Length` is written in its canonical form (`0010` is `10`);
@@ -269,6 +270,7 @@ pub fn prepare_upstream(
     req: &mut RequestHeader,
     origin: &Origin,
     request_id: &RequestId,
+    backend: Option<std::net::SocketAddr>,
 ) -> Result<()> {
     // Room for what is added below, at once.
     req.reserve_headers(6);
@@ -329,8 +331,15 @@ pub fn prepare_upstream(
         None => {}
     }
     if !seen.host {
-        if let Some(a) = req.uri.authority().map(|a| a.as_str().to_string()) {
-            req.insert_header(HOST, a)?;
+        // HTTP/2's `:authority`; else (an HTTP/1.0 request may have no
+        // Host, and goes upstream as HTTP/1.1, which must) the backend's
+        // address, as nginx sends its upstream's.
+        let host = match req.uri.authority() {
+            Some(a) => Some(a.as_str().to_string()),
+            None => backend.map(|b| b.to_string()),
+        };
+        if let Some(h) = host {
+            req.insert_header(HOST, h)?;
         }
     }
     if seen.cookie {

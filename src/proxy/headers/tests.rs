@@ -25,7 +25,7 @@ fn untrusted_peer_replaces_forwarded_for() {
         ("x-forwarded-proto", "https"),
     ]);
     let o = origin(&r, "10.0.0.9", &[]);
-    prepare_upstream(&mut r, &o, &id("id1")).unwrap();
+    prepare_upstream(&mut r, &o, &id("id1"), None).unwrap();
     assert_eq!(get(&r, "x-forwarded-for"), Some("10.0.0.9"));
     assert_eq!(get(&r, "x-forwarded-proto"), Some("http"));
     assert_eq!(get(&r, "x-request-id"), Some("id1"));
@@ -79,7 +79,7 @@ fn forwarding_headers_only_from_trusted_peers() {
     ];
     let mut r = req(&headers);
     let o = origin(&r, "192.0.2.1", &["10.0.0.0/8"]);
-    prepare_upstream(&mut r, &o, &id("id")).unwrap();
+    prepare_upstream(&mut r, &o, &id("id"), None).unwrap();
     assert!(get(&r, "forwarded").is_none());
     assert!(get(&r, "x-forwarded-host").is_none());
     assert_eq!(get(&r, "x-real-ip"), Some("192.0.2.1"));
@@ -88,7 +88,7 @@ fn forwarding_headers_only_from_trusted_peers() {
     assert_eq!(get(&r, "content-length"), Some("10"));
     let mut r = req(&headers);
     let o = origin(&r, "10.0.0.9", &["10.0.0.0/8"]);
-    prepare_upstream(&mut r, &o, &id("id")).unwrap();
+    prepare_upstream(&mut r, &o, &id("id"), None).unwrap();
     assert_eq!(get(&r, "x-forwarded-host"), Some("evil"));
     assert_eq!(get(&r, "x-real-ip"), Some("10.0.0.9"));
 }
@@ -100,7 +100,7 @@ fn trusted_peer_appends() {
         ("x-forwarded-proto", "https"),
     ]);
     let o = origin(&r, "10.0.0.9", &["10.0.0.0/8"]);
-    prepare_upstream(&mut r, &o, &id("id")).unwrap();
+    prepare_upstream(&mut r, &o, &id("id"), None).unwrap();
     assert_eq!(get(&r, "x-forwarded-for"), Some("1.2.3.4, 10.0.0.9"));
     assert_eq!(get(&r, "x-forwarded-proto"), Some("https"));
 }
@@ -119,7 +119,7 @@ fn hop_by_hop_removed_upgrade_kept() {
         tls: true,
         ..Origin::default()
     };
-    prepare_upstream(&mut r, &tls, &id("id")).unwrap();
+    prepare_upstream(&mut r, &tls, &id("id"), None).unwrap();
     for h in [
         "connection",
         "keep-alive",
@@ -133,7 +133,7 @@ fn hop_by_hop_removed_upgrade_kept() {
     assert_eq!(get(&r, "x-forwarded-proto"), Some("https"));
 
     let mut r = req(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
-    prepare_upstream(&mut r, &Origin::default(), &id("id")).unwrap();
+    prepare_upstream(&mut r, &Origin::default(), &id("id"), None).unwrap();
     assert_eq!(get(&r, "upgrade"), Some("websocket"));
     assert_eq!(get(&r, "connection"), Some("upgrade"));
 }
@@ -210,7 +210,7 @@ fn empty_forwarded_for_elements_are_no_elements() {
         let o = origin(&r, "127.0.0.1", &trusted);
         assert_eq!(o.client, Some("3.3.3.3".parse().unwrap()), "{lines:?}");
         // Upstream, the list without its empty elements, the peer last.
-        prepare_upstream(&mut r, &o, &id("id")).unwrap();
+        prepare_upstream(&mut r, &o, &id("id"), None).unwrap();
         assert_eq!(
             get(&r, "x-forwarded-for"),
             Some("3.3.3.3, 127.0.0.1"),
@@ -225,4 +225,17 @@ fn the_first_well_formed_request_id_is_the_one() {
     // As the connection guard's refusals take it (`find_request_id`).
     let r = req(&[("x-request-id", "bad id"), ("x-request-id", "good")]);
     assert_eq!(request_id(&r).as_str(), "good");
+}
+
+#[test]
+fn a_request_without_host_gets_the_backends_address() {
+    // HTTP/1.0 without Host: the backend's address upstream.
+    let mut r = req(&[]);
+    let backend = "10.0.0.1:8080".parse().ok();
+    prepare_upstream(&mut r, &Origin::default(), &id("id"), backend).unwrap();
+    assert_eq!(get(&r, "host"), Some("10.0.0.1:8080"));
+    // The client's Host is kept.
+    let mut r = req(&[("host", "api.example")]);
+    prepare_upstream(&mut r, &Origin::default(), &id("id"), backend).unwrap();
+    assert_eq!(get(&r, "host"), Some("api.example"));
 }
