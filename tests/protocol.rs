@@ -92,6 +92,26 @@ async fn malformed_requests_get_json_400_with_a_request_id() {
             400,
         ),
         ("GET / HTTP/1.1\r\nHost: a\r\nX-Bad: a\x7fb\r\n".into(), 400),
+        // Found by a hostile-client run: an Upgrade that Connection does
+        // not name opened a tunnel; Connection naming a header the gateway
+        // sets was refused by Pingora only after admission, as "could not
+        // be read".
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n".into(),
+            400,
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nUpgrade: websocket\r\n".into(),
+            400,
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Forwarded-For\r\n".into(),
+            400,
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: \"x\"\r\n".into(),
+            400,
+        ),
         (format!("GET / HTTP/1.1\r\nHost: a\r\n{many}"), 431),
     ];
     for (head, status) in cases {

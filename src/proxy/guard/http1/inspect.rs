@@ -56,6 +56,17 @@ pub fn head_end(buf: &[u8], from: usize) -> Option<usize> {
         })
 }
 
+/// Names the gateway writes upstream itself, which `Connection` may not name
+/// (Pingora's protected set).
+const PROTECTED: [&[u8]; 4] = [
+    b"host",
+    b"x-forwarded-for",
+    b"x-forwarded-host",
+    b"x-forwarded-proto",
+];
+/// Options one request's `Connection` may list (Pingora refuses a tenth).
+const MAX_CONNECTION_OPTIONS: usize = 9;
+
 fn bad(message: impl Into<String>) -> Refusal {
     Refusal::new(RejectReason::BadRequest, message)
 }
@@ -108,6 +119,8 @@ pub fn inspect(buf: &[u8], len: usize) -> Result<Head, Refusal> {
     let mut host: Option<&[u8]> = None;
     let mut expect_continue = Vec::new();
     let mut upgrade = false;
+    let mut connection_upgrade = false;
+    let mut options = 0usize;
     let mut json = false;
     for (line, range) in lines {
         if line.is_empty() {
@@ -186,6 +199,30 @@ pub fn inspect(buf: &[u8], len: usize) -> Result<Head, Refusal> {
             expect_continue.push(range);
         } else if is(b"upgrade") {
             upgrade = true;
+        } else if is(b"connection") {
+            // Pingora refuses these too, but only once the request has been
+            // admitted, and as "the request could not be read".
+            for option in value.split(|b| *b == b',').map(trim) {
+                if option.is_empty() {
+                    continue;
+                }
+                options += 1;
+                if options > MAX_CONNECTION_OPTIONS {
+                    return Err(bad(format!(
+                        "more than {MAX_CONNECTION_OPTIONS} options in Connection"
+                    )));
+                }
+                if !option.iter().all(|b| tchar(*b)) {
+                    return Err(bad("a malformed option in Connection"));
+                }
+                if let Some(p) = PROTECTED.iter().find(|p| option.eq_ignore_ascii_case(p)) {
+                    return Err(bad(format!(
+                        "Connection may not name {}: the gateway sets it",
+                        String::from_utf8_lossy(p)
+                    )));
+                }
+                connection_upgrade |= option.eq_ignore_ascii_case(b"upgrade");
+            }
         } else if is(b"content-type") {
             json = value.len() >= 16 && value[..16].eq_ignore_ascii_case(b"application/json");
         }
@@ -199,6 +236,14 @@ pub fn inspect(buf: &[u8], len: usize) -> Result<Head, Refusal> {
         (None, Some(0)) | (None, None) => Framing::None,
         (None, Some(n)) => Framing::Length(n),
     };
+    // An Upgrade counts only in HTTP/1.1 with the `upgrade` option in
+    // Connection (RFC 9110 §7.8); Pingora would open the tunnel on the
+    // Upgrade header alone.
+    if upgrade && !(http11 && connection_upgrade) {
+        return Err(bad(
+            "Upgrade needs HTTP/1.1 and the upgrade option in Connection",
+        ));
+    }
     let connect = method == b"CONNECT";
     if http11 && hosts != 1 {
         return Err(bad("an HTTP/1.1 request needs exactly one Host header"));

@@ -48,7 +48,7 @@ fn framing() {
         .unwrap();
     assert_eq!(h.framing, Framing::Length(5));
     assert!(
-        head("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n")
+        head("GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
             .unwrap()
             .upgrade
     );
@@ -300,4 +300,45 @@ async fn large_body_streams() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn upgrade_needs_the_connection_option_and_protected_names_stay() {
+    // An Upgrade counts with the upgrade option, in HTTP/1.1 only.
+    let ok = head("GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    assert!(ok.is_ok_and(|h| h.upgrade));
+    for (req, why) in [
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n",
+            "Upgrade needs",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nUpgrade: h2c\r\n\r\n",
+            "Upgrade needs",
+        ),
+        (
+            "GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "Upgrade needs",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: X-Forwarded-Proto\r\n\r\n",
+            "may not name x-forwarded-proto",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: a\r\nConnection: HOST\r\n\r\n",
+            "may not name host",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: :authority\r\n\r\n",
+            "malformed option",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: a,b,c,d,e,f,g,h,i,j\r\n\r\n",
+            "more than 9",
+        ),
+    ] {
+        assert!(refused(req).contains(why), "{req:?}: {}", refused(req));
+    }
+    // Nine options, empty ones not counted, are fine.
+    assert!(head("GET / HTTP/1.1\r\nHost: a\r\nConnection: a,,b,c,d,e,f,g,h,i\r\n\r\n").is_ok());
 }
