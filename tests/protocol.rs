@@ -71,6 +71,28 @@ async fn pipelined_requests_are_served_in_order() {
     assert_eq!(stats["requests"], 2);
 }
 
+/// Found by a hostile-client run: `close` on a second `Connection` line
+/// was ignored (Pingora reads the first), the connection kept open and a
+/// pipelined request after it served.
+#[tokio::test]
+async fn close_on_a_later_connection_line_closes() {
+    let up = Upstream::start("a");
+    let gw = gateway(&up);
+    let started = std::time::Instant::now();
+    let text = exchange(
+        gw.addr,
+        b"GET /first HTTP/1.1\r\nHost: a\r\nConnection: x-foo\r\nConnection: close\r\n\r\nGET /second HTTP/1.1\r\nHost: a\r\n\r\n",
+    );
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 1, "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "{text}");
+    let stats = json_at(&client(), &format!("http://{}/__stats", up.addr)).await;
+    assert_eq!(stats["requests"], 1);
+}
+
 /// Finding 7: HTTP/1.1 without exactly one well-formed Host, and framing
 /// headers two parsers could read differently, are refused with a JSON
 /// 400 carrying the client's request id; nothing reaches the upstream.

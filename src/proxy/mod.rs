@@ -116,6 +116,9 @@ impl ProxyHttp for Gateway {
         );
         ctx.runtime = Some(rt.clone());
         ctx.request_id = headers::request_id(session.req_header());
+        if headers::closes_later(session.req_header()) {
+            session.set_keepalive(None);
+        }
         // The phases in order; the first refusal answers the request (and
         // refunds whatever an earlier phase charged).
         if let Some(r) = phases::route(session, ctx, &rt) {

@@ -51,6 +51,9 @@ impl ProxyHttp for ForwardGateway {
         ctx.route = Some(Arc::from(FORWARD_ROUTE));
         ctx.route_metrics = Some(super::forward_metrics().clone());
         ctx.request_id = headers::request_id(session.req_header());
+        if headers::closes_later(session.req_header()) {
+            session.set_keepalive(None);
+        }
         let Some(fp) = rt.config.forward_proxy.as_ref() else {
             let msg = "the forward proxy is off";
             return respond::refuse(session, ctx, Refusal::new(RejectReason::NoRoute, msg)).await;

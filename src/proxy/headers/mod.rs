@@ -457,6 +457,17 @@ pub fn ends_with_header(req: &RequestHeader, resp: &ResponseHeader) -> bool {
             .is_some_and(|v| v.trim() == "0")
 }
 
+/// Whether a `Connection` line after the first asks to close: Pingora
+/// reads only the first for `close`, and would keep the connection open.
+pub fn closes_later(req: &RequestHeader) -> bool {
+    req.headers
+        .get_all(CONNECTION)
+        .iter()
+        .skip(1)
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|o| o.trim_ascii().eq_ignore_ascii_case(b"close"))
+}
+
 /// Makes the resolved client id the only value of the id header upstream.
 pub fn set_client_id(req: &mut RequestHeader, header: &HeaderName, id: &str) -> Result<()> {
     // Already so (a client that named itself in the header): nothing to
