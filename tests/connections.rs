@@ -298,8 +298,19 @@ async fn absolute_form_requests_are_proxied_under_the_cap() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // The client gets the id the destination was sent (found by a
+    // hostile-client run: the forward proxy returned none).
+    let id = r
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_string());
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["path"], "/abs");
+    assert_eq!(
+        id.map(|i| serde_json::json!([i])),
+        Some(v["headers"]["x-request-id"].clone()),
+        "{v}"
+    );
     assert_eq!(v["headers"]["host"], serde_json::json!([target.clone()]));
     assert!(v["headers"].get("proxy-authorization").is_none(), "{v}");
 

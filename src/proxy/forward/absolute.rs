@@ -139,14 +139,18 @@ impl ProxyHttp for ForwardGateway {
         headers::prepare_upstream(req, &origin, &ctx.request_id, None)
     }
 
-    /// Runs when the destination's response header arrives: a header that
-    /// is the whole response (HEAD, 204, 304, an empty body) frees the slot.
+    /// Runs when the destination's response header arrives: the request id
+    /// to the client; a header that is the whole response (HEAD, 204, 304,
+    /// an empty body) frees the slot.
     async fn response_filter(
         &self,
         session: &mut Session,
         resp: &mut pingora::http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // The id the destination was sent, as the reverse proxy answers
+        // with (a destination's own `X-Request-Id` is replaced).
+        headers::set_response(resp, &headers::H_X_REQUEST_ID, ctx.request_id.value());
         ctx.upstream_failed = resp.status.is_server_error();
         if !headers::is_interim(resp) && headers::ends_with_header(session.req_header(), resp) {
             ctx.upstream_response_ended();
