@@ -62,6 +62,9 @@ fn main() -> ExitCode {
     if let Some(files) = cli.check {
         return check(&files);
     }
+    // Read before the config is: a change in between makes the watcher
+    // reload (the same content again, at worst), never miss it.
+    let config_version = floodgate::services::watcher::file_version(&cli.conf);
     let config = match config::load(&cli.conf) {
         Ok(c) => c,
         Err(e) => {
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
     let opts = RunOptions {
         upgrade: cli.upgrade,
         daemon: cli.daemon,
+        config_version,
     };
     let prepared = match server::prepare(config, &cli.conf, &opts) {
         Ok(p) => p,

@@ -28,6 +28,10 @@ pub struct RunOptions {
     pub upgrade: bool,
     /// Detach from the terminal.
     pub daemon: bool,
+    /// The config file's version, read just before the config was loaded
+    /// (`services::watcher::file_version`): the watcher reloads if the file
+    /// differs from it once its watch is in place.
+    pub config_version: Option<u64>,
 }
 
 /// Pingora's process settings, from our `[server]` table.
@@ -249,7 +253,7 @@ pub fn prepare(config: Config, path: &Path, opts: &RunOptions) -> Result<Prepare
 
     server.add_service(background_service(
         "config watcher",
-        crate::services::watcher::ConfigWatcher::new(control.clone(), sighup),
+        crate::services::watcher::ConfigWatcher::new(control.clone(), sighup, opts.config_version),
     ));
 
     // Fleet mode: the shared state, synced in the background.

@@ -39,24 +39,27 @@ pub fn install_sighup() -> std::io::Result<Arc<AtomicBool>> {
 pub struct ConfigWatcher {
     control: Arc<ControlPlane>,
     sighup: Arc<AtomicBool>,
-    /// The file's version when the gateway started (read at set-up, just
-    /// after the config itself): a change between then and the watch being
-    /// in place is caught by comparing against it, not missed.
+    /// The file's version when the gateway started ([`file_version`], read
+    /// just before the config itself): a change between then and the watch
+    /// being in place is caught by comparing against it, not missed.
     loaded: Option<u64>,
 }
 
 impl ConfigWatcher {
-    /// Set-up code, before any runtime runs: reading the file here blocks
-    /// nothing.
-    #[allow(clippy::disallowed_methods)]
-    pub fn new(control: Arc<ControlPlane>, sighup: Arc<AtomicBool>) -> Self {
-        let loaded = std::fs::read(control.config_path()).ok().map(|d| hash(&d));
+    pub fn new(control: Arc<ControlPlane>, sighup: Arc<AtomicBool>, loaded: Option<u64>) -> Self {
         ConfigWatcher {
             control,
             sighup,
             loaded,
         }
     }
+}
+
+/// The config file's version (see [`fingerprint`]), for start-up code:
+/// read it just before loading the config.
+#[allow(clippy::disallowed_methods)] // start-up, before any runtime runs
+pub fn file_version(path: &Path) -> Option<u64> {
+    std::fs::read(path).ok().map(|d| hash(&d))
 }
 
 /// How often the SIGHUP flag is looked at (an atomic load).
@@ -181,6 +184,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("floodgate.toml");
         std::fs::write(&path, conf("127.0.0.1:1")).unwrap();
+        let version = file_version(&path);
         let config = crate::config::load(&path).unwrap();
         let clock = ManualClock::new(0);
         let hosts = Arc::new(crate::limits::connections::Hosts::default());
@@ -194,7 +198,7 @@ mod tests {
             clock,
             hosts,
         ));
-        let watcher = ConfigWatcher::new(control, Arc::new(AtomicBool::new(false)));
+        let watcher = ConfigWatcher::new(control, Arc::new(AtomicBool::new(false)), version);
         // The change lands before the service starts watching.
         std::fs::write(&path, conf("127.0.0.1:2")).unwrap();
         let (stop, shutdown) = tokio::sync::watch::channel(false);
