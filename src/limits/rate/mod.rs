@@ -179,6 +179,9 @@ impl RateLimiter {
         let prev_table = n.checked_sub(1).and_then(|p| self.ring.table(p));
         let read =
             |t: &Option<ring::TableRef<'_>>| t.as_ref().map(|t| t.get(hash)).unwrap_or_default();
+        for t in [&cur_table, &prev_table].into_iter().flatten() {
+            t.touch(hash);
+        }
         let (cur, prev) = (read(&cur_table), read(&prev_table));
         let before = self.slide(cur, prev, into);
         if let Some(r) = self.refusal_from(before, tokens, quota, cur, prev, into) {

@@ -261,6 +261,17 @@ impl ClientTable {
         self.inserted.load(Ordering::Relaxed) + self.spilled.load(Ordering::Relaxed)
     }
 
+    /// Starts fetching the first place `hash` probes (see
+    /// [`CountTable::touch`]).
+    #[inline]
+    fn touch(&self, hash: u64) {
+        let n = self.places.len();
+        let start = ((hash as u128 * n as u128) >> 64) as usize;
+        if let Some([key, _]) = self.places.get(start) {
+            std::hint::black_box(key.load(Ordering::Relaxed));
+        }
+    }
+
     /// Finds the count of `hash`, claiming a free place if `insert`.
     #[inline]
     fn place(&self, hash: u64, insert: bool) -> Place<'_> {
@@ -400,6 +411,18 @@ impl CountTable {
             }
             TableKind::Sketch { depth, width } => CountTable::Sketch(Sketch::new(depth, width)),
         })
+    }
+
+    /// Loads the first place `hash` probes, and nothing else. A decision
+    /// reads `hash` in two windows' tables; a table for millions of clients
+    /// is far larger than the cache, so each probe is a miss to memory.
+    /// Touching both tables before probing either lets the two misses
+    /// overlap instead of one waiting for the other.
+    #[inline]
+    pub fn touch(&self, hash: u64) {
+        if let CountTable::Clients(t) = self {
+            t.touch(hash);
+        }
     }
 
     #[inline]
