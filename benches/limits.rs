@@ -221,7 +221,7 @@ fn quotas(c: &mut Criterion) {
     });
     // The reference: what one read at a random place in memory of that
     // size costs on this machine. A decision for one of 2 M clients reads
-    // its count in two tables of ~60 MiB each (the current window's and
+    // its count in two tables of ~57 MiB each (the current window's and
     // the previous one's); no cache holds them, so it cannot cost less
     // than one such read.
     let chase = Chase::new(128 << 20);
