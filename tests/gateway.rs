@@ -312,11 +312,22 @@ async fn tls_and_http2_at_the_edge_and_tls_upstream() {
     let base = format!("https://localhost:{tls_port}");
 
     // HTTP/2 negotiated by ALPN.
-    let r = https(true).get(format!("{base}/x")).send().await.unwrap();
+    let r = https(true)
+        .get(format!("{base}/x"))
+        .header("x-request-id", "h2-id")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(r.status(), 200);
+    // The gateway's own response header reaches an HTTP/2 client too (it
+    // is kept outside Pingora's header maps until the HTTP/2 frame is
+    // built; see vendor/README.md).
+    assert_eq!(r.headers().get_all("x-request-id").iter().count(), 1);
+    assert_eq!(r.headers()["x-request-id"], "h2-id");
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(server_of(&v), "plain");
+    assert_eq!(v["headers"]["x-request-id"], serde_json::json!(["h2-id"]));
     assert_eq!(
         v["headers"]["x-forwarded-proto"],
         serde_json::json!(["https"])

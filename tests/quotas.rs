@@ -111,6 +111,62 @@ async fn configured_client_gets_exactly_its_quota() {
 }
 
 #[tokio::test]
+async fn the_gateway_headers_replace_an_upstream_s_own() {
+    // An upstream that limits too, and names its requests: the client gets
+    // the gateway's values, once each (they are written outside Pingora's
+    // header maps when the upstream sends none of them, inserted over its
+    // own when it does).
+    let up = Upstream::start("a");
+    let gw = gateway(
+        &up,
+        "[clients]\nwindow = \"60s\"\n[clients.limits.gold]\nrpm = 5\n",
+    );
+    let c = client();
+    for header in [
+        "x-ratelimit-limit:999",
+        "X-RateLimit-Remaining:999",
+        "x-request-id:from-upstream",
+        "ratelimit:other",
+        "x-other:kept",
+    ] {
+        let url = gw.url(&format!("/x?header={header}"));
+        let resp = c
+            .get(url)
+            .header("x-client-id", "gold")
+            .header("x-request-id", "from-client")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{header}");
+        let h = resp.headers();
+        for name in [
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+            "ratelimit-policy",
+            "ratelimit",
+            "x-request-id",
+        ] {
+            assert_eq!(h.get_all(name).iter().count(), 1, "{name} after {header}");
+        }
+        assert_eq!(h["x-ratelimit-limit"], "5", "{header}");
+        assert_ne!(h["x-ratelimit-remaining"], "999", "{header}");
+        assert_eq!(h["x-request-id"], "from-client", "{header}");
+        assert!(h["ratelimit"].to_str().unwrap().contains(";r="), "{header}");
+        if header == "x-other:kept" {
+            assert_eq!(h["x-other"], "kept");
+        }
+        // And the upstream was sent the client's id once.
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(
+            body["headers"]["x-request-id"],
+            serde_json::json!(["from-client"]),
+            "{header}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn unknown_clients_each_get_the_default() {
     let up = Upstream::start("a");
     let gw = gateway(

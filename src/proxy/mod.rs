@@ -240,14 +240,15 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.admission.mark_sent();
+        if ctx.by_api_key {
+            // A Floodgate API key is the gateway's secret, never the
+            // upstream's. (Removed first: a removal after the gateway's
+            // own headers are added moves them into the header maps.)
+            upstream_request.remove_header(&http::header::AUTHORIZATION);
+        }
         headers::prepare_upstream(upstream_request, &ctx.origin, &ctx.request_id, ctx.backend)?;
         if let (Some(rt), Some(id)) = (&ctx.runtime, &ctx.client_id) {
             headers::set_client_id(upstream_request, &rt.config.clients.id_header, id)?;
-        }
-        if ctx.by_api_key {
-            // A Floodgate API key is the gateway's secret, never the
-            // upstream's.
-            upstream_request.remove_header(&http::header::AUTHORIZATION);
         }
         // The upstream's own headers (a provider key the gateway holds).
         if let Some(u) = &ctx.upstream {
@@ -270,15 +271,18 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        upstream_response.reserve_headers(6);
-        headers::set_response(
-            upstream_response,
-            &headers::H_X_REQUEST_ID,
-            ctx.request_id.value(),
-        );
+        // The gateway's headers: written after the upstream's, outside the
+        // header maps, unless the upstream sent one of them itself (then
+        // they replace its own).
+        let absent = !headers::carries_gateway_headers(upstream_response);
+        if !absent {
+            upstream_response.reserve_headers(6);
+        }
+        let id = ctx.request_id.value();
+        headers::add_response(upstream_response, &headers::H_X_REQUEST_ID, id, absent);
         if let Some(state) = &ctx.quota_state {
             for (k, v) in headers::rate_limit_headers(state, None) {
-                headers::set_response(upstream_response, &k, v);
+                headers::add_response(upstream_response, &k, v, absent);
             }
         }
         if headers::is_interim(upstream_response) {

@@ -48,7 +48,7 @@ async fn write(session: &mut Session, ctx: &RequestCtx, r: &Refusal) -> Result<(
         h.insert_header(http::header::RETRY_AFTER, secs)?;
     }
     if !ctx.request_id.is_empty() {
-        super::headers::set_response(&mut h, &H_X_REQUEST_ID, ctx.request_id.value());
+        super::headers::add_response(&mut h, &H_X_REQUEST_ID, ctx.request_id.value(), true);
     }
     let quota = match r.quota {
         Some((state, exceeded)) => Some((state, Some(exceeded))),
@@ -56,7 +56,7 @@ async fn write(session: &mut Session, ctx: &RequestCtx, r: &Refusal) -> Result<(
     };
     if let Some((state, exceeded)) = quota {
         for (k, v) in rate_limit_headers(&state, exceeded) {
-            super::headers::set_response(&mut h, &k, v);
+            super::headers::add_response(&mut h, &k, v, true);
         }
     }
     if r.reason == RejectReason::BadRequest {

@@ -15,6 +15,7 @@
 //! - `status=N`: answer with status N;
 //! - `usage=N`: report `N` tokens used, OpenAI style (`usage.total_tokens`);
 //! - `usage_header=N`: report `N` tokens in an `x-usage-tokens` header;
+//! - `header=NAME:VALUE`: answer with that header as well;
 //! - `stream=K` (with `usage`): answer as a server-sent event stream of K
 //!   chunks, the last event carrying the usage;
 //! - `empty=1`: answer with an empty body (`Content-Length: 0`);
@@ -310,6 +311,14 @@ async fn handle_full(
         .and_then(|v| hyper::header::HeaderValue::from_str(v).ok())
     {
         resp.headers_mut().insert("x-usage-tokens", v);
+    }
+    if let Some((name, value)) = query.get("header").and_then(|h| h.split_once(':')) {
+        if let (Ok(n), Ok(v)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            hyper::header::HeaderValue::from_str(value),
+        ) {
+            resp.headers_mut().append(n, v);
+        }
     }
     Ok(resp)
 }

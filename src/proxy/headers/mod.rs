@@ -8,10 +8,12 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
 mod ratelimit;
+mod seen;
 pub use ratelimit::{
     rate_limit_headers, RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
     X_RATELIMIT_RESET,
 };
+use seen::Seen;
 
 pub const X_REQUEST_ID: &str = "x-request-id";
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
@@ -42,6 +44,47 @@ pub fn set_request(req: &mut RequestHeader, name: &Name, value: HeaderValue) {
 pub fn set_response(resp: &mut ResponseHeader, name: &Name, value: HeaderValue) {
     resp.insert_header_name(&name.0, name.1, value);
 }
+
+/// Adds a header the gateway sets on a request going upstream. When the
+/// request carries none of that name (`absent`), it is written after the
+/// others without entering Pingora's two header maps (an insert hashes
+/// the name into each); else it replaces the request's own. See
+/// `vendor/README.md`.
+fn add_request(req: &mut RequestHeader, name: &Name, value: HeaderValue, absent: bool) {
+    match absent {
+        true => req.append_wire_header(&name.0, name.1, value),
+        false => set_request(req, name, value),
+    }
+}
+
+/// Adds a header the gateway sets on a response, as [`add_request`] does:
+/// `absent` when the response carries none of the gateway's own headers
+/// ([`carries_gateway_headers`]).
+pub fn add_response(resp: &mut ResponseHeader, name: &Name, value: HeaderValue, absent: bool) {
+    match absent {
+        true => resp.append_wire_header(&name.0, name.1, value),
+        false => set_response(resp, name, value),
+    }
+}
+
+/// Whether a response (an upstream's) carries any of the headers the
+/// gateway sets on its responses: `X-Request-Id` and the rate-limit
+/// headers. One pass over its names.
+pub fn carries_gateway_headers(resp: &ResponseHeader) -> bool {
+    resp.headers
+        .keys()
+        .any(|n| GATEWAY_RESPONSE_HEADERS.contains(&n.as_str()))
+}
+
+/// The headers the gateway sets on its responses.
+pub const GATEWAY_RESPONSE_HEADERS: [&str; 6] = [
+    X_REQUEST_ID,
+    ratelimit::NAMES[0],
+    ratelimit::NAMES[1],
+    ratelimit::NAMES[2],
+    ratelimit::NAMES[3],
+    ratelimit::NAMES[4],
+];
 
 /// An address as a header value (IPv4 without the formatting machinery,
 /// which costs more than the rest of this function).
@@ -307,28 +350,16 @@ pub fn prepare_upstream(
         (Some(ip), _) => Some(ip_value(ip)),
         (None, _) => None,
     };
-    match xff {
-        Some(v) => set_request(req, &H_X_FORWARDED_FOR, v),
-        None if seen.forwarded_for => {
-            req.remove_header(&H_X_FORWARDED_FOR.0);
-        }
-        None => {}
-    }
-    if !(origin.trusted && seen.forwarded_proto) {
-        let proto = if origin.tls { "https" } else { "http" };
-        set_request(req, &H_X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    if xff.is_none() && seen.forwarded_for {
+        req.remove_header(&H_X_FORWARDED_FOR.0);
     }
     if !origin.trusted && seen.forwarding {
         for h in &FORWARDING {
             req.remove_header(h);
         }
     }
-    match origin.client {
-        Some(ip) => set_request(req, &H_X_REAL_IP, ip_value(ip)),
-        None if seen.real_ip => {
-            req.remove_header(&H_X_REAL_IP.0);
-        }
-        None => {}
+    if origin.client.is_none() && seen.real_ip {
+        req.remove_header(&H_X_REAL_IP.0);
     }
     if !seen.host {
         // HTTP/2's `:authority`; else (an HTTP/1.0 request may have no
@@ -348,53 +379,22 @@ pub fn prepare_upstream(
     if seen.content_length {
         canonical_content_length(req)?;
     }
-    set_request(req, &H_X_REQUEST_ID, request_id.value());
-    Ok(())
-}
-
-/// Which of the names [`prepare_upstream`] acts on a request carries.
-#[derive(Default)]
-struct Seen {
-    upgrade: bool,
-    connection: bool,
-    /// Any of [`HOP_BY_HOP`].
-    hop_by_hop: bool,
-    /// Any of [`FORWARDING`].
-    forwarding: bool,
-    forwarded_for: bool,
-    forwarded_proto: bool,
-    real_ip: bool,
-    host: bool,
-    cookie: bool,
-    content_length: bool,
-}
-
-impl Seen {
-    fn of(req: &RequestHeader) -> Seen {
-        let mut s = Seen::default();
-        // Names in a `HeaderMap` are lower case.
-        for name in req.headers.keys() {
-            match name.as_str() {
-                "upgrade" => s.upgrade = true,
-                "connection" => s.connection = true,
-                "keep-alive"
-                | "proxy-connection"
-                | "proxy-authenticate"
-                | "proxy-authorization"
-                | "te"
-                | "trailer" => s.hop_by_hop = true,
-                "forwarded" | "x-forwarded-host" | "x-forwarded-port" => s.forwarding = true,
-                X_FORWARDED_FOR => s.forwarded_for = true,
-                X_FORWARDED_PROTO => s.forwarded_proto = true,
-                X_REAL_IP => s.real_ip = true,
-                "host" => s.host = true,
-                "cookie" => s.cookie = true,
-                "content-length" => s.content_length = true,
-                _ => {}
-            }
-        }
-        s
+    // The gateway's own headers last, after every removal: one the client
+    // did not send is written after the others, outside the header maps
+    // (see `add_request`).
+    if let Some(v) = xff {
+        add_request(req, &H_X_FORWARDED_FOR, v, !seen.forwarded_for);
     }
+    if !(origin.trusted && seen.forwarded_proto) {
+        let proto = if origin.tls { "https" } else { "http" };
+        let v = HeaderValue::from_static(proto);
+        add_request(req, &H_X_FORWARDED_PROTO, v, !seen.forwarded_proto);
+    }
+    if let Some(ip) = origin.client {
+        add_request(req, &H_X_REAL_IP, ip_value(ip), !seen.real_ip);
+    }
+    add_request(req, &H_X_REQUEST_ID, request_id.value(), !seen.request_id);
+    Ok(())
 }
 
 /// One `Cookie` field for an HTTP/1 upstream (HTTP/2 clients may split

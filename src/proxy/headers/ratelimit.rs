@@ -8,11 +8,19 @@ use http::header::HeaderValue;
 use super::Name;
 use crate::limits::rate::{Exceeded, QuotaState};
 
-pub const X_RATELIMIT_LIMIT: Name = Name::new("x-ratelimit-limit");
-pub const X_RATELIMIT_REMAINING: Name = Name::new("x-ratelimit-remaining");
-pub const X_RATELIMIT_RESET: Name = Name::new("x-ratelimit-reset");
-pub const RATELIMIT_POLICY: Name = Name::new("ratelimit-policy");
-pub const RATELIMIT: Name = Name::new("ratelimit");
+/// The names, as [`super::GATEWAY_RESPONSE_HEADERS`] lists them.
+pub const NAMES: [&str; 5] = [
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+    "ratelimit-policy",
+    "ratelimit",
+];
+pub const X_RATELIMIT_LIMIT: Name = Name::new(NAMES[0]);
+pub const X_RATELIMIT_REMAINING: Name = Name::new(NAMES[1]);
+pub const X_RATELIMIT_RESET: Name = Name::new(NAMES[2]);
+pub const RATELIMIT_POLICY: Name = Name::new(NAMES[3]);
+pub const RATELIMIT: Name = Name::new(NAMES[4]);
 
 /// The rate-limit headers of a response to a limited client:
 /// `X-RateLimit-Limit/-Remaining/-Reset` for the quota closest to

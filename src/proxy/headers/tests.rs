@@ -14,8 +14,52 @@ fn id(s: &'static str) -> RequestId {
     RequestId(HeaderValue::from_static(s))
 }
 
-fn get<'a>(r: &'a RequestHeader, k: &str) -> Option<&'a str> {
-    r.headers.get(k).map(|v| v.to_str().unwrap())
+/// The first value of `k` the upstream is sent: the header maps and the
+/// headers written after them (`append_wire_header`) alike.
+fn get(r: &RequestHeader, k: &str) -> Option<&'static str> {
+    let all = r.as_owned_parts().headers;
+    let v = all.get(k)?.to_str().unwrap().to_string();
+    Some(Box::leak(v.into_boxed_str()))
+}
+
+/// The header lines an HTTP/1 upstream is sent.
+fn wire(r: &RequestHeader) -> String {
+    let mut buf: Vec<u8> = vec![];
+    r.header_to_h1_wire(&mut buf);
+    String::from_utf8(buf).unwrap()
+}
+
+#[test]
+fn the_gateway_headers_go_upstream_once_whether_the_client_sent_them_or_not() {
+    let names = [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-real-ip",
+        "x-request-id",
+    ];
+    let sent: Vec<(&str, &str)> = names.iter().map(|n| (*n, "from-client")).collect();
+    for client in [&[][..], &sent[..]] {
+        let mut r = req(client);
+        let o = origin(&r, "10.0.0.9", &[]);
+        prepare_upstream(&mut r, &o, &id("id1"), None).unwrap();
+        let wire = wire(&r);
+        for n in names {
+            let lines: Vec<&str> = wire
+                .lines()
+                .filter(|l| l.to_ascii_lowercase().starts_with(&format!("{n}:")))
+                .collect();
+            assert_eq!(lines.len(), 1, "{n} in {wire:?}");
+            assert!(!lines[0].contains("from-client"), "{n} in {wire:?}");
+        }
+        assert_eq!(get(&r, "x-request-id"), Some("id1"));
+        // A later change to one of them (an upstream's `set_headers` or
+        // `remove_headers`) acts on the value the gateway set.
+        r.insert_header("X-Request-Id", "op").unwrap();
+        r.remove_header("x-real-ip");
+        let wire = self::wire(&r);
+        assert_eq!(wire.matches("op").count(), 1, "{wire:?}");
+        assert!(!wire.contains("id1") && !wire.to_ascii_lowercase().contains("x-real-ip"));
+    }
 }
 
 #[test]

@@ -61,6 +61,65 @@ This idea is inspaired by hyper @nox
 */
 type CaseMap = HMap<CaseHeaderName>;
 
+/// Headers written after those of the maps and kept out of them (Floodgate
+/// patch; see vendor/README.md): `(name, wire spelling, value)`.
+///
+/// A proxy adds a few headers to every message it forwards and never reads
+/// them again; entering each into the value map and the case map hashes its
+/// name twice and may grow both maps. These are written on the wire after
+/// the maps' headers instead. Any change to a header of the same name
+/// (`insert_header`, `append_header`, `insert_header_name`), and any
+/// `remove_header`, first moves them into the maps, as do the conversions
+/// to `http`'s parts (HTTP/2), so what is sent is the same as if they had
+/// been inserted. Reads through `headers` (`Deref`) see only the maps.
+#[derive(Debug, Clone, Default)]
+struct Appended(Vec<(HeaderName, &'static str, HeaderValue)>);
+
+impl Appended {
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether a header of this name (any case) is held here.
+    #[inline]
+    fn holds(&self, name: &[u8]) -> bool {
+        self.0
+            .iter()
+            .any(|(n, _, _)| n.as_str().as_bytes().eq_ignore_ascii_case(name))
+    }
+
+    /// Moves every header held here into the maps, after their headers.
+    fn move_into(&mut self, name_map: Option<&mut CaseMap>, value_map: &mut HMap) {
+        let mut name_map = name_map;
+        for (name, wire, value) in self.0.drain(..) {
+            if let Some(m) = name_map.as_mut() {
+                m.append(name.clone(), wire.into_case_header_name());
+            }
+            value_map.append(name, value);
+        }
+    }
+
+    /// A copy of `value_map` with the headers held here added.
+    fn merged(&self, value_map: &HMap) -> HMap {
+        let mut headers = value_map.clone();
+        for (name, _, value) in &self.0 {
+            headers.append(name.clone(), value.clone());
+        }
+        headers
+    }
+
+    #[inline]
+    fn to_h1_wire(&self, buf: &mut impl BufMut) {
+        for (_, wire, value) in &self.0 {
+            buf.put_slice(wire.as_bytes());
+            buf.put_slice(b": ");
+            buf.put_slice(value.as_bytes());
+            buf.put_slice(b"\r\n");
+        }
+    }
+}
+
 pub enum HeaderNameVariant<'a> {
     Case(&'a CaseHeaderName),
     Titled(&'a str),
@@ -85,6 +144,7 @@ pub enum HeaderNameVariant<'a> {
 pub struct RequestHeader {
     base: ReqParts,
     header_name_map: Option<CaseMap>,
+    appended: Appended,
     raw_target: RawTarget,
     // whether we send END_STREAM with HEADERS for h2 requests
     send_end_stream: bool,
@@ -153,6 +213,7 @@ impl RequestHeader {
         RequestHeader {
             base,
             header_name_map: None,
+            appended: Appended::default(),
             raw_target: RawTarget::FromUri,
             send_end_stream: true,
         }
@@ -203,6 +264,11 @@ impl RequestHeader {
         let header_value = value
             .try_into()
             .explain_err(InvalidHTTPHeader, |_| "invalid value while append")?;
+        let name = name.into_case_header_name();
+        if !self.appended.is_empty() && self.appended.holds(name.as_slice()) {
+            self.appended
+                .move_into(self.header_name_map.as_mut(), &mut self.base.headers);
+        }
         append_header_value(
             self.header_name_map.as_mut(),
             &mut self.base.headers,
@@ -223,6 +289,11 @@ impl RequestHeader {
         let header_value = value
             .try_into()
             .explain_err(InvalidHTTPHeader, |_| "invalid value while insert")?;
+        let name = name.into_case_header_name();
+        if !self.appended.is_empty() && self.appended.holds(name.as_slice()) {
+            self.appended
+                .move_into(self.header_name_map.as_mut(), &mut self.base.headers);
+        }
         insert_header_value(
             self.header_name_map.as_mut(),
             &mut self.base.headers,
@@ -251,13 +322,36 @@ impl RequestHeader {
         case: impl IntoCaseHeaderName,
         value: HeaderValue,
     ) {
+        if !self.appended.is_empty() && self.appended.holds(name.as_str().as_bytes()) {
+            self.appended
+                .move_into(self.header_name_map.as_mut(), &mut self.base.headers);
+        }
         if let Some(name_map) = self.header_name_map.as_mut() {
-            name_map.insert(
-                name.clone(),
-                case.into_case_header_name(),
-            );
+            name_map.insert(name.clone(), case.into_case_header_name());
         }
         self.base.headers.insert(name.clone(), value);
+    }
+
+    /// Adds a header written after all the others, without entering it into
+    /// the header maps (Floodgate patch; see vendor/README.md): for a header
+    /// a proxy adds to every message and does not read again. The caller
+    /// makes sure that no header of this name is in the maps already
+    /// (else [`Self::insert_header_name`]); one of this name added here
+    /// before is replaced. `headers` does not show it; the wire, the
+    /// conversions to `http`'s parts and [`Self::map`] do, and a later
+    /// change to a header of the same name, or any removal, moves it into
+    /// the maps first.
+    pub fn append_wire_header(
+        &mut self,
+        name: &HeaderName,
+        wire: &'static str,
+        value: HeaderValue,
+    ) {
+        if let Some(e) = self.appended.0.iter_mut().find(|(n, _, _)| n == name) {
+            e.2 = value;
+            return;
+        }
+        self.appended.0.push((name.clone(), wire, value));
     }
 
     /// Remove all headers under the name
@@ -265,6 +359,10 @@ impl RequestHeader {
     where
         &'a N: 'a + AsHeaderName,
     {
+        if !self.appended.is_empty() {
+            self.appended
+                .move_into(self.header_name_map.as_mut(), &mut self.base.headers);
+        }
         remove_header(self.header_name_map.as_mut(), &mut self.base.headers, name)
     }
 
@@ -272,7 +370,8 @@ impl RequestHeader {
     ///
     /// The header case will be preserved.
     pub fn header_to_h1_wire(&self, buf: &mut impl BufMut) {
-        header_to_h1_wire(self.header_name_map.as_ref(), &self.base.headers, buf)
+        header_to_h1_wire(self.header_name_map.as_ref(), &self.base.headers, buf);
+        self.appended.to_h1_wire(buf);
     }
 
     /// If case sensitivity is enabled, returns an iterator to iterate over case-sensitive header names and values.
@@ -310,6 +409,9 @@ impl RequestHeader {
                     case_header_name::titled_header_name_str(header).unwrap_or(header.as_str());
                 f(HeaderNameVariant::Titled(titled_header), value)?;
             }
+        }
+        for (_, wire, value) in &self.appended.0 {
+            f(HeaderNameVariant::Titled(wire), value)?;
         }
 
         Ok(())
@@ -427,15 +529,20 @@ impl RequestHeader {
     /// rebuilding a [RequestHeader] from the result serializes the URI's origin-form path
     /// instead of the original bytes. [Clone] keeps it; [Self::set_raw_path()] restores it.
     pub fn as_owned_parts(&self) -> ReqParts {
-        clone_req_parts(&self.base)
+        let mut parts = clone_req_parts(&self.base);
+        if !self.appended.is_empty() {
+            parts.headers = self.appended.merged(&self.base.headers);
+        }
+        parts
     }
 }
 
 impl Clone for RequestHeader {
     fn clone(&self) -> Self {
         Self {
-            base: self.as_owned_parts(),
+            base: clone_req_parts(&self.base),
             header_name_map: self.header_name_map.clone(),
+            appended: self.appended.clone(),
             raw_target: self.raw_target.clone(),
             send_end_stream: self.send_end_stream,
         }
@@ -451,6 +558,7 @@ impl From<ReqParts> for RequestHeader {
         Self {
             base: parts,
             header_name_map: None,
+            appended: Appended::default(),
             // The Uri is the only target available here, so it is the one that serializes.
             raw_target: RawTarget::FromUri,
             send_end_stream: true,
@@ -459,8 +567,9 @@ impl From<ReqParts> for RequestHeader {
 }
 
 impl From<RequestHeader> for ReqParts {
-    fn from(resp: RequestHeader) -> ReqParts {
-        resp.base
+    fn from(mut req: RequestHeader) -> ReqParts {
+        req.appended.move_into(None, &mut req.base.headers);
+        req.base
     }
 }
 
@@ -482,6 +591,7 @@ pub struct ResponseHeader {
     base: RespParts,
     // an ordered header map to store the original case of each header name
     header_name_map: Option<CaseMap>,
+    appended: Appended,
     // the reason phrase of the response, if unset, a default one will be used
     reason_phrase: Option<String>,
 }
@@ -503,8 +613,9 @@ impl Deref for ResponseHeader {
 impl Clone for ResponseHeader {
     fn clone(&self) -> Self {
         Self {
-            base: self.as_owned_parts(),
+            base: clone_resp_parts(&self.base),
             header_name_map: self.header_name_map.clone(),
+            appended: self.appended.clone(),
             reason_phrase: self.reason_phrase.clone(),
         }
     }
@@ -516,19 +627,22 @@ impl From<RespParts> for ResponseHeader {
         Self {
             base: parts,
             header_name_map: None,
+            appended: Appended::default(),
             reason_phrase: None,
         }
     }
 }
 
 impl From<ResponseHeader> for RespParts {
-    fn from(resp: ResponseHeader) -> RespParts {
+    fn from(mut resp: ResponseHeader) -> RespParts {
+        resp.appended.move_into(None, &mut resp.base.headers);
         resp.base
     }
 }
 
 impl From<Box<ResponseHeader>> for Box<RespParts> {
-    fn from(resp: Box<ResponseHeader>) -> Box<RespParts> {
+    fn from(mut resp: Box<ResponseHeader>) -> Box<RespParts> {
+        resp.appended.move_into(None, &mut resp.base.headers);
         Box::new(resp.base)
     }
 }
@@ -548,6 +662,7 @@ impl ResponseHeader {
         ResponseHeader {
             base,
             header_name_map: None,
+            appended: Appended::default(),
             reason_phrase: None,
         }
     }
@@ -586,6 +701,11 @@ impl ResponseHeader {
         let header_value = value
             .try_into()
             .explain_err(InvalidHTTPHeader, |_| "invalid value while append")?;
+        let name = name.into_case_header_name();
+        if !self.appended.is_empty() && self.appended.holds(name.as_slice()) {
+            self.appended
+                .move_into(self.header_name_map.as_mut(), &mut self.base.headers);
+        }
         append_header_value(
             self.header_name_map.as_mut(),
             &mut self.base.headers,
@@ -606,6 +726,11 @@ impl ResponseHeader {
         let header_value = value
             .try_into()
             .explain_err(InvalidHTTPHeader, |_| "invalid value while insert")?;
+        let name = name.into_case_header_name();
+        if !self.appended.is_empty() && self.appended.holds(name.as_slice()) {
+            self.appended
+                .move_into(self.header_name_map.as_mut(), &mut self.base.headers);
+        }
         insert_header_value(
             self.header_name_map.as_mut(),
             &mut self.base.headers,
@@ -634,13 +759,36 @@ impl ResponseHeader {
         case: impl IntoCaseHeaderName,
         value: HeaderValue,
     ) {
+        if !self.appended.is_empty() && self.appended.holds(name.as_str().as_bytes()) {
+            self.appended
+                .move_into(self.header_name_map.as_mut(), &mut self.base.headers);
+        }
         if let Some(name_map) = self.header_name_map.as_mut() {
-            name_map.insert(
-                name.clone(),
-                case.into_case_header_name(),
-            );
+            name_map.insert(name.clone(), case.into_case_header_name());
         }
         self.base.headers.insert(name.clone(), value);
+    }
+
+    /// Adds a header written after all the others, without entering it into
+    /// the header maps (Floodgate patch; see vendor/README.md): for a header
+    /// a proxy adds to every message and does not read again. The caller
+    /// makes sure that no header of this name is in the maps already
+    /// (else [`Self::insert_header_name`]); one of this name added here
+    /// before is replaced. `headers` does not show it; the wire, the
+    /// conversions to `http`'s parts and [`Self::map`] do, and a later
+    /// change to a header of the same name, or any removal, moves it into
+    /// the maps first.
+    pub fn append_wire_header(
+        &mut self,
+        name: &HeaderName,
+        wire: &'static str,
+        value: HeaderValue,
+    ) {
+        if let Some(e) = self.appended.0.iter_mut().find(|(n, _, _)| n == name) {
+            e.2 = value;
+            return;
+        }
+        self.appended.0.push((name.clone(), wire, value));
     }
 
     /// Remove all headers under the name
@@ -648,6 +796,10 @@ impl ResponseHeader {
     where
         &'a N: 'a + AsHeaderName,
     {
+        if !self.appended.is_empty() {
+            self.appended
+                .move_into(self.header_name_map.as_mut(), &mut self.base.headers);
+        }
         remove_header(self.header_name_map.as_mut(), &mut self.base.headers, name)
     }
 
@@ -655,7 +807,8 @@ impl ResponseHeader {
     ///
     /// The header case will be preserved.
     pub fn header_to_h1_wire(&self, buf: &mut impl BufMut) {
-        header_to_h1_wire(self.header_name_map.as_ref(), &self.base.headers, buf)
+        header_to_h1_wire(self.header_name_map.as_ref(), &self.base.headers, buf);
+        self.appended.to_h1_wire(buf);
     }
 
     /// If case sensitivity is enabled, returns an iterator to iterate over case-sensitive header names and values.
@@ -693,6 +846,9 @@ impl ResponseHeader {
                     case_header_name::titled_header_name_str(header).unwrap_or(header.as_str());
                 f(HeaderNameVariant::Titled(titled_header), value)?;
             }
+        }
+        for (_, wire, value) in &self.appended.0 {
+            f(HeaderNameVariant::Titled(wire), value)?;
         }
 
         Ok(())
@@ -739,7 +895,11 @@ impl ResponseHeader {
 
     /// Clone `self` into [http::response::Parts].
     pub fn as_owned_parts(&self) -> RespParts {
-        clone_resp_parts(&self.base)
+        let mut parts = clone_resp_parts(&self.base);
+        if !self.appended.is_empty() {
+            parts.headers = self.appended.merged(&self.base.headers);
+        }
+        parts
     }
 
     /// Helper function to set the HTTP content length on the response header.
@@ -1118,6 +1278,92 @@ mod tests {
         assert_eq!(8, http_header_map_upper_bound(None));
         assert_eq!(16, http_header_map_upper_bound(Some(16)));
         assert_eq!(4096, http_header_map_upper_bound(Some(7777)));
+    }
+
+    fn wire(resp: &ResponseHeader) -> String {
+        let mut buf: Vec<u8> = vec![];
+        resp.header_to_h1_wire(&mut buf);
+        String::from_utf8(buf).unwrap()
+    }
+
+    const X_ID: HeaderName = HeaderName::from_static("x-id");
+
+    #[test]
+    fn wire_headers_are_written_after_the_maps_and_kept_out_of_them() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("Server", "s").unwrap();
+        resp.append_wire_header(&X_ID, "x-id", HeaderValue::from_static("1"));
+        resp.append_wire_header(&X_ID, "x-id", HeaderValue::from_static("2"));
+        assert_eq!(wire(&resp), "Server: s\r\nx-id: 2\r\n");
+        assert!(resp.headers.get("x-id").is_none());
+        // HTTP/2 and anything else that takes `http`'s parts sees it once.
+        assert_eq!(
+            resp.as_owned_parts().headers.get_all("x-id").iter().count(),
+            1
+        );
+        let clone = resp.clone();
+        assert_eq!(wire(&clone), "Server: s\r\nx-id: 2\r\n");
+        assert_eq!(
+            clone
+                .as_owned_parts()
+                .headers
+                .get_all("x-id")
+                .iter()
+                .count(),
+            1
+        );
+        let parts: RespParts = clone.into();
+        assert_eq!(parts.headers.get("x-id").unwrap(), "2");
+        let boxed: Box<RespParts> = Box::new(resp.clone()).into();
+        assert_eq!(boxed.headers.get("x-id").unwrap(), "2");
+
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_wire_header(&X_ID, "x-id", HeaderValue::from_static("r"));
+        let mut buf: Vec<u8> = vec![];
+        req.header_to_h1_wire(&mut buf);
+        assert_eq!(buf, b"x-id: r\r\n");
+        let parts: ReqParts = req.clone().into();
+        assert_eq!(parts.headers.get("x-id").unwrap(), "r");
+        assert_eq!(req.as_owned_parts().headers.get("x-id").unwrap(), "r");
+    }
+
+    #[test]
+    fn a_change_to_a_wire_header_acts_as_on_an_inserted_one() {
+        // Insert of the same name, any case: one value, the new one.
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.append_wire_header(&X_ID, "x-id", HeaderValue::from_static("1"));
+        resp.insert_header("X-Id", "2").unwrap();
+        assert_eq!(wire(&resp), "X-Id: 2\r\n");
+        // Append: both values.
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.append_wire_header(&X_ID, "x-id", HeaderValue::from_static("1"));
+        resp.append_header("x-id", "2").unwrap();
+        assert_eq!(resp.headers.get_all("x-id").iter().count(), 2);
+        assert_eq!(wire(&resp), "x-id: 1\r\nx-id: 2\r\n");
+        // Removal: gone.
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.append_wire_header(&X_ID, "x-id", HeaderValue::from_static("1"));
+        assert_eq!(resp.remove_header("x-id").unwrap(), "1");
+        assert_eq!(wire(&resp), "");
+        // Another name: left where it is.
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.append_wire_header(&X_ID, "x-id", HeaderValue::from_static("1"));
+        resp.insert_header("Date", "d").unwrap();
+        resp.insert_header_name(
+            &http::header::SERVER,
+            "Server",
+            HeaderValue::from_static("s"),
+        );
+        assert!(resp.headers.get("x-id").is_none());
+        assert_eq!(wire(&resp), "Date: d\r\nServer: s\r\nx-id: 1\r\n");
+        // `insert_header_name` of the same name replaces it.
+        resp.insert_header_name(&X_ID, "X-ID", HeaderValue::from_static("3"));
+        assert_eq!(wire(&resp), "Date: d\r\nServer: s\r\nX-ID: 3\r\n");
+        // A message without case keeps working.
+        let mut resp = ResponseHeader::build_no_case(200, None).unwrap();
+        resp.append_wire_header(&X_ID, "x-id", HeaderValue::from_static("1"));
+        resp.remove_header("server");
+        assert_eq!(wire(&resp), "x-id: 1\r\n");
     }
 
     #[test]
