@@ -315,8 +315,9 @@ pub fn prepare_upstream(
     request_id: &RequestId,
     backend: Option<std::net::SocketAddr>,
 ) -> Result<()> {
-    // Room for what is added below, at once.
-    req.reserve_headers(6);
+    // No room is made in the header maps for what is added below: the
+    // gateway's own headers go after them (`add_request`) unless they
+    // replace a client's, which takes no room either.
     // One pass over the names the client sent, instead of a hashed look-up
     // for each name below that a request usually does not carry.
     let mut seen = Seen::of(req);
