@@ -47,7 +47,7 @@ use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::upstreams::peer::Peer;
+use pingora::upstreams::peer::{HttpUpstreamRequestPolicy, Peer};
 
 use crate::limits::RejectReason;
 use crate::runtime::SharedRuntime;
@@ -178,7 +178,7 @@ impl ProxyHttp for Gateway {
     /// Runs before each connection attempt: the backend for this attempt.
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let Some(upstream) = ctx.upstream.clone() else {
@@ -209,7 +209,14 @@ impl ProxyHttp for Gateway {
         let Some(addr) = ctx.backend else {
             return Error::e_explain(InternalError, "no backend chosen");
         };
-        Ok(Box::new(upstream.peer(addr)))
+        let mut peer = upstream.peer(addr);
+        if !headers::needs_upstream_policy(session.req_header()) {
+            // Pingora's standard policy would change nothing on this
+            // request (see `needs_upstream_policy`); a request that
+            // carries any of its names still goes through it.
+            peer.options.http_upstream_request_policy = HttpUpstreamRequestPolicy::preserve();
+        }
+        Ok(Box::new(peer))
     }
 
     /// Runs when connecting to the chosen backend failed: the request has

@@ -125,6 +125,34 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     http::header::TRAILER,
 ];
 
+/// Every name Pingora's standard upstream request policy acts on
+/// (`HttpUpstreamRequestPolicy::standard()`: the names `Connection` lists,
+/// the standard hop-by-hop fields, the HTTP/1 upgrade fields).
+const POLICY_NAMES: [&str; 10] = [
+    "connection",
+    "upgrade",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "http2-settings",
+];
+
+/// Whether Pingora's standard upstream request policy has anything to do
+/// on this request: `false` when it carries none of the names the policy
+/// acts on (one pass over its names). Then the policy changes nothing —
+/// no `Connection` to read nominations from, no upgrade, nothing to strip —
+/// and the peer may skip it (about a dozen hashed removals of absent
+/// names, each hashing the name, some parsing it first).
+pub fn needs_upstream_policy(req: &RequestHeader) -> bool {
+    req.headers
+        .keys()
+        .any(|n| POLICY_NAMES.contains(&n.as_str()))
+}
+
 /// Whether a client's `X-Request-Id` is kept: 1-128 characters of
 /// `[A-Za-z0-9._:-]`.
 pub fn valid_request_id(b: &[u8]) -> bool {
