@@ -136,9 +136,9 @@ where
             return Poll::Ready(Ok(v));
         }
 
-        let delay = me
-            .delay
-            .get_or_insert_with(|| Box::pin(me.callback.timeout()));
+        // `timeout()` returns the delay already boxed and pinned (boxing it
+        // again cost a second allocation per timer).
+        let delay = me.delay.get_or_insert_with(|| me.callback.timeout());
 
         match delay.as_mut().poll(cx) {
             Poll::Pending => Poll::Pending,
@@ -163,6 +163,44 @@ mod tests {
         let fut = async { 1 };
         let to = timeout(Duration::from_secs(1), fut);
         assert_eq!(to.await.unwrap(), 1)
+    }
+
+    /// Counts the allocations of the thread that asks (a test's), so that
+    /// tests running alongside do not disturb the count.
+    struct Counting;
+
+    std::thread_local! {
+        static ALLOCATIONS: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+    }
+
+    unsafe impl std::alloc::GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            let _ = ALLOCATIONS.try_with(|a| a.set(a.get().map(|n| n + 1)));
+            std::alloc::System.alloc(layout)
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+            std::alloc::System.dealloc(ptr, layout)
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    // The delay a timeout creates when its future is pending is one
+    // allocation: the boxed sleep (it was boxed a second time).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_pending_timeout_allocates_its_delay_once() {
+        let mut to = Box::pin(tokio_timeout(
+            Duration::from_secs(1000),
+            std::future::pending::<()>(),
+        ));
+        let waker = std::task::Waker::noop();
+        let mut cx = task::Context::from_waker(waker);
+        ALLOCATIONS.with(|a| a.set(Some(0)));
+        assert!(to.as_mut().poll(&mut cx).is_pending());
+        assert!(to.as_mut().poll(&mut cx).is_pending());
+        let n = ALLOCATIONS.with(|a| a.replace(None));
+        assert_eq!(n, Some(1));
     }
 
     #[tokio::test]
