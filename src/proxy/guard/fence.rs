@@ -30,6 +30,12 @@ use super::http1::Rest;
 const NEXT_LIMIT: usize = 64 * 1024;
 /// Room made for one read from the connection.
 const READ_SIZE: usize = 8 * 1024;
+/// Room below which a read past the request makes more (the guard reads a
+/// request's header into 4 KiB).
+const MIN_READ: usize = 1024;
+/// A request's buffer up to this size is kept for the next request; a
+/// larger one (a body read whole) is not kept by an idle connection.
+const REUSE_MAX: usize = 16 * 1024;
 
 /// One request's view of a connection; see the module documentation.
 pub struct Fence {
@@ -42,6 +48,8 @@ pub struct Fence {
     next: BytesMut,
     /// The connection ended after the request.
     ended: bool,
+    /// `ahead` is small enough to keep for the next request.
+    reusable: bool,
 }
 
 impl std::fmt::Debug for Fence {
@@ -58,6 +66,7 @@ impl Fence {
     pub fn new(inner: Stream, ahead: BytesMut, rest: Rest, next: BytesMut) -> Self {
         Fence {
             inner,
+            reusable: ahead.capacity() > 0 && ahead.capacity() <= REUSE_MAX,
             ahead,
             rest,
             next,
@@ -65,9 +74,21 @@ impl Fence {
         }
     }
 
-    /// The connection, and the bytes of the next request read so far.
-    pub fn into_parts(self) -> (Stream, BytesMut) {
+    /// The connection, and the bytes of the next request read so far (in
+    /// the buffer the request came in, when nothing was read past it and
+    /// Pingora has read it all: the next request is read into it).
+    pub fn into_parts(mut self) -> (Stream, BytesMut) {
+        self.reuse_ahead();
         (self.inner, self.next)
+    }
+
+    /// Moves the request's buffer to `next` once Pingora has read it all,
+    /// when `next` has no buffer of its own: reading on into it takes no
+    /// allocation.
+    fn reuse_ahead(&mut self) {
+        if self.reusable && self.next.capacity() == 0 && self.ahead.is_empty() {
+            self.next = std::mem::take(&mut self.ahead);
+        }
     }
 
     /// After the request: reads ahead into `next` (so an end of stream is
@@ -82,7 +103,10 @@ impl Fence {
                 // upstream); the rest stays in the socket.
                 return Poll::Pending;
             }
-            self.next.reserve(READ_SIZE);
+            self.reuse_ahead();
+            if self.next.capacity() - self.next.len() < MIN_READ {
+                self.next.reserve(READ_SIZE);
+            }
             match poll_read_buf(Pin::new(&mut self.inner), cx, &mut self.next) {
                 Poll::Ready(Ok(0)) => self.ended = true,
                 Poll::Ready(Ok(_)) => {}
@@ -249,6 +273,28 @@ mod tests {
         .await;
         assert_eq!(seen(&mut f).await, b"H\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
         assert_eq!(&f.into_parts().1[..], b"GET /n");
+    }
+
+    /// Whether `b` starts inside `range` (an allocation).
+    fn inside(b: &BytesMut, range: std::ops::Range<usize>) -> bool {
+        range.contains(&(b.as_ptr() as usize))
+    }
+
+    #[tokio::test]
+    async fn a_small_request_s_buffer_is_read_on_into_and_a_large_one_is_not() {
+        for (size, kept) in [(4096, true), (REUSE_MAX + 1, false)] {
+            let mut ahead = BytesMut::with_capacity(size);
+            ahead.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+            let start = ahead.as_ptr() as usize;
+            let range = start..start + ahead.capacity();
+            let (client, server) = tokio::io::duplex(64 * 1024);
+            let mut f = Fence::new(Box::new(server), ahead, Rest::Done, BytesMut::new());
+            assert_eq!(seen(&mut f).await, b"GET / HTTP/1.1\r\n\r\n");
+            let (_, next) = f.into_parts();
+            assert!(next.is_empty());
+            assert_eq!(inside(&next, range), kept, "{size}");
+            drop(client);
+        }
     }
 
     #[tokio::test]

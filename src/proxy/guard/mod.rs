@@ -265,9 +265,9 @@ pub async fn hand_to_pingora<P: HttpServerApp + Send + Sync + 'static>(
     // go after the write timeout.
     session.set_read_timeout(Some(limits.body_idle));
     session.set_write_timeout(Some(write_timeout));
-    // Boxed: Pingora's future is large, and moving it through the guard's
-    // own futures was a measurable share of a request's instructions.
-    let reused = Box::pin(proxy.process_new_http(session, shutdown)).await?;
+    // Pingora's future is large, but it comes boxed (an `async_trait`
+    // method): moving it through the guard's own futures moves a pointer.
+    let reused = proxy.process_new_http(session, shutdown).await?;
     let (stream, settings) = reused.consume();
     let fence = stream.into_any().downcast::<Fence>().ok()?;
     let (stream, next) = fence.into_parts();
@@ -318,7 +318,12 @@ pub async fn serve_http1<P: HttpServerApp + Send + Sync + 'static>(
             return None;
         }
         // The bytes past this request are the next one's (pipelining).
-        let next = buf.split_off(end.min(buf.len()));
+        // Split only when there are some: a split shares the buffer, which
+        // then cannot be reused for the next request (see `Fence`).
+        let next = match end < buf.len() {
+            true => buf.split_off(end),
+            false => BytesMut::new(),
+        };
         let body = match (head.json, head.framing, &rest) {
             (true, http1::Framing::Length(n), http1::Rest::Done)
                 if buf.len() >= head.len + n as usize =>

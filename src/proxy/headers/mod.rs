@@ -86,30 +86,54 @@ pub const GATEWAY_RESPONSE_HEADERS: [&str; 6] = [
     ratelimit::NAMES[4],
 ];
 
+/// A short header value made on the stack (a request id, an address).
+struct Short {
+    buf: [u8; 48],
+    len: u8,
+}
+
+impl AsRef<[u8]> for Short {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+}
+
+impl Short {
+    /// As a header value in one allocation that its clones share (a
+    /// value copied from a slice takes a second one on its first clone).
+    fn value(self) -> HeaderValue {
+        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(self))
+            .unwrap_or(HeaderValue::from_static(""))
+    }
+}
+
 /// An address as a header value (IPv4 without the formatting machinery,
 /// which costs more than the rest of this function).
 fn ip_value(ip: IpAddr) -> HeaderValue {
     use std::io::Write;
+    let mut out = Short {
+        buf: [0u8; 48],
+        len: 0,
+    };
     if let IpAddr::V4(v4) = ip {
-        let mut out = [0u8; 15];
         let mut n = 0;
         let mut num = itoa::Buffer::new();
         for (i, o) in v4.octets().into_iter().enumerate() {
             if i > 0 {
-                out[n] = b'.';
+                out.buf[n] = b'.';
                 n += 1;
             }
             let d = num.format(o).as_bytes();
-            out[n..n + d.len()].copy_from_slice(d);
+            out.buf[n..n + d.len()].copy_from_slice(d);
             n += d.len();
         }
-        return HeaderValue::from_bytes(&out[..n]).unwrap_or(HeaderValue::from_static(""));
+        out.len = n as u8;
+        return out.value();
     }
-    let mut buf = [0u8; 48];
-    let mut w = &mut buf[..];
+    let mut w = &mut out.buf[..];
     let _ = write!(w, "{ip}");
-    let n = 48 - w.len();
-    HeaderValue::from_bytes(&buf[..n]).unwrap_or(HeaderValue::from_static(""))
+    out.len = (48 - w.len()) as u8;
+    out.value()
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
@@ -223,7 +247,12 @@ pub fn request_id(req: &RequestHeader) -> RequestId {
         // `valid_request_id`, so the id is its bytes.
         Some(v) => RequestId(v.clone()),
         None => {
-            RequestId(HeaderValue::from_bytes(&fresh_id()).unwrap_or(HeaderValue::from_static("")))
+            let mut id = Short {
+                buf: [0u8; 48],
+                len: 32,
+            };
+            id.buf[..32].copy_from_slice(&fresh_id());
+            RequestId(id.value())
         }
     }
 }
@@ -379,6 +408,12 @@ pub fn prepare_upstream(
         (Some(ip), _) => Some(ip_value(ip)),
         (None, _) => None,
     };
+    // The peer's address as a value, for `X-Real-IP` too when the client
+    // is the peer (a clone shares it).
+    let peer_value = match (&xff, seen.forwarded_for && origin.trusted) {
+        (Some(v), false) => Some(v.clone()),
+        _ => None,
+    };
     if xff.is_none() && seen.forwarded_for {
         req.remove_header(&H_X_FORWARDED_FOR.0);
     }
@@ -420,7 +455,11 @@ pub fn prepare_upstream(
         add_request(req, &H_X_FORWARDED_PROTO, v, !seen.forwarded_proto);
     }
     if let Some(ip) = origin.client {
-        add_request(req, &H_X_REAL_IP, ip_value(ip), !seen.real_ip);
+        let v = match peer_value {
+            Some(v) if origin.peer == Some(ip) => v,
+            _ => ip_value(ip),
+        };
+        add_request(req, &H_X_REAL_IP, v, !seen.real_ip);
     }
     add_request(req, &H_X_REQUEST_ID, request_id.value(), !seen.request_id);
     Ok(())

@@ -147,6 +147,8 @@ fn trusted_peer_appends() {
     prepare_upstream(&mut r, &o, &id("id"), None).unwrap();
     assert_eq!(get(&r, "x-forwarded-for"), Some("1.2.3.4, 10.0.0.9"));
     assert_eq!(get(&r, "x-forwarded-proto"), Some("https"));
+    // The client, not the peer whose address the list ends with.
+    assert_eq!(get(&r, "x-real-ip"), Some("1.2.3.4"));
 }
 
 #[test]
