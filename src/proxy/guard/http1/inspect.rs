@@ -304,13 +304,28 @@ fn check_target_authority(target: &[u8], host: Option<&[u8]>) -> Result<(), Refu
 /// A `Host` value: `host` or `host:port`, a bracketed IPv6 literal, no
 /// user info, no spaces (empty is allowed: RFC 9112 §3.2).
 fn valid_host(v: &[u8]) -> bool {
-    if v.is_empty() {
+    if v.is_empty() || plain_host(v) {
         return true;
     }
     let Ok(s) = std::str::from_utf8(v) else {
         return false;
     };
     !s.contains(['@', ' ', '/', '\\', '?', '#']) && http::uri::Authority::try_from(s).is_ok()
+}
+
+/// The usual `Host`: a name or an IPv4 address of `[A-Za-z0-9.-]`, and a
+/// port of up to five digits. Every such value is a valid authority (a
+/// test checks), so it needs no parse into one, which also copies it.
+pub(super) fn plain_host(v: &[u8]) -> bool {
+    let (name, port) = match memchr::memchr(b':', v) {
+        Some(i) => (&v[..i], Some(&v[i + 1..])),
+        None => (v, None),
+    };
+    !name.is_empty()
+        && name
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
+        && port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.iter().all(u8::is_ascii_digit))
 }
 
 pub(super) fn trim(v: &[u8]) -> &[u8] {

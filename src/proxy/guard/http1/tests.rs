@@ -342,3 +342,34 @@ fn upgrade_needs_the_connection_option_and_protected_names_stay() {
     // Nine options, empty ones not counted, are fine.
     assert!(head("GET / HTTP/1.1\r\nHost: a\r\nConnection: a,,b,c,d,e,f,g,h,i\r\n\r\n").is_ok());
 }
+
+/// `plain_host` accepts only what the full check accepts: every string
+/// of up to 5 characters over an alphabet of its characters and
+/// neighbours it must refuse.
+#[test]
+fn a_plain_host_is_a_valid_authority() {
+    let alphabet = b"a9.-:[]@ ";
+    let mut accepted = 0;
+    for len in 1..=5u32 {
+        for mut n in 0..alphabet.len().pow(len) {
+            let mut v = Vec::new();
+            for _ in 0..len {
+                v.push(alphabet[n % alphabet.len()]);
+                n /= alphabet.len();
+            }
+            if super::inspect::plain_host(&v) {
+                accepted += 1;
+                let s = std::str::from_utf8(&v).unwrap();
+                assert!(http::uri::Authority::try_from(s).is_ok(), "{s:?}");
+            }
+        }
+    }
+    assert!(accepted > 1000, "{accepted}");
+    for v in ["example.com", "10.0.0.1:8080", "a-b.c:65535", "x:99999"] {
+        assert!(super::inspect::plain_host(v.as_bytes()), "{v}");
+        assert!(http::uri::Authority::try_from(v).is_ok(), "{v}");
+    }
+    for v in ["", ":80", "a:", "a:123456", "a b", "[::1]", "a@b", "a:1:2"] {
+        assert!(!super::inspect::plain_host(v.as_bytes()), "{v}");
+    }
+}
