@@ -81,6 +81,21 @@ impl Appended {
         self.0.is_empty()
     }
 
+    /// Adds a header, or replaces the value of one of that name held here.
+    /// Room for eight at the first (a `Vec` makes room for four, then
+    /// reallocates).
+    #[inline]
+    fn push(&mut self, name: &HeaderName, wire: &'static str, value: HeaderValue) {
+        if let Some(e) = self.0.iter_mut().find(|(n, _, _)| n == name) {
+            e.2 = value;
+            return;
+        }
+        if self.0.capacity() == 0 {
+            self.0.reserve_exact(8);
+        }
+        self.0.push((name.clone(), wire, value));
+    }
+
     /// Whether a header of this name (any case) is held here.
     #[inline]
     fn holds(&self, name: &[u8]) -> bool {
@@ -347,11 +362,7 @@ impl RequestHeader {
         wire: &'static str,
         value: HeaderValue,
     ) {
-        if let Some(e) = self.appended.0.iter_mut().find(|(n, _, _)| n == name) {
-            e.2 = value;
-            return;
-        }
-        self.appended.0.push((name.clone(), wire, value));
+        self.appended.push(name, wire, value);
     }
 
     /// Remove all headers under the name
@@ -784,11 +795,7 @@ impl ResponseHeader {
         wire: &'static str,
         value: HeaderValue,
     ) {
-        if let Some(e) = self.appended.0.iter_mut().find(|(n, _, _)| n == name) {
-            e.2 = value;
-            return;
-        }
-        self.appended.0.push((name.clone(), wire, value));
+        self.appended.push(name, wire, value);
     }
 
     /// Remove all headers under the name
