@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::admission::{Admission, Outcome};
-use super::headers::Origin;
+use super::headers::{Carries, Origin};
 use super::llm::{self, Api, Estimate, Tokens, UsageScanner};
 use crate::limits::clients::Privileges;
 use crate::limits::rate::QuotaState;
@@ -35,6 +35,8 @@ pub struct RequestCtx {
     /// Who sent the request: peer, whether it is a trusted proxy, the
     /// client behind it.
     pub origin: Origin,
+    /// Which of the names the request filter reads the request carries.
+    pub carries: Carries,
     /// The resolved client id, when client limits apply.
     pub client_id: Option<String>,
     /// The client named itself with one of its Floodgate API keys (which
@@ -102,6 +104,7 @@ impl RequestCtx {
             failed_backends: Vec::new(),
             reject: None,
             origin: Origin::default(),
+            carries: Carries::ALL,
             client_id: None,
             by_api_key: false,
             privileges: Privileges::default(),

@@ -115,8 +115,10 @@ impl ProxyHttp for Gateway {
             |ip| rt.is_trusted_proxy(ip),
         );
         ctx.runtime = Some(rt.clone());
-        ctx.request_id = headers::request_id(session.req_header());
-        if headers::closes_later(session.req_header()) {
+        let c = &rt.config.clients;
+        ctx.carries = headers::Carries::of(session.req_header(), &c.id_header, &c.token_header);
+        ctx.request_id = headers::request_id(session.req_header(), ctx.carries.request_id);
+        if ctx.carries.connection && headers::closes_later(session.req_header()) {
             session.set_keepalive(None);
         }
         // The phases in order; the first refusal answers the request (and

@@ -49,9 +49,11 @@ pub fn route(session: &Session, ctx: &mut RequestCtx, rt: &Runtime) -> Option<Re
     ctx.max_body_size = route.max_body_size;
     // A declared body over the limit is refused before any of it is read; a
     // streamed one is counted in request_body_filter.
-    let declared = req
-        .headers
-        .get(http::header::CONTENT_LENGTH)
+    let declared = ctx
+        .carries
+        .content_length
+        .then(|| req.headers.get(http::header::CONTENT_LENGTH))
+        .flatten()
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok());
     match (route.max_body_size, declared) {
@@ -72,7 +74,8 @@ pub fn client_quotas(session: &Session, ctx: &mut RequestCtx, rt: &Runtime) -> O
     }
     let req = session.req_header();
     let c = &rt.config.clients;
-    let identity = match identity::client_id(req, c, policies, ctx.origin.client) {
+    let carries = ctx.carries;
+    let identity = match identity::client_id(req, c, policies, ctx.origin.client, carries) {
         Ok(i) => i,
         Err(r) => return Some(r),
     };
@@ -81,17 +84,16 @@ pub fn client_quotas(session: &Session, ctx: &mut RequestCtx, rt: &Runtime) -> O
     if let Some(client) = policies.configured(&id) {
         ctx.privileges = client.privileges;
     }
-    let cost = match identity::token_cost(req, &c.token_header, c.default_tokens) {
-        Ok(n) => n,
-        Err(r) => return Some(r),
+    let cost = match carries.token_header {
+        true => match identity::token_cost(req, &c.token_header, c.default_tokens) {
+            Ok(n) => n,
+            Err(r) => return Some(r),
+        },
+        false => c.default_tokens,
     };
     // No estimate from the client: an LLM route estimates from the body.
     let path = req.uri.path();
-    let estimate = match (
-        req.headers.contains_key(&c.token_header),
-        ctx.llm.api,
-        &ctx.llm.body,
-    ) {
+    let estimate = match (carries.token_header, ctx.llm.api, &ctx.llm.body) {
         (false, Some(api), Some(body)) => crate::proxy::llm::estimate::estimate(
             api,
             path,

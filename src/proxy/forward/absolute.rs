@@ -50,7 +50,7 @@ impl ProxyHttp for ForwardGateway {
         ctx.runtime = Some(rt.clone());
         ctx.route = Some(Arc::from(FORWARD_ROUTE));
         ctx.route_metrics = Some(super::forward_metrics().clone());
-        ctx.request_id = headers::request_id(session.req_header());
+        ctx.request_id = headers::request_id(session.req_header(), true);
         if headers::closes_later(session.req_header()) {
             session.set_keepalive(None);
         }

@@ -13,6 +13,7 @@ pub use ratelimit::{
     rate_limit_headers, RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
     X_RATELIMIT_RESET,
 };
+pub use seen::Carries;
 use seen::Seen;
 
 pub const X_REQUEST_ID: &str = "x-request-id";
@@ -240,9 +241,17 @@ fn fresh_id() -> [u8; 32] {
 /// The client's `X-Request-Id` when it is well formed (the first well
 /// formed one, as the connection guard's refusals take it), else a fresh
 /// one.
-pub fn request_id(req: &RequestHeader) -> RequestId {
-    let sent = req.headers.get_all(&H_X_REQUEST_ID.0);
-    match sent.iter().find(|v| valid_request_id(v.as_bytes())) {
+/// `sent`: the request carries an `X-Request-Id` (see [`Carries`]).
+pub fn request_id(req: &RequestHeader, sent: bool) -> RequestId {
+    let sent = match sent {
+        true => req
+            .headers
+            .get_all(&H_X_REQUEST_ID.0)
+            .iter()
+            .find(|v| valid_request_id(v.as_bytes())),
+        false => None,
+    };
+    match sent {
         // A clone of the client's value: checked ASCII by
         // `valid_request_id`, so the id is its bytes.
         Some(v) => RequestId(v.clone()),

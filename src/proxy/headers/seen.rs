@@ -1,7 +1,9 @@
 //! One pass over a request's header names: which of those
-//! [`super::prepare_upstream`] acts on it carries, instead of a hashed
+//! [`super::prepare_upstream`] acts on it carries ([`Seen`]), and which
+//! of those the request filter reads ([`Carries`]), instead of a hashed
 //! look-up for each name a request usually does not carry.
 
+use http::HeaderName;
 use pingora::http::RequestHeader;
 
 use super::{X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REAL_IP, X_REQUEST_ID};
@@ -50,5 +52,49 @@ impl Seen {
             }
         }
         s
+    }
+}
+
+/// Which of the names the request filter reads a request carries: a name
+/// it does not carry needs no look-up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Carries {
+    pub request_id: bool,
+    pub connection: bool,
+    pub content_length: bool,
+    pub authorization: bool,
+    /// The configured client id header (`clients.id_header`).
+    pub id_header: bool,
+    /// The configured token estimate header (`clients.token_header`).
+    pub token_header: bool,
+}
+
+impl Carries {
+    /// Every name, as a request that carries them all: what a caller
+    /// without the pass assumes (each look-up is made).
+    pub const ALL: Carries = Carries {
+        request_id: true,
+        connection: true,
+        content_length: true,
+        authorization: true,
+        id_header: true,
+        token_header: true,
+    };
+
+    pub fn of(req: &RequestHeader, id_header: &HeaderName, token_header: &HeaderName) -> Carries {
+        let mut c = Carries::default();
+        // Names in a `HeaderMap` are lower case, each once.
+        for name in req.headers.keys() {
+            match name.as_str() {
+                X_REQUEST_ID => c.request_id = true,
+                "connection" => c.connection = true,
+                "content-length" => c.content_length = true,
+                "authorization" => c.authorization = true,
+                _ => {}
+            }
+            c.id_header |= name == id_header;
+            c.token_header |= name == token_header;
+        }
+        c
     }
 }

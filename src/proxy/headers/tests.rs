@@ -208,15 +208,15 @@ fn the_client_id_is_the_only_value_upstream() {
 #[test]
 fn request_id_kept_when_well_formed() {
     assert_eq!(
-        request_id(&req(&[("x-request-id", "abc-123")])).as_str(),
+        request_id(&req(&[("x-request-id", "abc-123")]), true).as_str(),
         "abc-123"
     );
-    let fresh = request_id(&req(&[("x-request-id", "bad id!")]));
+    let fresh = request_id(&req(&[("x-request-id", "bad id!")]), true);
     assert_eq!(fresh.as_str().len(), 32);
     assert!(valid_request_id(fresh.as_str().as_bytes()));
     assert_ne!(
-        request_id(&req(&[])).as_str(),
-        request_id(&req(&[])).as_str()
+        request_id(&req(&[]), false).as_str(),
+        request_id(&req(&[]), false).as_str()
     );
 }
 
@@ -270,7 +270,7 @@ fn empty_forwarded_for_elements_are_no_elements() {
 fn the_first_well_formed_request_id_is_the_one() {
     // As the connection guard's refusals take it (`find_request_id`).
     let r = req(&[("x-request-id", "bad id"), ("x-request-id", "good")]);
-    assert_eq!(request_id(&r).as_str(), "good");
+    assert_eq!(request_id(&r, true).as_str(), "good");
 }
 
 #[test]
@@ -284,4 +284,33 @@ fn a_request_without_host_gets_the_backends_address() {
     let mut r = req(&[("host", "api.example")]);
     prepare_upstream(&mut r, &Origin::default(), &id("id"), backend).unwrap();
     assert_eq!(get(&r, "host"), Some("api.example"));
+}
+
+/// The one pass finds every name the request filter reads, the configured
+/// ones too, whatever the case the client wrote them in, and nothing else.
+#[test]
+fn carries_finds_each_name_the_request_filter_reads() {
+    let id = HeaderName::from_static("x-client-id");
+    let token = HeaderName::from_static("x-token-estimate");
+    assert_eq!(
+        Carries::of(&req(&[("host", "a")]), &id, &token),
+        Carries::default()
+    );
+    let all = req(&[
+        ("X-Request-Id", "r"),
+        ("Connection", "close"),
+        ("Content-Length", "0"),
+        ("Authorization", "Bearer k"),
+        ("X-Client-Id", "c"),
+        ("X-Token-Estimate", "5"),
+    ]);
+    assert_eq!(Carries::of(&all, &id, &token), Carries::ALL);
+    let one = |name: &str| Carries::of(&req(&[(name, "v")]), &id, &token);
+    assert!(one("x-request-id").request_id);
+    assert!(one("CONNECTION").connection);
+    assert!(one("content-length").content_length);
+    assert!(one("authorization").authorization);
+    assert!(one("x-client-id").id_header);
+    assert!(one("x-token-estimate").token_header);
+    assert_eq!(one("x-request-ids"), Carries::default());
 }
