@@ -1,0 +1,147 @@
+//! The header values the gateway makes: request ids and addresses, each
+//! in one allocation that its clones share.
+
+use std::net::IpAddr;
+
+use http::header::HeaderValue;
+use pingora::http::RequestHeader;
+
+use super::H_X_REQUEST_ID;
+
+/// A short header value made on the stack (a request id, an address).
+pub(super) struct Short {
+    buf: [u8; 48],
+    len: u8,
+}
+
+impl AsRef<[u8]> for Short {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+}
+
+impl Short {
+    /// As a header value in one allocation that its clones share (a
+    /// value copied from a slice takes a second one on its first clone).
+    fn value(self) -> HeaderValue {
+        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(self))
+            .unwrap_or(HeaderValue::from_static(""))
+    }
+}
+
+/// An address as a header value (IPv4 without the formatting machinery,
+/// which costs more than the rest of this function).
+pub(super) fn ip_value(ip: IpAddr) -> HeaderValue {
+    use std::io::Write;
+    let mut out = Short {
+        buf: [0u8; 48],
+        len: 0,
+    };
+    if let IpAddr::V4(v4) = ip {
+        let mut n = 0;
+        let mut num = itoa::Buffer::new();
+        for (i, o) in v4.octets().into_iter().enumerate() {
+            if i > 0 {
+                out.buf[n] = b'.';
+                n += 1;
+            }
+            let d = num.format(o).as_bytes();
+            out.buf[n..n + d.len()].copy_from_slice(d);
+            n += d.len();
+        }
+        out.len = n as u8;
+        return out.value();
+    }
+    let mut w = &mut out.buf[..];
+    let _ = write!(w, "{ip}");
+    out.len = (48 - w.len()) as u8;
+    out.value()
+}
+
+/// Whether a client's `X-Request-Id` is kept: 1-128 characters of
+/// `[A-Za-z0-9._:-]`.
+pub fn valid_request_id(b: &[u8]) -> bool {
+    !b.is_empty()
+        && b.len() <= 128
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
+}
+
+/// A request's id: 1-128 characters of `[A-Za-z0-9._:-]`, the client's
+/// (when well formed) or a fresh one. Held as the header value it is sent
+/// as, made once per request: the upstream request and the response get
+/// clones of it, not copies.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub(super) HeaderValue);
+
+impl RequestId {
+    /// The id as text (always ASCII: checked when it was made).
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or("")
+    }
+
+    /// The id as a header value.
+    pub fn value(&self) -> HeaderValue {
+        self.0.clone()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Default for RequestId {
+    /// No id yet (a request refused before its header was looked at).
+    fn default() -> Self {
+        RequestId(HeaderValue::from_static(""))
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A fresh random request id: 32 hex digits.
+pub fn new_request_id() -> String {
+    String::from_utf8_lossy(&fresh_id()).into_owned()
+}
+
+fn fresh_id() -> [u8; 32] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    for (i, b) in fastrand::u128(..).to_be_bytes().into_iter().enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 0xf)];
+    }
+    out
+}
+
+/// The client's `X-Request-Id` when it is well formed (the first well
+/// formed one, as the connection guard's refusals take it), else a fresh
+/// one.
+/// `sent`: the request carries an `X-Request-Id` (see [`super::Carries`]).
+pub fn request_id(req: &RequestHeader, sent: bool) -> RequestId {
+    let sent = match sent {
+        true => req
+            .headers
+            .get_all(&H_X_REQUEST_ID.0)
+            .iter()
+            .find(|v| valid_request_id(v.as_bytes())),
+        false => None,
+    };
+    match sent {
+        // A clone of the client's value: checked ASCII by
+        // `valid_request_id`, so the id is its bytes.
+        Some(v) => RequestId(v.clone()),
+        None => {
+            let mut id = Short {
+                buf: [0u8; 48],
+                len: 32,
+            };
+            id.buf[..32].copy_from_slice(&fresh_id());
+            RequestId(id.value())
+        }
+    }
+}
