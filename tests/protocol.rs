@@ -277,6 +277,37 @@ async fn hop_by_hop_names_sent_alone_never_reach_the_upstream() {
     assert_eq!(h["host"], serde_json::json!(["a"]), "{h}");
 }
 
+/// Found by a hostile-client run: with a body over `request_buffer_size`
+/// that came whole with its header, the next pipelined request, sent
+/// while the first was still being answered, ended the connection mid
+/// answer (the fence answered Pingora's read with nothing) and was never
+/// served.
+#[tokio::test]
+async fn a_request_pipelined_behind_a_streamed_body_waits_its_turn() {
+    let up = Upstream::start("a");
+    let gw = Gateway::start(
+        "request_buffer_size = \"0\"",
+        &(upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api")),
+    );
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST /slow?delay_ms=600 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    s.write_all(b"GET /next HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let got = bodies(&text);
+    assert_eq!(got.len(), 2, "{text}");
+    assert_eq!(got[0]["path"], "/slow", "{text}");
+    assert_eq!(got[0]["body_bytes"], 5, "{text}");
+    assert_eq!(got[1]["path"], "/next", "{text}");
+    let stats = json_at(&client(), &format!("http://{}/__stats", up.addr)).await;
+    assert_eq!(stats["requests"], 2);
+}
+
 /// Finding 7: HTTP/2 cookies sent as separate fields reach an HTTP/1
 /// upstream as one `Cookie` header (RFC 9113 §8.2.3).
 #[tokio::test]

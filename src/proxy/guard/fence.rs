@@ -168,7 +168,11 @@ impl AsyncRead for Fence {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        if this.ahead.is_empty() {
+        // Until there are bytes of the request to give: a read of the
+        // body may bring none of them (all the next request's, when the
+        // body ended where the read began), and an empty answer would be
+        // an end of stream to Pingora.
+        while this.ahead.is_empty() {
             match this.rest {
                 Rest::Done => return this.poll_after(cx),
                 Rest::Passthrough => return Pin::new(&mut this.inner).poll_read(cx, buf),
@@ -295,6 +299,19 @@ mod tests {
             assert_eq!(inside(&next, range), kept, "{size}");
             drop(client);
         }
+    }
+
+    /// Found by a hostile-client run: a body that ended where a read began
+    /// (every byte read the next request's) answered Pingora's read with
+    /// nothing, an end of stream, and Pingora dropped the response it was
+    /// sending.
+    #[tokio::test]
+    async fn a_read_that_brings_only_the_next_request_is_no_end_of_stream() {
+        let (mut f, _c) = fence(Rest::Length(0), b"", b"GET /next").await;
+        let mut buf = [0u8; 8];
+        let r = tokio::time::timeout(std::time::Duration::from_millis(100), f.read(&mut buf)).await;
+        assert!(r.is_err(), "the read must wait, not end: {r:?}");
+        assert_eq!(&f.into_parts().1[..], b"GET /next");
     }
 
     #[tokio::test]

@@ -189,7 +189,13 @@ where
         // rest streams.
         Framing::Length(n) => {
             let here = ((buf.len() - len) as u64).min(n);
-            (len + here as usize, Rest::Length(n - here))
+            let rest = match n - here {
+                // All of it came with the header: nothing is left to read
+                // for this request (a `Length(0)` would read on).
+                0 => Rest::Done,
+                left => Rest::Length(left),
+            };
+            (len + here as usize, rest)
         }
         Framing::Chunked => {
             let mut scan = ChunkScan::default();
