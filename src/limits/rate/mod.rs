@@ -141,7 +141,12 @@ impl RateLimiter {
     #[inline]
     fn weigh(&self, v: u64, into: u64) -> u64 {
         let left = self.window_ms - into;
-        ((v as u128 * left as u128) / self.window_ms as u128) as u64
+        // In 64 bits when the product fits (every count a window can
+        // hold in practice): a 128-bit division is a call of its own.
+        match v.checked_mul(left) {
+            Some(p) => p / self.window_ms,
+            None => ((v as u128 * left as u128) / self.window_ms as u128) as u64,
+        }
     }
 
     /// Current usage of `hash` under `quota`, without charging anything.

@@ -55,6 +55,29 @@ fn tokens_refuse_without_charging_requests() {
     l.check_and_charge(1, 20, q).unwrap();
 }
 
+/// The weight of a previous window's count, in 64 bits when the product
+/// fits and in 128 when it does not, is the exact floor of v·left/W.
+#[test]
+fn the_weight_of_a_count_is_exact_at_every_size() {
+    let clock = ManualClock::new(10 * W);
+    let l = limiter(&clock);
+    for v in [
+        0,
+        1,
+        7,
+        1 << 20,
+        u64::MAX / W,
+        u64::MAX / W + 1,
+        u64::MAX / 2,
+        u64::MAX,
+    ] {
+        for into in [0, 1, W / 4, W / 2, W - 1] {
+            let exact = (u128::from(v) * u128::from(W - into) / u128::from(W)) as u64;
+            assert_eq!(l.weigh(v, into), exact, "{v} {into}");
+        }
+    }
+}
+
 #[test]
 fn sliding_window_weighs_the_previous_window() {
     let clock = ManualClock::new(10 * W);

@@ -373,3 +373,13 @@ fn a_plain_host_is_a_valid_authority() {
         assert!(!super::inspect::plain_host(v.as_bytes()), "{v}");
     }
 }
+
+/// The token table holds exactly RFC 9110's `tchar`: letters, digits and
+/// ``!#$%&'*+-.^_`|~``.
+#[test]
+fn the_token_table_is_rfc_9110_s_tchar() {
+    for b in 0..=255u8 {
+        let want = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        assert_eq!(super::inspect::tchar(b), want, "{b:#x}");
+    }
+}
