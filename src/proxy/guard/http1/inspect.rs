@@ -340,7 +340,20 @@ fn valid_host(v: &[u8]) -> bool {
     let Ok(s) = std::str::from_utf8(v) else {
         return false;
     };
-    !s.contains(['@', ' ', '/', '\\', '?', '#']) && http::uri::Authority::try_from(s).is_ok()
+    !s.contains(['@', ' ', '/', '\\', '?', '#'])
+        && http::uri::Authority::try_from(s).is_ok()
+        && port_is_digits(s)
+}
+
+/// The port of a host value (after its last `:` outside an IPv6 literal's
+/// brackets) is digits, or empty, as RFC 3986's `port = *DIGIT` has it:
+/// `http`'s authority parse takes `a:-1` or `a:80a` (found by a
+/// hostile-client run).
+fn port_is_digits(s: &str) -> bool {
+    let after = s.rfind(']').map_or(s, |i| &s[i + 1..]);
+    after
+        .rfind(':')
+        .is_none_or(|i| after[i + 1..].bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The usual `Host`: a name or an IPv4 address of `[A-Za-z0-9.-]`, and a

@@ -102,6 +102,10 @@ fn ambiguous_requests_are_refused() {
         ),
         ("GET / HTTP/1.1\r\nHost: a b\r\n\r\n", "malformed Host"),
         ("GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", "malformed Host"),
+        // Found by a hostile-client run: a port that is not digits.
+        ("GET / HTTP/1.1\r\nHost: a:-1\r\n\r\n", "malformed Host"),
+        ("GET / HTTP/1.1\r\nHost: a:80a\r\n\r\n", "malformed Host"),
+        ("GET / HTTP/1.1\r\nHost: [::1]:8x\r\n\r\n", "malformed Host"),
         (
             "GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n folded\r\n\r\n",
             "folding",
@@ -135,6 +139,8 @@ fn ambiguous_requests_are_refused() {
     }
     // Host forms that are fine.
     head("GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n").unwrap();
+    head("GET / HTTP/1.1\r\nHost: [::1]\r\n\r\n").unwrap();
+    head("GET / HTTP/1.1\r\nHost: a_b:80\r\n\r\n").unwrap();
     head("GET / HTTP/1.1\r\nHost:\r\n\r\n").unwrap();
     let many = format!(
         "GET / HTTP/1.1\r\nHost: a\r\n{}\r\n",
