@@ -249,6 +249,16 @@ async fn bad_identity_and_token_headers() {
         ),
         // Claiming a key-protected client's id without its key.
         (vec![("x-client-id", "acme")], 401, "invalid_api_key"),
+        // Found by a hostile-client run: a key behind another Authorization
+        // went unseen, upstream, and the request was charged to its address.
+        (
+            vec![
+                ("authorization", "Basic eA=="),
+                ("authorization", "Bearer acme-key"),
+            ],
+            400,
+            "invalid_header",
+        ),
         (
             vec![
                 ("authorization", "Bearer acme-key"),
@@ -289,6 +299,10 @@ async fn bad_identity_and_token_headers() {
     .await;
     assert_eq!(s, 200);
     assert_eq!(v["headers"]["x-client-id"], serde_json::json!(["acme"]));
+    assert!(v["headers"].get("authorization").is_none(), "{v}");
+    // Every refusal above stayed at the gateway.
+    let stats = json_at(&c, &format!("http://{}/__stats", up.addr)).await;
+    assert_eq!(stats["requests"], 1);
 }
 
 #[tokio::test]

@@ -35,6 +35,19 @@ pub fn client_id(
     client_addr: Option<IpAddr>,
     carries: Carries,
 ) -> Result<Identity, Refusal> {
+    // One credential a request: with a second `Authorization`, the key
+    // in it went unseen (the first was read), was not taken off for the
+    // upstream, and the request was charged to its address instead (found
+    // by a hostile-client run).
+    if carries.authorization && policies.has_api_keys() {
+        let mut all = req.headers.get_all(AUTHORIZATION).iter();
+        if all.next().is_some() && all.next().is_some() {
+            return Err(Refusal::new(
+                RejectReason::InvalidHeader,
+                "Authorization is repeated",
+            ));
+        }
+    }
     if let Some(key) = carries.authorization.then(|| bearer(req)).flatten() {
         let digest: [u8; 32] = Sha256::digest(key).into();
         match policies.client_of_key(&digest) {
@@ -248,6 +261,18 @@ mod tests {
             RejectReason::InvalidHeader
         );
         assert_eq!(id(&[]).unwrap(), "ip:10.1.2.3");
+        // A second Authorization, the key in either, is refused.
+        for pair in [
+            [&b"Basic eA=="[..], b"Bearer s3cret"],
+            [b"Bearer s3cret", b"Basic eA=="],
+        ] {
+            assert_eq!(
+                id(&[("authorization", pair[0]), ("authorization", pair[1])])
+                    .unwrap_err()
+                    .reason,
+                RejectReason::InvalidHeader
+            );
+        }
         for a in [
             "0.0.0.0",
             "255.255.255.255",
