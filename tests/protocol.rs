@@ -308,6 +308,27 @@ async fn a_request_pipelined_behind_a_streamed_body_waits_its_turn() {
     assert_eq!(stats["requests"], 2);
 }
 
+/// Found by a hostile-client run: what described the upstream's
+/// connection in its answer (`Keep-Alive`, names its `Connection` listed)
+/// reached the client.
+#[tokio::test]
+async fn an_upstream_s_hop_by_hop_fields_stay_at_the_gateway() {
+    let up = Upstream::start("a");
+    let gw = gateway(&up);
+    let path = "/x?header=Connection:X-Secret&header=X-Secret:s&header=Keep-Alive:timeout5\
+                &header=Proxy-Connection:keep-alive&header=X-Kept:k";
+    let raw = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    let text = exchange(gw.addr, raw.as_bytes());
+    let (head, _) = text.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{text}");
+    for gone in ["x-secret:", "keep-alive:", "proxy-connection:"] {
+        assert!(!head.contains(gone), "{gone} reached the client: {text}");
+    }
+    assert!(head.contains("x-kept: k"), "{text}");
+    assert!(head.contains("connection: close"), "{text}");
+}
+
 /// Finding 7: HTTP/2 cookies sent as separate fields reach an HTTP/1
 /// upstream as one `Cookie` header (RFC 9113 §8.2.3).
 #[tokio::test]

@@ -283,7 +283,13 @@ impl ProxyHttp for Gateway {
         // The gateway's headers: written after the upstream's, outside the
         // header maps, unless the upstream sent one of them itself (then
         // they replace its own).
-        let absent = !headers::carries_gateway_headers(upstream_response);
+        let names = headers::ResponseNames::of(upstream_response);
+        if names.hop_by_hop {
+            // Before the gateway's headers are added (a removal would move
+            // them into the header maps).
+            headers::strip_response_hop_by_hop(upstream_response);
+        }
+        let absent = !names.gateway;
         if !absent {
             upstream_response.reserve_headers(6);
         }

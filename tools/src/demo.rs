@@ -15,7 +15,7 @@
 //! - `status=N`: answer with status N;
 //! - `usage=N`: report `N` tokens used, OpenAI style (`usage.total_tokens`);
 //! - `usage_header=N`: report `N` tokens in an `x-usage-tokens` header;
-//! - `header=NAME:VALUE`: answer with that header as well;
+//! - `header=NAME:VALUE`: answer with that header as well (repeatable);
 //! - `stream=K` (with `usage`): answer as a server-sent event stream of K
 //!   chunks, the last event carrying the usage;
 //! - `empty=1`: answer with an empty body (`Content-Length: 0`);
@@ -220,6 +220,18 @@ async fn handle_full(
                 .collect()
         })
         .unwrap_or_default();
+    // `header=NAME:VALUE`, as often as it is given.
+    let extra: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .map(|q| {
+            q.split('&')
+                .filter_map(|kv| kv.strip_prefix("header="))
+                .filter_map(|h| h.split_once(':'))
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (k, v) in req.headers() {
         headers
@@ -312,7 +324,7 @@ async fn handle_full(
     {
         resp.headers_mut().insert("x-usage-tokens", v);
     }
-    if let Some((name, value)) = query.get("header").and_then(|h| h.split_once(':')) {
+    for (name, value) in &extra {
         if let (Ok(n), Ok(v)) = (
             hyper::header::HeaderName::from_bytes(name.as_bytes()),
             hyper::header::HeaderValue::from_str(value),

@@ -148,6 +148,9 @@ impl ProxyHttp for ForwardGateway {
         resp: &mut pingora::http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if headers::ResponseNames::of(resp).hop_by_hop {
+            headers::strip_response_hop_by_hop(resp);
+        }
         // The id the destination was sent, as the reverse proxy answers
         // with (a destination's own `X-Request-Id` is replaced).
         headers::set_response(resp, &headers::H_X_REQUEST_ID, ctx.request_id.value());

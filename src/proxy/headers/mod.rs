@@ -63,7 +63,7 @@ fn add_request(req: &mut RequestHeader, name: &Name, value: HeaderValue, absent:
 
 /// Adds a header the gateway sets on a response, as [`add_request`] does:
 /// `absent` when the response carries none of the gateway's own headers
-/// ([`carries_gateway_headers`]).
+/// ([`ResponseNames::gateway`]).
 pub fn add_response(resp: &mut ResponseHeader, name: &Name, value: HeaderValue, absent: bool) {
     match absent {
         true => resp.append_wire_header(&name.0, name.1, value),
@@ -71,13 +71,56 @@ pub fn add_response(resp: &mut ResponseHeader, name: &Name, value: HeaderValue, 
     }
 }
 
-/// Whether a response (an upstream's) carries any of the headers the
-/// gateway sets on its responses: `X-Request-Id` and the rate-limit
-/// headers. One pass over its names.
-pub fn carries_gateway_headers(resp: &ResponseHeader) -> bool {
-    resp.headers
-        .keys()
-        .any(|n| GATEWAY_RESPONSE_HEADERS.contains(&n.as_str()))
+/// What one pass over a response's names (an upstream's) finds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResponseNames {
+    /// Any of the headers the gateway sets on its responses:
+    /// `X-Request-Id` and the rate-limit headers.
+    pub gateway: bool,
+    /// Any of the hop-by-hop names [`strip_response_hop_by_hop`] acts on.
+    pub hop_by_hop: bool,
+}
+
+impl ResponseNames {
+    pub fn of(resp: &ResponseHeader) -> ResponseNames {
+        let mut r = ResponseNames::default();
+        for n in resp.headers.keys() {
+            let n = n.as_str();
+            r.gateway |= GATEWAY_RESPONSE_HEADERS.contains(&n);
+            r.hop_by_hop |= matches!(
+                n,
+                "connection" | "keep-alive" | "proxy-connection" | "upgrade"
+            );
+        }
+        r
+    }
+}
+
+/// Removes what describes the upstream's connection from its response
+/// before it goes to the client (RFC 9110 §7.6.1): the names its
+/// `Connection` lists, `Keep-Alive`, `Proxy-Connection`, `Upgrade`, and
+/// `Connection` itself (Pingora writes the client's own). A 101 keeps
+/// them all: the protocol it switches to needs its handshake. The body's
+/// framing fields stay whatever `Connection` lists: Pingora frames the
+/// answer from them.
+pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
+    if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
+    let listed: Vec<HeaderName> = resp
+        .headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+        .filter(|n| *n != http::header::TRANSFER_ENCODING && *n != http::header::CONTENT_LENGTH)
+        .collect();
+    for n in listed {
+        resp.remove_header(&n);
+    }
+    for n in [&KEEP_ALIVE, &PROXY_CONNECTION, &UPGRADE, &CONNECTION] {
+        resp.remove_header(n);
+    }
 }
 
 /// The headers the gateway sets on its responses.
@@ -90,13 +133,16 @@ pub const GATEWAY_RESPONSE_HEADERS: [&str; 6] = [
     ratelimit::NAMES[4],
 ];
 
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 /// `Transfer-Encoding` is not here: Pingora re-frames the body itself and
 /// needs it to do so. (Names, not strings: a lookup by `HeaderName` hashes
 /// without parsing.)
 const HOP_BY_HOP: [HeaderName; 6] = [
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
     http::header::PROXY_AUTHENTICATE,
     http::header::PROXY_AUTHORIZATION,
     http::header::TE,

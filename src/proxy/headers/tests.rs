@@ -314,3 +314,45 @@ fn carries_finds_each_name_the_request_filter_reads() {
     assert!(one("x-token-estimate").token_header);
     assert_eq!(one("x-request-ids"), Carries::default());
 }
+
+/// What describes the upstream's connection stays off the client's
+/// answer (found by a hostile-client run): the names `Connection` lists,
+/// `Keep-Alive`, `Proxy-Connection`, `Upgrade`; the body's framing stays
+/// however `Connection` names it, and a 101 keeps its handshake.
+#[test]
+fn a_response_s_hop_by_hop_fields_are_removed() {
+    let resp = |status: u16| {
+        let mut r = ResponseHeader::build(status, None).unwrap();
+        for (k, v) in [
+            ("Connection", "X-Secret, close, Transfer-Encoding"),
+            ("Connection", "x-other"),
+            ("X-Secret", "s"),
+            ("X-Other", "o"),
+            ("Keep-Alive", "timeout=1"),
+            ("Proxy-Connection", "keep-alive"),
+            ("Upgrade", "h2c"),
+            ("Transfer-Encoding", "chunked"),
+            ("X-Kept", "k"),
+        ] {
+            r.append_header(k.to_string(), v).unwrap();
+        }
+        r
+    };
+    let mut r = resp(200);
+    assert_eq!(
+        ResponseNames::of(&r),
+        ResponseNames {
+            gateway: false,
+            hop_by_hop: true
+        }
+    );
+    strip_response_hop_by_hop(&mut r);
+    let names: Vec<&str> = r.headers.keys().map(|n| n.as_str()).collect();
+    assert_eq!(names, ["transfer-encoding", "x-kept"]);
+    let mut r = resp(101);
+    let before = r.headers.clone();
+    strip_response_hop_by_hop(&mut r);
+    assert_eq!(r.headers, before);
+    let plain = ResponseHeader::build(200, None).unwrap();
+    assert_eq!(ResponseNames::of(&plain), ResponseNames::default());
+}
