@@ -284,10 +284,10 @@ impl ProxyHttp for Gateway {
         // header maps, unless the upstream sent one of them itself (then
         // they replace its own).
         let names = headers::ResponseNames::of(upstream_response);
-        if names.hop_by_hop {
+        if names.hop_by_hop() {
             // Before the gateway's headers are added (a removal would move
             // them into the header maps).
-            headers::strip_response_hop_by_hop(upstream_response);
+            headers::strip_response_hop_by_hop(upstream_response, names);
         }
         let absent = !names.gateway;
         if !absent {

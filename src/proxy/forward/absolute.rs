@@ -148,8 +148,9 @@ impl ProxyHttp for ForwardGateway {
         resp: &mut pingora::http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if headers::ResponseNames::of(resp).hop_by_hop {
-            headers::strip_response_hop_by_hop(resp);
+        let names = headers::ResponseNames::of(resp);
+        if names.hop_by_hop() {
+            headers::strip_response_hop_by_hop(resp, names);
         }
         // The id the destination was sent, as the reverse proxy answers
         // with (a destination's own `X-Request-Id` is replaced).
