@@ -329,6 +329,54 @@ async fn an_upstream_s_hop_by_hop_fields_stay_at_the_gateway() {
     assert!(head.contains("connection: close"), "{text}");
 }
 
+/// Found by a hostile-upstream run: an upstream that answered a plain
+/// request with `101 Switching Protocols` had it and the bytes after it
+/// relayed to the client. The client gets a 502 instead, and none of
+/// those bytes; a request that asked for the switch still gets it.
+#[tokio::test]
+async fn an_upstream_that_switches_protocols_unasked_fails() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let _ = conn.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nRAW-TUNNEL-BYTES",
+                );
+                std::thread::sleep(Duration::from_secs(1));
+            });
+        }
+    });
+    let gw = Gateway::start(
+        "",
+        &(upstream_toml("api", &[addr], "") + &route_toml("main", "/", "api")),
+    );
+    let text = exchange(
+        gw.addr,
+        b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+    assert!(!text.contains("RAW-TUNNEL-BYTES"), "{text}");
+    assert_eq!(bodies(&text)[0]["error"], "upstream_error", "{text}");
+    // Asked for, the same answer opens the tunnel.
+    let text = exchange(
+        gw.addr,
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    );
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(text.ends_with("RAW-TUNNEL-BYTES"), "{text}");
+}
+
 /// Finding 7: HTTP/2 cookies sent as separate fields reach an HTTP/1
 /// upstream as one `Cookie` header (RFC 9113 §8.2.3).
 #[tokio::test]

@@ -280,6 +280,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        headers::refuse_unasked_switch(session.req_header(), upstream_response)?;
         // The gateway's headers: written after the upstream's, outside the
         // header maps, unless the upstream sent one of them itself (then
         // they replace its own).

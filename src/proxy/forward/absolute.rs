@@ -148,6 +148,7 @@ impl ProxyHttp for ForwardGateway {
         resp: &mut pingora::http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        headers::refuse_unasked_switch(session.req_header(), resp)?;
         let names = headers::ResponseNames::of(resp);
         if names.hop_by_hop() {
             headers::strip_response_hop_by_hop(resp, names);

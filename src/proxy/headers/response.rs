@@ -1,0 +1,105 @@
+//! An upstream's response on its way to the client: what one pass over
+//! its names finds, the hop-by-hop fields that stay at the gateway, and a
+//! protocol switch the client did not ask for.
+
+use http::header::{HeaderName, CONNECTION, UPGRADE};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+
+use super::{GATEWAY_RESPONSE_HEADERS, KEEP_ALIVE, PROXY_CONNECTION};
+
+/// What one pass over a response's names (an upstream's) finds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResponseNames {
+    /// Any of the headers the gateway sets on its responses:
+    /// `X-Request-Id` and the rate-limit headers.
+    pub gateway: bool,
+    pub connection: bool,
+    pub keep_alive: bool,
+    pub proxy_connection: bool,
+    pub upgrade: bool,
+}
+
+impl ResponseNames {
+    pub fn of(resp: &ResponseHeader) -> ResponseNames {
+        let mut r = ResponseNames::default();
+        for n in resp.headers.keys() {
+            match n.as_str() {
+                "connection" => r.connection = true,
+                "keep-alive" => r.keep_alive = true,
+                "proxy-connection" => r.proxy_connection = true,
+                "upgrade" => r.upgrade = true,
+                n => r.gateway |= GATEWAY_RESPONSE_HEADERS.contains(&n),
+            }
+        }
+        r
+    }
+
+    /// Anything for [`strip_response_hop_by_hop`] to look at.
+    pub fn hop_by_hop(&self) -> bool {
+        self.connection || self.keep_alive || self.proxy_connection || self.upgrade
+    }
+}
+
+/// Removes what describes the upstream's connection from its response
+/// before it goes to the client (RFC 9110 §7.6.1): the names its
+/// `Connection` lists, `Keep-Alive`, `Proxy-Connection`, `Upgrade`.
+/// `Connection` itself Pingora replaces with the client's own (HTTP/1)
+/// or removes (HTTP/2) on every answer but an interim one, where it goes
+/// here. A 101 keeps everything: the protocol it switches to needs its
+/// handshake. The body's framing fields stay whatever `Connection` lists:
+/// Pingora frames the answer from them. `names`: what
+/// [`ResponseNames::of`] found, so that a name the response does not
+/// carry costs no removal (an upstream's `Connection: keep-alive`, on
+/// nearly every answer, costs one look-up).
+pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader, names: ResponseNames) {
+    if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
+    if names.connection {
+        let listed: Vec<HeaderName> = resp
+            .headers
+            .get_all(CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            // The usual options: `Keep-Alive` goes below when present.
+            .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
+            .filter(|n| *n != http::header::TRANSFER_ENCODING && *n != http::header::CONTENT_LENGTH)
+            .collect();
+        for n in listed {
+            resp.remove_header(&n);
+        }
+        if resp.status.is_informational() {
+            resp.remove_header(&CONNECTION);
+        }
+    }
+    for (present, n) in [
+        (names.keep_alive, &KEEP_ALIVE),
+        (names.proxy_connection, &PROXY_CONNECTION),
+        (names.upgrade, &UPGRADE),
+    ] {
+        if present {
+            resp.remove_header(n);
+        }
+    }
+}
+
+/// A 101 answering a request that asked for no protocol switch (no
+/// `Upgrade`) is the upstream's failure: RFC 9110 §15.2.2 lets a server
+/// switch only to a protocol the request's `Upgrade` names, and relaying
+/// it would take the client's connection out of HTTP (found by a
+/// hostile-upstream run: the upstream's bytes after it reached the client
+/// and a pipelined request was lost). The client gets a 502.
+pub fn refuse_unasked_switch(req: &RequestHeader, resp: &ResponseHeader) -> Result<()> {
+    if resp.status != http::StatusCode::SWITCHING_PROTOCOLS || req.headers.contains_key(UPGRADE) {
+        return Ok(());
+    }
+    let mut e = Error::explain(
+        InvalidHTTPHeader,
+        "the upstream switched protocols (101) for a request that asked for no upgrade",
+    );
+    e.esource = ErrorSource::Upstream;
+    Err(e)
+}
