@@ -109,26 +109,12 @@ pub fn client_id(
     }
 }
 
-/// `ip:` and the address (IPv4 without the formatting machinery, which
-/// costs more than the rest of the client's identification).
+/// `ip:` and the address.
 fn address_id(ip: IpAddr) -> String {
-    let mut s = String::with_capacity(IP_PREFIX.len() + 15);
+    let text = super::headers::ip_text(ip);
+    let mut s = String::with_capacity(IP_PREFIX.len() + text.as_str().len());
     s.push_str(IP_PREFIX);
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut num = itoa::Buffer::new();
-            for (i, o) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    s.push('.');
-                }
-                s.push_str(num.format(o));
-            }
-        }
-        IpAddr::V6(_) => {
-            use std::fmt::Write;
-            let _ = write!(s, "{ip}");
-        }
-    }
+    s.push_str(text.as_str());
     s
 }
 

@@ -19,7 +19,7 @@ pub use response::{refuse_unasked_switch, strip_response_hop_by_hop, ResponseNam
 pub use seen::Carries;
 use seen::Seen;
 use values::ip_value;
-pub use values::{new_request_id, request_id, valid_request_id, RequestId};
+pub use values::{ip_text, new_request_id, request_id, valid_request_id, RequestId};
 
 pub const X_REQUEST_ID: &str = "x-request-id";
 const X_FORWARDED_FOR: &str = "x-forwarded-for";

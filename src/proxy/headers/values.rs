@@ -9,7 +9,7 @@ use pingora::http::RequestHeader;
 use super::H_X_REQUEST_ID;
 
 /// A short header value made on the stack (a request id, an address).
-pub(super) struct Short {
+pub struct Short {
     buf: [u8; 48],
     len: u8,
 }
@@ -21,6 +21,11 @@ impl AsRef<[u8]> for Short {
 }
 
 impl Short {
+    /// The text (always ASCII: an id or an address).
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_ref()).unwrap_or("")
+    }
+
     /// As a header value in one allocation that its clones share (a
     /// value copied from a slice takes a second one on its first clone).
     fn value(self) -> HeaderValue {
@@ -29,9 +34,9 @@ impl Short {
     }
 }
 
-/// An address as a header value (IPv4 without the formatting machinery,
-/// which costs more than the rest of this function).
-pub(super) fn ip_value(ip: IpAddr) -> HeaderValue {
+/// An address as text (IPv4 without the formatting machinery, which costs
+/// more than the rest of this function).
+pub fn ip_text(ip: IpAddr) -> Short {
     use std::io::Write;
     let mut out = Short {
         buf: [0u8; 48],
@@ -50,12 +55,17 @@ pub(super) fn ip_value(ip: IpAddr) -> HeaderValue {
             n += d.len();
         }
         out.len = n as u8;
-        return out.value();
+        return out;
     }
     let mut w = &mut out.buf[..];
     let _ = write!(w, "{ip}");
     out.len = (48 - w.len()) as u8;
-    out.value()
+    out
+}
+
+/// An address as a header value.
+pub(super) fn ip_value(ip: IpAddr) -> HeaderValue {
+    ip_text(ip).value()
 }
 
 /// Whether a client's `X-Request-Id` is kept: 1-128 characters of
