@@ -31,11 +31,12 @@ impl ForwardGateway {
 
 #[async_trait]
 impl ProxyHttp for ForwardGateway {
-    type CTX = RequestCtx;
+    /// Boxed, as the reverse proxy's (`Gateway`'s) is.
+    type CTX = Box<RequestCtx>;
 
     /// Runs when a request header has been read.
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+    fn new_ctx(&self) -> Box<RequestCtx> {
+        Box::new(RequestCtx::new())
     }
 
     /// Runs once at start: no downstream modules. Pingora's default adds a
@@ -45,7 +46,7 @@ impl ProxyHttp for ForwardGateway {
 
     /// Runs before anything goes to the destination: the target must be
     /// absolute-form `http://`, allowed by the policy, and under its cap.
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         let rt = self.runtime.load_full();
         ctx.runtime = Some(rt.clone());
         ctx.route = Some(Arc::from(FORWARD_ROUTE));
@@ -93,7 +94,7 @@ impl ProxyHttp for ForwardGateway {
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
         let Some(addr) = ctx.backend else {
             return Error::e_explain(InternalError, "no destination resolved");
@@ -114,7 +115,7 @@ impl ProxyHttp for ForwardGateway {
         &self,
         session: &mut Session,
         req: &mut RequestHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         ctx.admission.mark_sent();
         let target = absolute_target(req);
@@ -146,7 +147,7 @@ impl ProxyHttp for ForwardGateway {
         &self,
         session: &mut Session,
         resp: &mut pingora::http::ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         headers::refuse_unasked_switch(session.req_header(), resp)?;
         let names = headers::ResponseNames::of(resp);
@@ -169,7 +170,7 @@ impl ProxyHttp for ForwardGateway {
         _session: &mut Session,
         _body: &mut Option<bytes::Bytes>,
         end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<Option<std::time::Duration>> {
         if end_of_stream {
             ctx.upstream_response_ended();
@@ -182,18 +183,18 @@ impl ProxyHttp for ForwardGateway {
         &self,
         session: &mut Session,
         e: &Error,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> FailToProxy {
         respond::fail_to_proxy(session, ctx, e).await
     }
 
     /// Runs last: what is still held is settled; metrics and the access log.
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         respond::settle_leftovers(ctx);
         crate::proxy::log::request_done(session, e, ctx);
     }
 
-    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, _error: &Error) -> bool {
         true
     }
 }
