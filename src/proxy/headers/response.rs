@@ -15,6 +15,11 @@ pub struct ResponseNames {
     /// `X-Request-Id` and the rate-limit headers.
     pub gateway: bool,
     pub connection: bool,
+    /// A `Connection` lists an option other than `keep-alive` and `close`
+    /// (a name to remove): on nearly every answer it lists only those.
+    pub connection_names: bool,
+    /// An interim answer (1xx) carries `Connection`, which Pingora leaves.
+    pub interim_connection: bool,
     pub keep_alive: bool,
     pub proxy_connection: bool,
     pub upgrade: bool,
@@ -23,22 +28,44 @@ pub struct ResponseNames {
 impl ResponseNames {
     pub fn of(resp: &ResponseHeader) -> ResponseNames {
         let mut r = ResponseNames::default();
-        for n in resp.headers.keys() {
+        for (n, v) in resp.headers.iter() {
             match n.as_str() {
-                "connection" => r.connection = true,
+                "connection" => {
+                    r.connection = true;
+                    r.connection_names |= lists_names(v.as_bytes());
+                }
                 "keep-alive" => r.keep_alive = true,
                 "proxy-connection" => r.proxy_connection = true,
                 "upgrade" => r.upgrade = true,
                 n => r.gateway |= GATEWAY_RESPONSE_HEADERS.contains(&n),
             }
         }
+        r.interim_connection = r.connection && resp.status.is_informational();
         r
     }
 
-    /// Anything for [`strip_response_hop_by_hop`] to look at.
+    /// Anything for [`strip_response_hop_by_hop`] to remove.
     pub fn hop_by_hop(&self) -> bool {
-        self.connection || self.keep_alive || self.proxy_connection || self.upgrade
+        self.connection_names
+            || self.interim_connection
+            || self.keep_alive
+            || self.proxy_connection
+            || self.upgrade
     }
+}
+
+/// Whether a `Connection` value lists an option other than the usual
+/// `keep-alive` and `close` (which name no field to remove here:
+/// `Keep-Alive` is removed whenever present).
+fn lists_names(value: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .any(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case(b"keep-alive")
+                && !t.eq_ignore_ascii_case(b"close")
+        })
 }
 
 /// Removes what describes the upstream's connection from its response
@@ -50,13 +77,13 @@ impl ResponseNames {
 /// handshake. The body's framing fields stay whatever `Connection` lists:
 /// Pingora frames the answer from them. `names`: what
 /// [`ResponseNames::of`] found, so that a name the response does not
-/// carry costs no removal (an upstream's `Connection: keep-alive`, on
-/// nearly every answer, costs one look-up).
+/// carry costs no removal, and an upstream's `Connection: keep-alive`, on
+/// nearly every answer, costs nothing here.
 pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader, names: ResponseNames) {
     if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
         return;
     }
-    if names.connection {
+    if names.connection_names {
         let listed: Vec<HeaderName> = resp
             .headers
             .get_all(CONNECTION)
@@ -71,9 +98,9 @@ pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader, names: ResponseNames
         for n in listed {
             resp.remove_header(&n);
         }
-        if resp.status.is_informational() {
-            resp.remove_header(&CONNECTION);
-        }
+    }
+    if names.interim_connection {
+        resp.remove_header(&CONNECTION);
     }
     for (present, n) in [
         (names.keep_alive, &KEEP_ALIVE),

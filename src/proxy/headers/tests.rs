@@ -353,10 +353,42 @@ fn a_response_s_hop_by_hop_fields_are_removed() {
     assert_eq!(r.headers, before);
     // An interim answer, whose Connection Pingora leaves as it is.
     let mut r = resp(103);
-    strip_response_hop_by_hop(&mut r, found);
+    let interim = ResponseNames::of(&r);
+    assert!(interim.interim_connection && !found.interim_connection);
+    strip_response_hop_by_hop(&mut r, interim);
     assert!(!r.headers.contains_key("connection"));
     let plain = ResponseHeader::build(200, None).unwrap();
     assert!(!ResponseNames::of(&plain).hop_by_hop());
+    // The usual options name no field: nothing to do (Keep-Alive itself,
+    // when present, is found by its name).
+    let connection = |values: &[&str]| {
+        let mut r = ResponseHeader::build(200, None).unwrap();
+        for v in values {
+            r.append_header("Connection", *v).unwrap();
+        }
+        ResponseNames::of(&r)
+    };
+    for usual in [
+        &["keep-alive"][..],
+        &["Keep-Alive"],
+        &["close"],
+        &[" keep-alive , "],
+        &["keep-alive", "CLOSE"],
+    ] {
+        let n = connection(usual);
+        assert!(
+            n.connection && !n.connection_names && !n.hop_by_hop(),
+            "{usual:?}"
+        );
+    }
+    for naming in [
+        &["keep-alive, X-Secret"][..],
+        &["keep-alive", "x-secret"],
+        &["Upgrade"],
+    ] {
+        let n = connection(naming);
+        assert!(n.connection_names && n.hop_by_hop(), "{naming:?}");
+    }
     let mut one = ResponseHeader::build(200, None).unwrap();
     one.append_header("x-request-id", "u").unwrap();
     assert!(ResponseNames::of(&one).gateway);
