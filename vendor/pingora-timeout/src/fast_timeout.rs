@@ -108,6 +108,10 @@ impl ToTimeout for FastTimeout {
     fn create(d: Duration) -> Self {
         FastTimeout(d)
     }
+
+    fn fast_timer(&self) -> Option<TimerStub> {
+        Some(register(self.0))
+    }
 }
 
 enum TimeoutKind {
@@ -146,6 +150,13 @@ impl ToTimeout for FastOrTokioTimeout {
             } else {
                 TimeoutKind::Fast
             },
+        }
+    }
+
+    fn fast_timer(&self) -> Option<TimerStub> {
+        match self.kind {
+            TimeoutKind::Fast => Some(register(self.duration)),
+            TimeoutKind::Tokio => None,
         }
     }
 }

@@ -57,7 +57,14 @@ impl From<u128> for Time {
 
 impl From<Duration> for Time {
     fn from(d: Duration) -> Self {
-        Time(round_to(d.as_millis(), RESOLUTION_MS as u128))
+        // (Never 0: a deadline is after the manager's zero.)
+        let ms = d.as_millis().max(1);
+        // In 64 bits when it fits (always, in practice): a 128-bit
+        // remainder is a library call.
+        match u64::try_from(ms) {
+            Ok(ms) => Time(u128::from(ms - 1 + RESOLUTION_MS - (ms - 1) % RESOLUTION_MS)),
+            Err(_) => Time(round_to(ms, RESOLUTION_MS as u128)),
+        }
     }
 }
 
@@ -71,6 +78,13 @@ impl Time {
 pub struct TimerStub(Arc<Notify>, Arc<AtomicBool>);
 
 impl TimerStub {
+    /// What [`crate::Timeout`] waits on in place: the notification,
+    /// created here (so that a timer firing from now on wakes it), and the
+    /// flag a fired timer sets.
+    pub(crate) fn into_parts(self) -> (tokio::sync::futures::OwnedNotified, Arc<AtomicBool>) {
+        (self.0.notified_owned(), self.1)
+    }
+
     /// Wait for the timer to expire.
     pub async fn poll(self) {
         if self.1.load(Ordering::SeqCst) {
