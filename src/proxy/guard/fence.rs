@@ -82,6 +82,33 @@ impl Fence {
         (self.inner, self.next)
     }
 
+    /// The connection, for the guard to read the next request from (the
+    /// fence shows Pingora nothing until [`Fence::set_request`]).
+    pub fn stream_mut(&mut self) -> &mut Stream {
+        &mut self.inner
+    }
+
+    /// The bytes of the next request read so far, as [`Fence::into_parts`]
+    /// gives them, leaving the fence over the connection alone: one fence
+    /// (one allocation, boxed as Pingora's stream) serves every request of
+    /// a connection.
+    pub fn take_next(&mut self) -> BytesMut {
+        self.reuse_ahead();
+        self.ahead = BytesMut::new();
+        self.rest = Rest::Done;
+        self.reusable = false;
+        std::mem::take(&mut self.next)
+    }
+
+    /// The next request: what [`Fence::new`] takes besides the connection.
+    pub fn set_request(&mut self, ahead: BytesMut, rest: Rest, next: BytesMut) {
+        self.reusable = ahead.capacity() > 0 && ahead.capacity() <= REUSE_MAX;
+        self.ahead = ahead;
+        self.rest = rest;
+        self.next = next;
+        self.ended = false;
+    }
+
     /// Moves the request's buffer to `next` once Pingora has read it all,
     /// when `next` has no buffer of its own: reading on into it takes no
     /// allocation.

@@ -236,18 +236,21 @@ pub async fn refuse(mut stream: Stream, route: &str, r: Refusal, request_id: Opt
 
 /// Hands a connection whose next request has been read (its header, and
 /// its body when small enough) to Pingora's HTTP/1 handling, through a
-/// [`Fence`] that shows it that one request only; returns the connection
-/// and the next request's bytes when it may carry another request.
+/// [`Fence`] that shows it that one request only; returns the fence (over
+/// the connection, with the next request's bytes) when the connection may
+/// carry another request.
 pub async fn hand_to_pingora<P: HttpServerApp + Send + Sync + 'static>(
     proxy: &Arc<P>,
-    fence: Fence,
+    fence: Box<Fence>,
     body: Option<bytes::Bytes>,
     limits: Limits,
     write_timeout: Duration,
     settings: Option<HttpPersistentSettings>,
     shutdown: &ShutdownWatch,
-) -> Option<(Stream, BytesMut, Option<HttpPersistentSettings>)> {
-    let mut session = ServerSession::new_http1(Box::new(fence));
+) -> Option<(Box<Fence>, Option<HttpPersistentSettings>)> {
+    // The fence's box is Pingora's stream (no new allocation), and comes
+    // back as it went.
+    let mut session = ServerSession::new_http1(fence);
     match settings {
         Some(s) => s.apply_to_session(&mut session),
         None => session.set_keepalive(Some(limits.idle.as_secs().max(1))),
@@ -270,8 +273,7 @@ pub async fn hand_to_pingora<P: HttpServerApp + Send + Sync + 'static>(
     let reused = proxy.process_new_http(session, shutdown).await?;
     let (stream, settings) = reused.consume();
     let fence = stream.into_any().downcast::<Fence>().ok()?;
-    let (stream, next) = fence.into_parts();
-    Some((stream, next, settings))
+    Some((fence, settings))
 }
 
 /// Serves an HTTP/1 connection request by request, in order: each read
@@ -286,13 +288,21 @@ pub async fn serve_http1<P: HttpServerApp + Send + Sync + 'static>(
     route_label: &str,
     divert: impl Fn(&http1::Head) -> bool,
 ) -> Option<(Stream, BytesMut, http1::Head)> {
-    let mut stream = stream;
+    // One fence for the connection's every request: the guard reads each
+    // request from the connection under it, then Pingora reads that one
+    // request through it.
+    let mut fence = Box::new(Fence::new(
+        stream,
+        BytesMut::new(),
+        http1::Rest::Done,
+        BytesMut::new(),
+    ));
     let mut settings: Option<HttpPersistentSettings> = None;
-    let mut carry = BytesMut::new();
     let mut first = true;
     loop {
         let (limits, write_timeout) = limits(runtime);
-        let request = http1::read_request(&mut stream, std::mem::take(&mut carry), limits, first);
+        let carry = fence.take_next();
+        let request = http1::read_request(fence.stream_mut(), carry, limits, first);
         let (mut buf, head, end, rest) = match request.await {
             Read::Request {
                 buf,
@@ -302,11 +312,13 @@ pub async fn serve_http1<P: HttpServerApp + Send + Sync + 'static>(
             } => (buf, head, end, rest),
             Read::Closed => return None,
             Read::Refused(r, id) => {
+                let (stream, _) = fence.into_parts();
                 refuse(stream, route_label, r, id.as_deref()).await;
                 return None;
             }
         };
         if divert(&head) {
+            let (stream, _) = fence.into_parts();
             return Some((stream, buf, head));
         }
         if head.connect {
@@ -314,6 +326,7 @@ pub async fn serve_http1<P: HttpServerApp + Send + Sync + 'static>(
                 RejectReason::MethodNotAllowed,
                 "CONNECT is served by the forward proxy's listener, not here",
             );
+            let (stream, _) = fence.into_parts();
             refuse(stream, route_label, r, None).await;
             return None;
         }
@@ -334,8 +347,8 @@ pub async fn serve_http1<P: HttpServerApp + Send + Sync + 'static>(
             }
             _ => None,
         };
-        let fence = Fence::new(stream, buf, rest, next);
-        let (io, next, st) = hand_to_pingora(
+        fence.set_request(buf, rest, next);
+        let (f, st) = hand_to_pingora(
             proxy,
             fence,
             body,
@@ -345,8 +358,7 @@ pub async fn serve_http1<P: HttpServerApp + Send + Sync + 'static>(
             shutdown,
         )
         .await?;
-        stream = io;
-        carry = next;
+        fence = f;
         settings = st;
         first = false;
     }
