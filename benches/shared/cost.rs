@@ -433,6 +433,19 @@ pub fn run(quick: bool) -> (serde_json::Value, String) {
         env: Vec::new(),
         port: floor_port,
     };
+    // The floor as measured before it took Floodgate's default timeouts:
+    // no timeout at all (Pingora's defaults), for comparison.
+    let bare_port = free_port();
+    let bare = Target {
+        name: "bare Pingora, no timeouts",
+        cmd: floor_bin(),
+        args: vec![
+            format!("127.0.0.1:{bare_port}"),
+            format!("127.0.0.1:{origin_port}"),
+        ],
+        env: vec![("FLOOR_TIMEOUTS".into(), "off".into())],
+        port: bare_port,
+    };
     let none = floodgate(dir, "floodgate, no limits", origin_port, 0, "");
     // Binding, each limit a little: 1000 ids at ~30 k req/s for `secs`
     // pass a quota of 250 a window late in the run; the capped route (one
@@ -463,7 +476,7 @@ pub fn run(quick: bool) -> (serde_json::Value, String) {
     .unwrap();
 
     // Throughput: rounds interleaved; each proxy started fresh per round.
-    let targets = [&nginx_proxy, &floor, &none, &admitting, &binding];
+    let targets = [&nginx_proxy, &floor, &none, &admitting, &binding, &bare];
     let mut runs: Vec<Vec<Wrk>> = targets.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
         for (i, t) in targets.iter().enumerate() {
@@ -489,7 +502,7 @@ pub fn run(quick: bool) -> (serde_json::Value, String) {
     let floor_rps = med(1, &|w| w.rps);
     let none_rps = med(2, &|w| w.rps);
     let admitting_rps = med(3, &|w| w.rps);
-    // Instructions: the four that admit every request.
+    // Instructions: the five that admit every request.
     let mut ir: Vec<Option<f64>> = Vec::new();
     let mut ir_vec: Vec<Option<f64>> = Vec::new();
     for (i, t) in targets.iter().enumerate() {
@@ -510,7 +523,9 @@ pub fn run(quick: bool) -> (serde_json::Value, String) {
     let nginx_ir = ir[0].unwrap_or(f64::NAN);
     let nginx_ir_vec = ir_vec[0].unwrap_or(f64::NAN);
     let mut rows = Vec::new();
-    for (i, t) in targets.iter().enumerate() {
+    // The table's order: the references, then Floodgate.
+    for i in [0, 1, 5, 2, 3, 4] {
+        let t = targets[i];
         let rps = med(i, &|w| w.rps);
         let refused = med(i, &|w| w.refused);
         let p99 = med(i, &|w| w.p99_ms);
@@ -532,6 +547,7 @@ pub fn run(quick: bool) -> (serde_json::Value, String) {
     let ir_limits = ir[3].unwrap_or(f64::NAN);
     let ir_vec_floor = ir_vec[1].unwrap_or(f64::NAN);
     let ir_vec_limits = ir_vec[3].unwrap_or(f64::NAN);
+    let ir_bare = ir[5].unwrap_or(f64::NAN);
     let summary = json!({
         "quick": quick,
         "wrk": format!("wrk -t1 -c64 -d{secs}s --latency, {rounds} rounds interleaved, medians"),
@@ -541,6 +557,7 @@ pub fn run(quick: bool) -> (serde_json::Value, String) {
         "floodgate_no_limits_over_floor": none_rps / floor_rps,
         "floodgate_instructions_over_floor": ir_limits / ir_floor,
         "floodgate_instructions_over_floor_vector_memcpy": ir_vec_limits / ir_vec_floor,
+        "floodgate_instructions_over_floor_without_timeouts": ir_limits / ir_bare,
         "vector_memcpy": format!("{}={}", VECTOR_MEMCPY.0, VECTOR_MEMCPY.1),
     });
     let mut md = String::from(
@@ -569,11 +586,12 @@ pub fn run(quick: bool) -> (serde_json::Value, String) {
         ));
     }
     md.push_str(&format!(
-        "\nFloodgate, limits on (admitting) / no limits: {:.2}x throughput. Floodgate (no limits) / bare Pingora: {:.2}x throughput. Floodgate (limits on, admitting) / bare Pingora: {:.2}x instructions ({:.2}x with memcpy by its vector loop, {}).\n\n{}; {}.{}\n",
+        "\nFloodgate, limits on (admitting) / no limits: {:.2}x throughput. Floodgate (no limits) / bare Pingora: {:.2}x throughput. Floodgate (limits on, admitting) / bare Pingora: {:.2}x instructions ({:.2}x with memcpy by its vector loop, {}); / bare Pingora with no timeouts: {:.2}x.\n\n{}; {}.{}\n",
         admitting_rps / none_rps,
         none_rps / floor_rps,
         ir_limits / ir_floor,
         ir_vec_limits / ir_vec_floor,
+        ir_limits / ir_bare,
         summary["vector_memcpy"].as_str().unwrap_or(""),
         summary["wrk"].as_str().unwrap_or(""),
         summary["callgrind"].as_str().unwrap_or(""),

@@ -28,17 +28,23 @@ pub struct ResponseNames {
 impl ResponseNames {
     pub fn of(resp: &ResponseHeader) -> ResponseNames {
         let mut r = ResponseNames::default();
-        for (n, v) in resp.headers.iter() {
+        // The names only (a pass over names and values cost more than the
+        // one look-up of `Connection`'s values below).
+        for n in resp.headers.keys() {
             match n.as_str() {
-                "connection" => {
-                    r.connection = true;
-                    r.connection_names |= lists_names(v.as_bytes());
-                }
+                "connection" => r.connection = true,
                 "keep-alive" => r.keep_alive = true,
                 "proxy-connection" => r.proxy_connection = true,
                 "upgrade" => r.upgrade = true,
                 n => r.gateway |= GATEWAY_RESPONSE_HEADERS.contains(&n),
             }
+        }
+        if r.connection {
+            r.connection_names = resp
+                .headers
+                .get_all(CONNECTION)
+                .iter()
+                .any(|v| lists_names(v.as_bytes()));
         }
         r.interim_connection = r.connection && resp.status.is_informational();
         r

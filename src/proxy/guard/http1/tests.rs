@@ -389,3 +389,27 @@ fn the_token_table_is_rfc_9110_s_tchar() {
         assert_eq!(super::inspect::tchar(b), want, "{b:#x}");
     }
 }
+
+/// The word-at-a-time control check agrees with the byte rule for every
+/// byte value at every place of values up to 24 bytes long (so in a full
+/// word and in the remainder), beside a tab and obs-text.
+#[test]
+fn the_control_check_agrees_with_the_byte_rule() {
+    let rule = |v: &[u8]| v.iter().any(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f);
+    for len in 1..=24usize {
+        for at in 0..len {
+            for b in 0..=255u8 {
+                for fill in [b'a', b'\t', 0x80, 0xff, b' '] {
+                    let mut v = vec![fill; len];
+                    v[at] = b;
+                    assert_eq!(super::inspect::has_control(&v), rule(&v), "{v:?}");
+                }
+            }
+        }
+    }
+    assert!(!super::inspect::has_control(b""));
+    assert!(!super::inspect::has_control(
+        b"text/html; charset=utf-8\t(x)"
+    ));
+    assert!(super::inspect::has_control(b"text/html; charset=utf-8\x7f"));
+}
