@@ -422,30 +422,26 @@ pub fn run(quick: bool) -> (serde_json::Value, String) {
         env: Vec::new(),
         port: nginx_port,
     };
-    let floor_port = free_port();
-    let floor = Target {
-        name: "bare Pingora",
-        cmd: floor_bin(),
-        args: vec![
-            format!("127.0.0.1:{floor_port}"),
-            format!("127.0.0.1:{origin_port}"),
-        ],
-        env: Vec::new(),
-        port: floor_port,
+    let floor_target = |name: &'static str, env: Vec<(String, String)>| {
+        let port = free_port();
+        Target {
+            name,
+            cmd: floor_bin(),
+            args: vec![
+                format!("127.0.0.1:{port}"),
+                format!("127.0.0.1:{origin_port}"),
+            ],
+            env,
+            port,
+        }
     };
+    let floor = floor_target("bare Pingora", Vec::new());
     // The floor as measured before it took Floodgate's default timeouts:
     // no timeout at all (Pingora's defaults), for comparison.
-    let bare_port = free_port();
-    let bare = Target {
-        name: "bare Pingora, no timeouts",
-        cmd: floor_bin(),
-        args: vec![
-            format!("127.0.0.1:{bare_port}"),
-            format!("127.0.0.1:{origin_port}"),
-        ],
-        env: vec![("FLOOR_TIMEOUTS".into(), "off".into())],
-        port: bare_port,
-    };
+    let bare = floor_target(
+        "bare Pingora, no timeouts",
+        vec![("FLOOR_TIMEOUTS".into(), "off".into())],
+    );
     let none = floodgate(dir, "floodgate, no limits", origin_port, 0, "");
     // Binding, each limit a little: 1000 ids at ~30 k req/s for `secs`
     // pass a quota of 250 a window late in the run; the capped route (one
