@@ -75,12 +75,12 @@ fn knob<T: std::str::FromStr>(name: &str) -> Option<T> {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(listen), Some(upstream)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: floor LISTEN UPSTREAM [THREADS]   (both host:port)");
+        eprintln!("usage: floor LISTEN UPSTREAM [THREADS]   (LISTEN host:port, UPSTREAM ip:port)");
         eprintln!("knobs: FLOOR_WORK_STEALING=true|false FLOOR_LISTENER_TASKS=N FLOOR_POOL=N FLOOR_KEEPALIVE_LIMIT=N FLOOR_TIMEOUTS=on|off");
         std::process::exit(2);
     };
     let Ok(upstream) = upstream.parse() else {
-        eprintln!("floor: UPSTREAM must be an address (host:port): {upstream}");
+        eprintln!("floor: UPSTREAM must be an IP address and port (127.0.0.1:8000): {upstream}");
         std::process::exit(2);
     };
     let threads = args.get(3).and_then(|t| t.parse().ok()).unwrap_or(1);
