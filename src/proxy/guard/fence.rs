@@ -64,14 +64,16 @@ impl std::fmt::Debug for Fence {
 
 impl Fence {
     pub fn new(inner: Stream, ahead: BytesMut, rest: Rest, next: BytesMut) -> Self {
-        Fence {
+        let mut f = Fence {
             inner,
-            reusable: ahead.capacity() > 0 && ahead.capacity() <= REUSE_MAX,
-            ahead,
-            rest,
-            next,
+            ahead: BytesMut::new(),
+            rest: Rest::Done,
+            next: BytesMut::new(),
             ended: false,
-        }
+            reusable: false,
+        };
+        f.set_request(ahead, rest, next);
+        f
     }
 
     /// The connection, and the bytes of the next request read so far (in
