@@ -299,12 +299,12 @@ impl ProxyHttp for Gateway {
         if !absent {
             upstream_response.reserve_headers(6);
         }
-        let id = ctx.request_id.value();
-        headers::add_response(upstream_response, &headers::H_X_REQUEST_ID, id, absent);
+        let id = ctx.request_id.as_bytes();
+        headers::add_response(upstream_response, &headers::H_X_REQUEST_ID, id, absent)?;
         if let Some(state) = &ctx.quota_state {
-            for (k, v) in headers::rate_limit_headers(state, None) {
-                headers::add_response(upstream_response, &k, v, absent);
-            }
+            headers::rate_limit_headers(state, None, |k, v| {
+                headers::add_response(upstream_response, k, v, absent)
+            })?;
         }
         if headers::is_interim(upstream_response) {
             return Ok(());

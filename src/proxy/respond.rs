@@ -48,16 +48,17 @@ async fn write(session: &mut Session, ctx: &RequestCtx, r: &Refusal) -> Result<(
         h.insert_header(http::header::RETRY_AFTER, secs)?;
     }
     if !ctx.request_id.is_empty() {
-        super::headers::add_response(&mut h, &H_X_REQUEST_ID, ctx.request_id.value(), true);
+        let id = ctx.request_id.as_bytes();
+        super::headers::add_response(&mut h, &H_X_REQUEST_ID, id, true)?;
     }
     let quota = match r.quota {
         Some((state, exceeded)) => Some((state, Some(exceeded))),
         None => ctx.quota_state.map(|s| (s, None)),
     };
     if let Some((state, exceeded)) = quota {
-        for (k, v) in rate_limit_headers(&state, exceeded) {
-            super::headers::add_response(&mut h, &k, v, true);
-        }
+        rate_limit_headers(&state, exceeded, |k, v| {
+            super::headers::add_response(&mut h, k, v, true)
+        })?;
     }
     if r.reason == RejectReason::BadRequest {
         // After a malformed request the connection's state is suspect.

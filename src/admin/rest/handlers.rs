@@ -191,9 +191,12 @@ pub(super) async fn check(
     let c = s.check(&key, req.tokens)?;
     let mut headers = HeaderMap::new();
     if let Some(q) = &c.state {
-        for (k, v) in crate::proxy::headers::rate_limit_headers(q, c.exceeded) {
-            headers.insert(k.0, v);
-        }
+        let Ok(()) = crate::proxy::headers::rate_limit_headers(q, c.exceeded, |k, v| {
+            if let Ok(v) = HeaderValue::from_bytes(v) {
+                headers.insert(k.0.clone(), v);
+            }
+            Ok::<(), std::convert::Infallible>(())
+        });
     }
     let status = c.refused.map_or(StatusCode::OK, RejectReason::status);
     if status == StatusCode::TOO_MANY_REQUESTS {

@@ -18,7 +18,6 @@ pub use ratelimit::{
 pub use response::{refuse_unasked_switch, strip_response_hop_by_hop, ResponseNames};
 pub use seen::Carries;
 use seen::Seen;
-use values::ip_value;
 pub use values::{ip_text, new_request_id, request_id, valid_request_id, RequestId};
 
 pub const X_REQUEST_ID: &str = "x-request-id";
@@ -52,25 +51,41 @@ pub fn set_response(resp: &mut ResponseHeader, name: &Name, value: HeaderValue) 
 }
 
 /// Adds a header the gateway sets on a request going upstream. When the
-/// request carries none of that name (`absent`), it is written after the
-/// others without entering Pingora's two header maps (an insert hashes
-/// the name into each); else it replaces the request's own. See
+/// request carries none of that name (`absent`), its line is copied after
+/// the others without entering Pingora's two header maps (an insert hashes
+/// the name into each, and takes a value of its own); else it replaces the
+/// request's own. An error: `value` is not a header value. See
 /// `vendor/README.md`.
-fn add_request(req: &mut RequestHeader, name: &Name, value: HeaderValue, absent: bool) {
+fn add_request(req: &mut RequestHeader, name: &Name, value: &[u8], absent: bool) -> Result<()> {
     match absent {
         true => req.append_wire_header(&name.0, name.1, value),
-        false => set_request(req, name, value),
+        false => {
+            set_request(req, name, value_of(value)?);
+            Ok(())
+        }
     }
 }
 
 /// Adds a header the gateway sets on a response, as [`add_request`] does:
 /// `absent` when the response carries none of the gateway's own headers
 /// ([`ResponseNames::gateway`]).
-pub fn add_response(resp: &mut ResponseHeader, name: &Name, value: HeaderValue, absent: bool) {
+pub fn add_response(
+    resp: &mut ResponseHeader,
+    name: &Name,
+    value: &[u8],
+    absent: bool,
+) -> Result<()> {
     match absent {
         true => resp.append_wire_header(&name.0, name.1, value),
-        false => set_response(resp, name, value),
+        false => {
+            set_response(resp, name, value_of(value)?);
+            Ok(())
+        }
     }
+}
+
+fn value_of(value: &[u8]) -> Result<HeaderValue> {
+    HeaderValue::from_bytes(value).or_err(InvalidHTTPHeader, "a gateway header's value")
 }
 
 /// The headers the gateway sets on its responses.
@@ -258,7 +273,10 @@ pub fn prepare_upstream(
         }
     }
 
-    let xff = match (origin.peer, origin.trusted) {
+    // The peer's address as text, on the stack: `X-Forwarded-For` is it,
+    // or a trusted proxy's list with it added; `X-Real-IP` the client's.
+    let peer = origin.peer.map(ip_text);
+    let chain = match (origin.peer, origin.trusted) {
         (Some(ip), true) if seen.forwarded_for => {
             // The list's elements, empty ones dropped, on one line.
             let prev: Vec<&str> = req
@@ -271,18 +289,15 @@ pub fn prepare_upstream(
                 .filter(|v| !v.is_empty())
                 .collect();
             match prev.is_empty() {
-                true => Some(ip_value(ip)),
-                false => HeaderValue::try_from(format!("{}, {ip}", prev.join(", "))).ok(),
+                true => None,
+                false => Some(format!("{}, {ip}", prev.join(", "))),
             }
         }
-        (Some(ip), _) => Some(ip_value(ip)),
-        (None, _) => None,
-    };
-    // The peer's address as a value, for `X-Real-IP` too when the client
-    // is the peer (a clone shares it).
-    let peer_value = match (&xff, seen.forwarded_for && origin.trusted) {
-        (Some(v), false) => Some(v.clone()),
         _ => None,
+    };
+    let xff: Option<&[u8]> = match &chain {
+        Some(c) => Some(c.as_bytes()),
+        None => peer.as_ref().map(AsRef::as_ref),
     };
     if xff.is_none() && seen.forwarded_for {
         req.remove_header(&H_X_FORWARDED_FOR.0);
@@ -317,21 +332,30 @@ pub fn prepare_upstream(
     // did not send is written after the others, outside the header maps
     // (see `add_request`).
     if let Some(v) = xff {
-        add_request(req, &H_X_FORWARDED_FOR, v, !seen.forwarded_for);
+        add_request(req, &H_X_FORWARDED_FOR, v, !seen.forwarded_for)?;
     }
     if !(origin.trusted && seen.forwarded_proto) {
-        let proto = if origin.tls { "https" } else { "http" };
-        let v = HeaderValue::from_static(proto);
-        add_request(req, &H_X_FORWARDED_PROTO, v, !seen.forwarded_proto);
+        let proto: &[u8] = if origin.tls { b"https" } else { b"http" };
+        add_request(req, &H_X_FORWARDED_PROTO, proto, !seen.forwarded_proto)?;
     }
     if let Some(ip) = origin.client {
-        let v = match peer_value {
-            Some(v) if origin.peer == Some(ip) => v,
-            _ => ip_value(ip),
+        // The peer's text again when the client is the peer.
+        let own;
+        let text: &[u8] = match &peer {
+            Some(p) if origin.peer == Some(ip) => p.as_ref(),
+            _ => {
+                own = ip_text(ip);
+                own.as_ref()
+            }
         };
-        add_request(req, &H_X_REAL_IP, v, !seen.real_ip);
+        add_request(req, &H_X_REAL_IP, text, !seen.real_ip)?;
     }
-    add_request(req, &H_X_REQUEST_ID, request_id.value(), !seen.request_id);
+    add_request(
+        req,
+        &H_X_REQUEST_ID,
+        request_id.as_bytes(),
+        !seen.request_id,
+    )?;
     Ok(())
 }
 

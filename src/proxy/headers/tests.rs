@@ -11,7 +11,7 @@ fn req(headers: &[(&str, &str)]) -> RequestHeader {
 }
 
 fn id(s: &'static str) -> RequestId {
-    RequestId(HeaderValue::from_static(s))
+    RequestId::sent(HeaderValue::from_static(s))
 }
 
 /// The first value of `k` the upstream is sent: the header maps and the

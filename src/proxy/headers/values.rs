@@ -1,5 +1,5 @@
-//! The header values the gateway makes: request ids and addresses, each
-//! in one allocation that its clones share.
+//! The header values the gateway makes: request ids and addresses, made
+//! on the stack.
 
 use std::net::IpAddr;
 
@@ -24,13 +24,6 @@ impl Short {
     /// The text (always ASCII: an id or an address).
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(self.as_ref()).unwrap_or("")
-    }
-
-    /// As a header value in one allocation that its clones share (a
-    /// value copied from a slice takes a second one on its first clone).
-    fn value(self) -> HeaderValue {
-        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(self))
-            .unwrap_or(HeaderValue::from_static(""))
     }
 }
 
@@ -63,11 +56,6 @@ pub fn ip_text(ip: IpAddr) -> Short {
     out
 }
 
-/// An address as a header value.
-pub(super) fn ip_value(ip: IpAddr) -> HeaderValue {
-    ip_text(ip).value()
-}
-
 /// Whether a client's `X-Request-Id` is kept: 1-128 characters of
 /// `[A-Za-z0-9._:-]`.
 pub fn valid_request_id(b: &[u8]) -> bool {
@@ -78,32 +66,56 @@ pub fn valid_request_id(b: &[u8]) -> bool {
 }
 
 /// A request's id: 1-128 characters of `[A-Za-z0-9._:-]`, the client's
-/// (when well formed) or a fresh one. Held as the header value it is sent
-/// as, made once per request: the upstream request and the response get
-/// clones of it, not copies.
+/// (when well formed) or a fresh one, made once per request. A client's
+/// is the value it sent (a clone shares its bytes); a fresh one is made on
+/// the stack. The headers that carry it copy its bytes
+/// ([`super::add_request`]).
 #[derive(Clone, Debug)]
-pub struct RequestId(pub(super) HeaderValue);
+pub struct RequestId(Id);
+
+#[derive(Clone, Debug)]
+enum Id {
+    /// None yet (a request refused before its header was looked at).
+    None,
+    Fresh([u8; 32]),
+    Sent(HeaderValue),
+}
 
 impl RequestId {
+    /// The client's id, checked with [`valid_request_id`].
+    pub(super) fn sent(v: HeaderValue) -> RequestId {
+        RequestId(Id::Sent(v))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Id::None => b"",
+            Id::Fresh(b) => b,
+            Id::Sent(v) => v.as_bytes(),
+        }
+    }
+
     /// The id as text (always ASCII: checked when it was made).
     pub fn as_str(&self) -> &str {
-        self.0.to_str().unwrap_or("")
+        std::str::from_utf8(self.as_bytes()).unwrap_or("")
     }
 
     /// The id as a header value.
     pub fn value(&self) -> HeaderValue {
-        self.0.clone()
+        match &self.0 {
+            Id::Sent(v) => v.clone(),
+            _ => HeaderValue::from_bytes(self.as_bytes()).unwrap_or(HeaderValue::from_static("")),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.as_bytes().is_empty()
     }
 }
 
 impl Default for RequestId {
-    /// No id yet (a request refused before its header was looked at).
     fn default() -> Self {
-        RequestId(HeaderValue::from_static(""))
+        RequestId(Id::None)
     }
 }
 
@@ -144,14 +156,7 @@ pub fn request_id(req: &RequestHeader, sent: bool) -> RequestId {
     match sent {
         // A clone of the client's value: checked ASCII by
         // `valid_request_id`, so the id is its bytes.
-        Some(v) => RequestId(v.clone()),
-        None => {
-            let mut id = Short {
-                buf: [0u8; 48],
-                len: 32,
-            };
-            id.buf[..32].copy_from_slice(&fresh_id());
-            RequestId(id.value())
-        }
+        Some(v) => RequestId::sent(v.clone()),
+        None => RequestId(Id::Fresh(fresh_id())),
     }
 }

@@ -29,7 +29,7 @@ use http::request::Parts as ReqParts;
 use http::response::Builder as RespBuilder;
 use http::response::Parts as RespParts;
 use http::uri::Uri;
-use pingora_error::{ErrorType::*, OrErr, Result};
+use pingora_error::{Error, ErrorType::*, OrErr, Result};
 use std::borrow::Cow;
 use std::ops::Deref;
 
@@ -62,76 +62,149 @@ This idea is inspaired by hyper @nox
 type CaseMap = HMap<CaseHeaderName>;
 
 /// Headers written after those of the maps and kept out of them (Floodgate
-/// patch; see vendor/README.md): `(name, wire spelling, value)`.
+/// patch; see vendor/README.md), held as their HTTP/1 wire text:
+/// `name: value\r\n` each.
 ///
 /// A proxy adds a few headers to every message it forwards and never reads
 /// them again; entering each into the value map and the case map hashes its
-/// name twice and may grow both maps. These are written on the wire after
-/// the maps' headers instead. Any change to a header of the same name
-/// (`insert_header`, `append_header`, `insert_header_name`), and any
-/// `remove_header`, first moves them into the maps, as do the conversions
-/// to `http`'s parts (HTTP/2), so what is sent is the same as if they had
-/// been inserted. Reads through `headers` (`Deref`) see only the maps.
+/// name twice and may grow both maps, and each needs a `HeaderName` and a
+/// `HeaderValue` of its own. These are written on the wire after the maps'
+/// headers instead, copied once into one buffer. Any change to a header of
+/// the same name (`insert_header`, `append_header`, `insert_header_name`),
+/// and any `remove_header`, first moves them into the maps, as do the
+/// conversions to `http`'s parts (HTTP/2), so what is sent is the same as
+/// if they had been inserted. Reads through `headers` (`Deref`) see only
+/// the maps.
 #[derive(Debug, Clone, Default)]
-struct Appended(Vec<(HeaderName, &'static str, HeaderValue)>);
+struct Appended {
+    /// The wire text. A name is a valid header name (the caller's
+    /// `HeaderName`, spelled as it asked), so it holds no `:`; a value is a
+    /// valid header value, so it holds no CR or LF: each line splits at
+    /// its first `: ` and ends at its CR.
+    wire: Vec<u8>,
+    /// A filter of the names held ([`name_bit`]): a name whose bit is
+    /// clear is not held, so an add or a change of another name reads no
+    /// line.
+    names: u64,
+}
+
+/// A name's bit in [`Appended::names`], the same for every spelling of it
+/// (its length and its next-to-last byte, case folded).
+#[inline]
+fn name_bit(name: &[u8]) -> u64 {
+    let n = name.len();
+    let b = match n {
+        0 | 1 => 0,
+        _ => usize::from(name[n - 2] | 0x20),
+    };
+    1 << ((n + 3 * b) % 64)
+}
+
+/// Whether `v` may be a header value: no control character but HTAB, no
+/// DEL (as `HeaderValue::from_bytes`; checked without an early exit, so
+/// the compiler checks many bytes at a step).
+#[inline]
+fn valid_value(v: &[u8]) -> bool {
+    !v.iter()
+        .fold(false, |bad, &b| bad | ((b < 0x20) & (b != b'\t')) | (b == 0x7f))
+}
 
 impl Appended {
     #[inline]
     fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.wire.is_empty()
+    }
+
+    /// Each header held: its name as spelled, and where its value is.
+    fn lines(&self) -> impl Iterator<Item = (&[u8], std::ops::Range<usize>)> + '_ {
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            let rest = self.wire.get(at..).filter(|r| !r.is_empty())?;
+            let colon = rest.iter().position(|&b| b == b':')?;
+            let cr = rest.iter().position(|&b| b == b'\r')?;
+            let value = at + colon + 2..at + cr;
+            let name = &self.wire[at..at + colon];
+            at += cr + 2;
+            Some((name, value))
+        })
     }
 
     /// Adds a header, or replaces the value of one of that name held here.
-    /// Room for eight at the first (a `Vec` makes room for four, then
-    /// reallocates).
+    /// Room for 512 bytes at the first (about ten gateway headers).
     #[inline]
-    fn push(&mut self, name: &HeaderName, wire: &'static str, value: HeaderValue) {
-        if let Some(e) = self.0.iter_mut().find(|(n, _, _)| n == name) {
-            e.2 = value;
-            return;
+    fn push(&mut self, wire: &'static str, value: &[u8]) {
+        let bit = name_bit(wire.as_bytes());
+        if self.names & bit != 0 {
+            let held = self
+                .lines()
+                .find(|(n, _)| n.eq_ignore_ascii_case(wire.as_bytes()))
+                .map(|(_, v)| v);
+            if let Some(v) = held {
+                self.wire.splice(v, value.iter().copied());
+                return;
+            }
         }
-        if self.0.capacity() == 0 {
-            self.0.reserve_exact(8);
+        if self.wire.capacity() == 0 {
+            self.wire.reserve_exact(512);
         }
-        self.0.push((name.clone(), wire, value));
+        self.wire.extend_from_slice(wire.as_bytes());
+        self.wire.extend_from_slice(b": ");
+        self.wire.extend_from_slice(value);
+        self.wire.extend_from_slice(b"\r\n");
+        self.names |= bit;
     }
 
     /// Whether a header of this name (any case) is held here.
     #[inline]
     fn holds(&self, name: &[u8]) -> bool {
-        self.0
-            .iter()
-            .any(|(n, _, _)| n.as_str().as_bytes().eq_ignore_ascii_case(name))
+        self.names & name_bit(name) != 0
+            && self.lines().any(|(n, _)| n.eq_ignore_ascii_case(name))
+    }
+
+    /// Each header held, as a name, its spelling and a value.
+    fn headers(&self) -> impl Iterator<Item = (HeaderName, &[u8], HeaderValue)> + '_ {
+        self.lines().filter_map(|(name, value)| {
+            let header = HeaderName::from_bytes(name).ok()?;
+            let value = HeaderValue::from_bytes(&self.wire[value]).ok()?;
+            Some((header, name, value))
+        })
     }
 
     /// Moves every header held here into the maps, after their headers.
     fn move_into(&mut self, name_map: Option<&mut CaseMap>, value_map: &mut HMap) {
         let mut name_map = name_map;
-        for (name, wire, value) in self.0.drain(..) {
+        for (name, wire, value) in self.headers() {
             if let Some(m) = name_map.as_mut() {
-                m.append(name.clone(), wire.into_case_header_name());
+                let case = bytes::Bytes::copy_from_slice(wire);
+                m.append(name.clone(), case.into_case_header_name());
             }
             value_map.append(name, value);
         }
+        self.wire.clear();
+        self.names = 0;
     }
 
     /// A copy of `value_map` with the headers held here added.
     fn merged(&self, value_map: &HMap) -> HMap {
         let mut headers = value_map.clone();
-        for (name, _, value) in &self.0 {
-            headers.append(name.clone(), value.clone());
+        for (name, _, value) in self.headers() {
+            headers.append(name, value);
         }
         headers
     }
 
+    /// Calls `f` with each header held here, as [`RequestHeader::map`] does.
+    fn map<F: FnMut(HeaderNameVariant, &HeaderValue) -> Result<()>>(&self, f: &mut F) -> Result<()> {
+        for (_, wire, value) in self.headers() {
+            let wire = std::str::from_utf8(wire).unwrap_or_default();
+            f(HeaderNameVariant::Titled(wire), &value)?;
+        }
+        Ok(())
+    }
+
     #[inline]
     fn to_h1_wire(&self, buf: &mut impl BufMut) {
-        for (_, wire, value) in &self.0 {
-            buf.put_slice(wire.as_bytes());
-            buf.put_slice(b": ");
-            buf.put_slice(value.as_bytes());
-            buf.put_slice(b"\r\n");
-        }
+        buf.put_slice(&self.wire);
     }
 }
 
@@ -355,14 +428,21 @@ impl RequestHeader {
     /// before is replaced. `headers` does not show it; the wire, the
     /// conversions to `http`'s parts and [`Self::map`] do, and a later
     /// change to a header of the same name, or any removal, moves it into
-    /// the maps first.
+    /// the maps first. `wire` is `name` as it is to be spelled; `value`
+    /// is copied (an error, and nothing added, unless it is a valid header
+    /// value).
     pub fn append_wire_header(
         &mut self,
         name: &HeaderName,
         wire: &'static str,
-        value: HeaderValue,
-    ) {
-        self.appended.push(name, wire, value);
+        value: &[u8],
+    ) -> Result<()> {
+        debug_assert!(wire.eq_ignore_ascii_case(name.as_str()));
+        if !valid_value(value) {
+            return Error::e_explain(InvalidHTTPHeader, "invalid value while append");
+        }
+        self.appended.push(wire, value);
+        Ok(())
     }
 
     /// Remove all headers under the name
@@ -421,11 +501,7 @@ impl RequestHeader {
                 f(HeaderNameVariant::Titled(titled_header), value)?;
             }
         }
-        for (_, wire, value) in &self.appended.0 {
-            f(HeaderNameVariant::Titled(wire), value)?;
-        }
-
-        Ok(())
+        self.appended.map(&mut f)
     }
 
     /// Return mutable access to the request extensions.
@@ -788,14 +864,21 @@ impl ResponseHeader {
     /// before is replaced. `headers` does not show it; the wire, the
     /// conversions to `http`'s parts and [`Self::map`] do, and a later
     /// change to a header of the same name, or any removal, moves it into
-    /// the maps first.
+    /// the maps first. `wire` is `name` as it is to be spelled; `value`
+    /// is copied (an error, and nothing added, unless it is a valid header
+    /// value).
     pub fn append_wire_header(
         &mut self,
         name: &HeaderName,
         wire: &'static str,
-        value: HeaderValue,
-    ) {
-        self.appended.push(name, wire, value);
+        value: &[u8],
+    ) -> Result<()> {
+        debug_assert!(wire.eq_ignore_ascii_case(name.as_str()));
+        if !valid_value(value) {
+            return Error::e_explain(InvalidHTTPHeader, "invalid value while append");
+        }
+        self.appended.push(wire, value);
+        Ok(())
     }
 
     /// Remove all headers under the name
@@ -854,11 +937,7 @@ impl ResponseHeader {
                 f(HeaderNameVariant::Titled(titled_header), value)?;
             }
         }
-        for (_, wire, value) in &self.appended.0 {
-            f(HeaderNameVariant::Titled(wire), value)?;
-        }
-
-        Ok(())
+        self.appended.map(&mut f)
     }
 
     /// Return mutable access to the response extensions.
@@ -1299,8 +1378,8 @@ mod tests {
     fn wire_headers_are_written_after_the_maps_and_kept_out_of_them() {
         let mut resp = ResponseHeader::build(200, None).unwrap();
         resp.insert_header("Server", "s").unwrap();
-        resp.append_wire_header(&X_ID, "x-id", HeaderValue::from_static("1"));
-        resp.append_wire_header(&X_ID, "x-id", HeaderValue::from_static("2"));
+        resp.append_wire_header(&X_ID, "x-id", b"1").unwrap();
+        resp.append_wire_header(&X_ID, "x-id", b"2").unwrap();
         assert_eq!(wire(&resp), "Server: s\r\nx-id: 2\r\n");
         assert!(resp.headers.get("x-id").is_none());
         // HTTP/2 and anything else that takes `http`'s parts sees it once.
@@ -1325,7 +1404,7 @@ mod tests {
         assert_eq!(boxed.headers.get("x-id").unwrap(), "2");
 
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        req.append_wire_header(&X_ID, "x-id", HeaderValue::from_static("r"));
+        req.append_wire_header(&X_ID, "x-id", b"r").unwrap();
         let mut buf: Vec<u8> = vec![];
         req.header_to_h1_wire(&mut buf);
         assert_eq!(buf, b"x-id: r\r\n");
@@ -1338,23 +1417,23 @@ mod tests {
     fn a_change_to_a_wire_header_acts_as_on_an_inserted_one() {
         // Insert of the same name, any case: one value, the new one.
         let mut resp = ResponseHeader::build(200, None).unwrap();
-        resp.append_wire_header(&X_ID, "x-id", HeaderValue::from_static("1"));
+        resp.append_wire_header(&X_ID, "x-id", b"1").unwrap();
         resp.insert_header("X-Id", "2").unwrap();
         assert_eq!(wire(&resp), "X-Id: 2\r\n");
         // Append: both values.
         let mut resp = ResponseHeader::build(200, None).unwrap();
-        resp.append_wire_header(&X_ID, "x-id", HeaderValue::from_static("1"));
+        resp.append_wire_header(&X_ID, "x-id", b"1").unwrap();
         resp.append_header("x-id", "2").unwrap();
         assert_eq!(resp.headers.get_all("x-id").iter().count(), 2);
         assert_eq!(wire(&resp), "x-id: 1\r\nx-id: 2\r\n");
         // Removal: gone.
         let mut resp = ResponseHeader::build(200, None).unwrap();
-        resp.append_wire_header(&X_ID, "x-id", HeaderValue::from_static("1"));
+        resp.append_wire_header(&X_ID, "x-id", b"1").unwrap();
         assert_eq!(resp.remove_header("x-id").unwrap(), "1");
         assert_eq!(wire(&resp), "");
         // Another name: left where it is.
         let mut resp = ResponseHeader::build(200, None).unwrap();
-        resp.append_wire_header(&X_ID, "x-id", HeaderValue::from_static("1"));
+        resp.append_wire_header(&X_ID, "x-id", b"1").unwrap();
         resp.insert_header("Date", "d").unwrap();
         resp.insert_header_name(
             &http::header::SERVER,
@@ -1368,9 +1447,56 @@ mod tests {
         assert_eq!(wire(&resp), "Date: d\r\nServer: s\r\nX-ID: 3\r\n");
         // A message without case keeps working.
         let mut resp = ResponseHeader::build_no_case(200, None).unwrap();
-        resp.append_wire_header(&X_ID, "x-id", HeaderValue::from_static("1"));
+        resp.append_wire_header(&X_ID, "x-id", b"1").unwrap();
         resp.remove_header("server");
         assert_eq!(wire(&resp), "x-id: 1\r\n");
+    }
+
+    #[test]
+    fn wire_headers_are_one_buffer_of_lines() {
+        const X_OTHER: HeaderName = HeaderName::from_static("x-other");
+        const X_IF: HeaderName = HeaderName::from_static("x-if");
+        // A value that is not a header value is refused, and nothing added.
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        assert!(resp.append_wire_header(&X_ID, "x-id", b"a\r\nx: b").is_err());
+        assert!(resp.append_wire_header(&X_ID, "x-id", b"\x7f").is_err());
+        assert!(resp.append_wire_header(&X_ID, "x-id", b"\0").is_err());
+        assert_eq!(wire(&resp), "");
+        // A tab and obs-text are values.
+        resp.append_wire_header(&X_ID, "x-id", b"a\tb\xff").unwrap();
+        // A replacement keeps its place and the others' lines, whatever
+        // its length; names that share a filter bit stay apart.
+        assert_eq!(name_bit(b"x-id"), name_bit(b"x-if"));
+        resp.append_wire_header(&X_OTHER, "X-Other", b"o").unwrap();
+        resp.append_wire_header(&X_IF, "x-if", b"f").unwrap();
+        resp.append_wire_header(&X_ID, "X-ID", b"a much longer value")
+            .unwrap();
+        resp.append_wire_header(&X_OTHER, "x-other", b"").unwrap();
+        assert_eq!(
+            resp.appended.wire,
+            b"x-id: a much longer value\r\nX-Other: \r\nx-if: f\r\n"
+        );
+        assert!(resp.appended.holds(b"X-IF"));
+        assert!(!resp.appended.holds(b"x-ie"));
+        let mut seen = vec![];
+        resp.map(|n, v| {
+            if let HeaderNameVariant::Titled(n) = n {
+                seen.push(format!("{n}={}", v.to_str().unwrap()));
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, ["x-id=a much longer value", "X-Other=", "x-if=f"]);
+        // Moved into the maps with their spellings and values (the insert
+        // then replaces `x-other` in its place).
+        resp.insert_header("x-other", "2").unwrap();
+        assert!(resp.appended.is_empty());
+        assert_eq!(resp.headers.get("x-id").unwrap(), "a much longer value");
+        assert_eq!(resp.headers.get("x-if").unwrap(), "f");
+        assert_eq!(
+            wire(&resp),
+            "x-id: a much longer value\r\nx-other: 2\r\nx-if: f\r\n"
+        );
     }
 
     #[test]
