@@ -91,11 +91,11 @@ fn value_of(value: &[u8]) -> Result<HeaderValue> {
 /// The headers the gateway sets on its responses.
 pub const GATEWAY_RESPONSE_HEADERS: [&str; 6] = [
     X_REQUEST_ID,
-    ratelimit::NAMES[0],
-    ratelimit::NAMES[1],
-    ratelimit::NAMES[2],
-    ratelimit::NAMES[3],
-    ratelimit::NAMES[4],
+    ratelimit::names::LIMIT,
+    ratelimit::names::REMAINING,
+    ratelimit::names::RESET,
+    ratelimit::names::POLICY,
+    ratelimit::names::STATE,
 ];
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");

@@ -6,19 +6,20 @@ use std::io::Write;
 use super::Name;
 use crate::limits::rate::{Exceeded, QuotaState};
 
-/// The names, as [`super::GATEWAY_RESPONSE_HEADERS`] lists them.
-pub const NAMES: [&str; 5] = [
-    "x-ratelimit-limit",
-    "x-ratelimit-remaining",
-    "x-ratelimit-reset",
-    "ratelimit-policy",
-    "ratelimit",
-];
-pub const X_RATELIMIT_LIMIT: Name = Name::new(NAMES[0]);
-pub const X_RATELIMIT_REMAINING: Name = Name::new(NAMES[1]);
-pub const X_RATELIMIT_RESET: Name = Name::new(NAMES[2]);
-pub const RATELIMIT_POLICY: Name = Name::new(NAMES[3]);
-pub const RATELIMIT: Name = Name::new(NAMES[4]);
+/// The names as text (lower case, as a `HeaderName` holds them; usable
+/// in patterns).
+pub mod names {
+    pub const LIMIT: &str = "x-ratelimit-limit";
+    pub const REMAINING: &str = "x-ratelimit-remaining";
+    pub const RESET: &str = "x-ratelimit-reset";
+    pub const POLICY: &str = "ratelimit-policy";
+    pub const STATE: &str = "ratelimit";
+}
+pub const X_RATELIMIT_LIMIT: Name = Name::new(names::LIMIT);
+pub const X_RATELIMIT_REMAINING: Name = Name::new(names::REMAINING);
+pub const X_RATELIMIT_RESET: Name = Name::new(names::RESET);
+pub const RATELIMIT_POLICY: Name = Name::new(names::POLICY);
+pub const RATELIMIT: Name = Name::new(names::STATE);
 
 /// The rate-limit headers of a response to a limited client, each given to
 /// `put` as its name and value:

@@ -389,7 +389,11 @@ fn a_response_s_hop_by_hop_fields_are_removed() {
         let n = connection(naming);
         assert!(n.connection_names && n.hop_by_hop(), "{naming:?}");
     }
-    let mut one = ResponseHeader::build(200, None).unwrap();
-    one.append_header("x-request-id", "u").unwrap();
-    assert!(ResponseNames::of(&one).gateway);
+    // Each of the gateway's names, in any case, beside an upstream's usual.
+    for name in GATEWAY_RESPONSE_HEADERS {
+        let mut one = ResponseHeader::build(200, None).unwrap();
+        one.append_header("Server", "nginx").unwrap();
+        one.append_header(name.to_ascii_uppercase(), "u").unwrap();
+        assert!(ResponseNames::of(&one).gateway, "{name}");
+    }
 }
