@@ -42,8 +42,8 @@ pub enum Outcome {
 pub struct Admission {
     charge: Option<Charge>,
     /// Places in the adaptive windows: the gateway-wide one, the
-    /// upstream's.
-    permits: Vec<AdaptivePermit>,
+    /// upstream's (held in place: a list would be an allocation a request).
+    permits: [Option<AdaptivePermit>; 2],
     /// Host slots: the backend's (reverse proxy), or a destination's
     /// address and name (forward proxy).
     slots: [Option<HostSlot>; 2],
@@ -62,7 +62,7 @@ impl Admission {
     pub fn new(abort: AbortRefund) -> Self {
         Admission {
             charge: None,
-            permits: Vec::new(),
+            permits: [None, None],
             slots: [None, None],
             sent: false,
             abort,
@@ -74,9 +74,12 @@ impl Admission {
         self.charge = Some(charge);
     }
 
-    /// A place in an adaptive window (phase 5).
+    /// A place in an adaptive window (phase 5; there are two windows). A
+    /// third replaces the second.
     pub fn hold_permit(&mut self, permit: AdaptivePermit) {
-        self.permits.push(permit);
+        match &mut self.permits {
+            [p @ None, _] | [_, p] => *p = Some(permit),
+        }
     }
 
     /// A host slot (phase 6, and again on a retry; a forward-proxy
@@ -108,7 +111,9 @@ impl Admission {
 
     /// Whether it still holds anything.
     pub fn is_open(&self) -> bool {
-        self.charge.is_some() || !self.permits.is_empty() || self.slots.iter().any(Option::is_some)
+        self.charge.is_some()
+            || self.permits.iter().any(Option::is_some)
+            || self.slots.iter().any(Option::is_some)
     }
 
     /// Gives everything back: the request was answered by the gateway.
@@ -117,7 +122,7 @@ impl Admission {
             c.refund_all();
         }
         // Dropped without completing: freed, and the window does not grow.
-        self.permits.clear();
+        self.permits = [None, None];
         self.release_slot();
     }
 
@@ -126,7 +131,7 @@ impl Admission {
     pub fn finish(&mut self, outcome: Outcome) -> Option<Settled> {
         self.release_slot();
         let success = matches!(outcome, Outcome::Answered { .. });
-        for p in self.permits.drain(..) {
+        for p in self.permits.iter_mut().filter_map(Option::take) {
             if success {
                 p.complete();
             }

@@ -188,7 +188,13 @@ mod tests {
         for x in some {
             assert_eq!(hex8(x), format!("{x:08x}").as_bytes(), "{x:#x}");
         }
-        for ip in ["0.0.0.0", "127.0.0.1", "10.99.100.255", "255.255.255.255", "::1"] {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.99.100.255",
+            "255.255.255.255",
+            "::1",
+        ] {
             let parsed: IpAddr = ip.parse().unwrap();
             assert_eq!(ip_text(parsed).as_str(), ip);
         }
