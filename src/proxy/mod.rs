@@ -135,8 +135,12 @@ impl ProxyHttp for Gateway {
         // the guard). A small HTTP/2 body is read before anything is
         // charged (and an LLM route estimates from it).
         session.set_write_timeout(Some(rt.config.server.client_write_timeout));
-        if let Some(r) = phases::read_small_body(session, ctx, &rt).await {
-            return respond::refuse(session, ctx, r).await;
+        // (Boxed, and only for HTTP/2: held in place, its future made every
+        // request filter's future larger, which Pingora boxes per request.)
+        if session.is_http2() {
+            if let Some(r) = Box::pin(phases::read_small_body(session, ctx, &rt)).await {
+                return respond::refuse(session, ctx, r).await;
+            }
         }
         if let Some(r) = phases::client_quotas(session, ctx, &rt) {
             return respond::refuse(session, ctx, r).await;
@@ -223,7 +227,7 @@ impl ProxyHttp for Gateway {
             // carries any of its names still goes through it.
             peer.options.http_upstream_request_policy = HttpUpstreamRequestPolicy::preserve();
         }
-        Ok(Box::new(peer))
+        Ok(peer)
     }
 
     /// Runs when connecting to the chosen backend failed: the request has

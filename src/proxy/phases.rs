@@ -215,7 +215,11 @@ pub async fn adaptive_windows(
         ctx.privileges
     };
     for scope in rt.adaptive.iter().chain(upstream.adaptive.iter()) {
-        match window::admit(session, scope, privileges).await? {
+        let permit = match window::admit_now(session, scope, privileges) {
+            Some(p) => Some(p),
+            None => Box::pin(window::admit(session, scope, privileges)).await?,
+        };
+        match permit {
             Some(permit) => ctx.admission.hold_permit(permit),
             None => {
                 let msg = format!(

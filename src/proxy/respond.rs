@@ -2,6 +2,9 @@
 //! status, JSON body `{"error", "message"}`, `Retry-After` where due, and the
 //! request id.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
@@ -17,11 +20,21 @@ use crate::limits::{Refusal, RejectReason};
 /// on. A refusal is an outcome, not an error. Whatever an earlier phase
 /// took (quota charge, window permits, host slot) is given back before the
 /// answer is written.
-pub async fn refuse(session: &mut Session, ctx: &mut RequestCtx, r: Refusal) -> Result<bool> {
-    ctx.reject = Some(r.reason);
-    ctx.admission.refuse();
-    write(session, ctx, &r).await?;
-    Ok(true)
+///
+/// Boxed: a refusal is the rare path, and its future held in place would
+/// make every request filter's future larger by its size, which Pingora
+/// moves into a fresh box for every request.
+pub fn refuse<'a>(
+    session: &'a mut Session,
+    ctx: &'a mut RequestCtx,
+    r: Refusal,
+) -> Pin<Box<dyn Future<Output = Result<bool>> + Send + 'a>> {
+    Box::pin(async move {
+        ctx.reject = Some(r.reason);
+        ctx.admission.refuse();
+        write(session, ctx, &r).await?;
+        Ok(true)
+    })
 }
 
 /// Settles what a request still holds when it ends without its upstream

@@ -55,6 +55,22 @@ fn wait_for(session: &Session, scope: &AdaptiveWindow, privileges: Privileges) -
     asked.map_or(base, |a| a.max(base))
 }
 
+/// A place in `scope`'s window taken at once, when one is free and no
+/// jitter applies: the common case of [`admit`], without its future (which
+/// its callers box: held in place, it made every request filter's future,
+/// which Pingora moves into a fresh box per request, larger by its size).
+pub fn admit_now(
+    session: &Session,
+    scope: &AdaptiveWindow,
+    privileges: Privileges,
+) -> Option<AdaptivePermit> {
+    let critical = is_critical(session, privileges);
+    if !critical && !scope.config.adaptive.jitter.is_zero() {
+        return None;
+    }
+    scope.controller.try_acquire(critical)
+}
+
 /// A slot in `scope`'s window, or `None` when the request is refused.
 /// Waiting ends at once if the client goes away (an error: nobody is left to
 /// answer).
