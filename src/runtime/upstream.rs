@@ -195,13 +195,14 @@ impl Upstream {
     }
 
     /// The peer a request to `addr` connects through; Pingora pools the
-    /// connections by peer.
-    pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
+    /// connections by peer. Boxed where it is made, as Pingora takes it (a
+    /// peer returned by value was copied once more, into its box).
+    pub fn peer(&self, addr: SocketAddr) -> Box<HttpPeer> {
         let (tls, sni) = match &self.tls {
             Some(t) => (true, t.sni.clone()),
             None => (false, String::new()),
         };
-        let mut peer = HttpPeer::new(addr, tls, sni);
+        let mut peer = Box::new(HttpPeer::new(addr, tls, sni));
         peer.group_key = self.pool_group;
         let o = &mut peer.options;
         o.connection_timeout = Some(self.connect_timeout);
