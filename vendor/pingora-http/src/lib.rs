@@ -102,7 +102,8 @@ fn name_bit(name: &[u8]) -> u64 {
 
 /// Whether `v` may be a header value: no control character but HTAB, no
 /// DEL (as `HeaderValue::from_bytes`; checked without an early exit, so
-/// the compiler checks many bytes at a step).
+/// the compiler checks many bytes at a step: under callgrind this cost
+/// fewer instructions than eight bytes at a time by hand).
 #[inline]
 fn valid_value(v: &[u8]) -> bool {
     !v.iter()
@@ -1450,6 +1451,29 @@ mod tests {
         resp.append_wire_header(&X_ID, "x-id", b"1").unwrap();
         resp.remove_header("server");
         assert_eq!(wire(&resp), "x-id: 1\r\n");
+    }
+
+    #[test]
+    fn a_wire_value_is_checked_as_a_header_value_is() {
+        // Every byte value at every place of values up to 24 bytes long,
+        // among plain, tab and obs-text fillers.
+        for len in 0..=24 {
+            for at in 0..len.max(1) {
+                for filler in [b'a', b'\t', 0x80] {
+                    for b in 0..=255u8 {
+                        let mut v = vec![filler; len];
+                        if len > 0 {
+                            v[at] = b;
+                        }
+                        assert_eq!(
+                            valid_value(&v),
+                            HeaderValue::from_bytes(&v).is_ok(),
+                            "{v:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
