@@ -84,6 +84,11 @@ impl Tokens {
 /// The usage the upstream reported, in `api`'s terms; `None` when it
 /// reported none.
 pub fn reported(api: Api, s: &UsageScanner) -> Option<Tokens> {
+    // Every shape below needs a number found: a body without usage, the
+    // usual case on a route that is not an LLM API, is done at once.
+    if !s.has_usage() {
+        return None;
+    }
     let g = |k| s.get(k);
     // A total, split into kinds: `input` as reported (cached tokens apart),
     // `output` whatever else the total counts (reasoning included).
