@@ -416,6 +416,92 @@ async fn split_http2_cookies_are_joined() {
     );
 }
 
+/// Found by a hostile-client run: an HTTP/2 request body of no declared
+/// length, ended by an empty DATA frame (END_STREAM), reached an HTTP/1
+/// upstream ended twice (`0\r\n\r\n0\r\n\r\n`): Pingora wrote the empty last
+/// piece as a chunk of size 0, which is the end, then ended the body
+/// again, and the upstream read the second end as another request. The
+/// upstream must receive the body chunked and ended once.
+#[tokio::test]
+async fn an_http2_body_of_no_length_is_ended_once_upstream() {
+    // An upstream that answers once the body has ended, and reports every
+    // byte its connection carried once it has gone quiet.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_millis(700)));
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                let mut answered = false;
+                while let Ok(n @ 1..) = conn.read(&mut buf) {
+                    seen.extend_from_slice(&buf[..n]);
+                    if !answered && seen.ends_with(b"0\r\n\r\n") {
+                        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                        answered = true;
+                    }
+                }
+                let _ = tx.send(seen);
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let (cert, key) = ca.issue(dir.path(), "gw", &["127.0.0.1"]);
+    let tls: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut gw = Gateway::start(
+        &format!(
+            "\n[[server.tls]]\nlisten = \"{tls}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+        &(upstream_toml("api", &[addr], "") + &route_toml("main", "/", "api")),
+    );
+    wait_for_port(tls, &mut gw.proc, "tls listener");
+    let c = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.ca_pem.as_bytes()).unwrap())
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    // Two pieces with a pause between them: the client learns that the
+    // body has ended only after the last piece, and says so with an empty
+    // DATA frame.
+    let pieces = futures::stream::unfold(0, |i| async move {
+        if i == 2 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let piece = if i == 0 { "abc" } else { "def" };
+        Some((Ok::<_, std::io::Error>(bytes::Bytes::from(piece)), i + 1))
+    });
+    let r = c
+        .post(format!("https://127.0.0.1:{}/up", tls.port()))
+        .body(reqwest::Body::wrap_stream(pieces))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "ok");
+    // The request's connection (a health check's carries nothing).
+    let seen = tokio::task::spawn_blocking(move || loop {
+        let seen = rx.recv_timeout(Duration::from_secs(10));
+        if seen.as_ref().map_or(true, |s| !s.is_empty()) {
+            return seen;
+        }
+    })
+    .await
+    .unwrap()
+    .expect("the upstream's connection");
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    assert_eq!(body, "3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n", "{text:?}");
+}
+
 /// Finding 7: an absolute-form request to an IPv6 literal is forwarded.
 #[tokio::test]
 async fn absolute_form_to_an_ipv6_literal() {

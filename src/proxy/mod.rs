@@ -165,6 +165,14 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        // An empty last piece (an HTTP/2 client's END_STREAM on an empty
+        // DATA frame) is no piece: Pingora would write it to an HTTP/1
+        // upstream as a chunk of size 0, which ends the body, then end the
+        // body again (`0\r\n\r\n` twice; the upstream reads the second as
+        // another request).
+        if end_of_stream && body.as_ref().is_some_and(bytes::Bytes::is_empty) {
+            *body = None;
+        }
         if !end_of_stream
             && ctx
                 .body_deadline
