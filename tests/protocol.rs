@@ -377,11 +377,10 @@ async fn an_upstream_that_switches_protocols_unasked_fails() {
     assert!(text.ends_with("RAW-TUNNEL-BYTES"), "{text}");
 }
 
-/// Finding 7: HTTP/2 cookies sent as separate fields reach an HTTP/1
-/// upstream as one `Cookie` header (RFC 9113 §8.2.3).
-#[tokio::test]
-async fn split_http2_cookies_are_joined() {
-    let up = Upstream::start("a");
+/// A gateway with a TLS listener (HTTP/2) in front of `upstream`, and an
+/// HTTP/2 client that trusts it: the gateway, the client, the listener's
+/// port, and the directory of its certificate (kept for as long as it).
+fn h2_gateway(upstream: SocketAddr) -> (Gateway, reqwest::Client, u16, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path());
     let (cert, key) = ca.issue(dir.path(), "gw", &["127.0.0.1"]);
@@ -392,7 +391,7 @@ async fn split_http2_cookies_are_joined() {
             cert.display(),
             key.display()
         ),
-        &(upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api")),
+        &(upstream_toml("api", &[upstream], "") + &route_toml("main", "/", "api")),
     );
     wait_for_port(tls, &mut gw.proc, "tls listener");
     let c = reqwest::Client::builder()
@@ -400,8 +399,17 @@ async fn split_http2_cookies_are_joined() {
         .http2_prior_knowledge()
         .build()
         .unwrap();
+    (gw, c, tls.port(), dir)
+}
+
+/// Finding 7: HTTP/2 cookies sent as separate fields reach an HTTP/1
+/// upstream as one `Cookie` header (RFC 9113 §8.2.3).
+#[tokio::test]
+async fn split_http2_cookies_are_joined() {
+    let up = Upstream::start("a");
+    let (_gw, c, port, _dir) = h2_gateway(up.addr);
     let r = c
-        .get(format!("https://127.0.0.1:{}/echo", tls.port()))
+        .get(format!("https://127.0.0.1:{port}/echo"))
         .header("cookie", "a=1")
         .header("cookie", "b=2")
         .send()
@@ -449,24 +457,7 @@ async fn an_http2_body_of_no_length_is_ended_once_upstream() {
             });
         }
     });
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path());
-    let (cert, key) = ca.issue(dir.path(), "gw", &["127.0.0.1"]);
-    let tls: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let mut gw = Gateway::start(
-        &format!(
-            "\n[[server.tls]]\nlisten = \"{tls}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
-            cert.display(),
-            key.display()
-        ),
-        &(upstream_toml("api", &[addr], "") + &route_toml("main", "/", "api")),
-    );
-    wait_for_port(tls, &mut gw.proc, "tls listener");
-    let c = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.ca_pem.as_bytes()).unwrap())
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let (_gw, c, port, _dir) = h2_gateway(addr);
     // Two pieces with a pause between them: the client learns that the
     // body has ended only after the last piece, and says so with an empty
     // DATA frame.
@@ -479,7 +470,7 @@ async fn an_http2_body_of_no_length_is_ended_once_upstream() {
         Some((Ok::<_, std::io::Error>(bytes::Bytes::from(piece)), i + 1))
     });
     let r = c
-        .post(format!("https://127.0.0.1:{}/up", tls.port()))
+        .post(format!("https://127.0.0.1:{port}/up"))
         .body(reqwest::Body::wrap_stream(pieces))
         .send()
         .await
