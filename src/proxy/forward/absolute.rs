@@ -154,9 +154,10 @@ impl ProxyHttp for ForwardGateway {
         if names.hop_by_hop() {
             headers::strip_response_hop_by_hop(resp, names);
         }
-        // The id the destination was sent, as the reverse proxy answers
-        // with (a destination's own `X-Request-Id` is replaced).
-        headers::set_response(resp, &headers::H_X_REQUEST_ID, ctx.request_id.value());
+        // The id the destination was sent, written as the reverse proxy
+        // writes it (a destination's own `X-Request-Id` is replaced).
+        let id = ctx.request_id.as_bytes();
+        headers::add_response(resp, &headers::H_X_REQUEST_ID, id, !names.gateway)?;
         ctx.upstream_failed = resp.status.is_server_error();
         if !headers::is_interim(resp) && headers::ends_with_header(session.req_header(), resp) {
             ctx.upstream_response_ended();

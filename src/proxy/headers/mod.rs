@@ -41,12 +41,12 @@ const H_X_FORWARDED_PROTO: Name = Name::new(X_FORWARDED_PROTO);
 const H_X_REAL_IP: Name = Name::new(X_REAL_IP);
 
 /// Sets `name` to `value` on a request header, replacing any value.
-pub fn set_request(req: &mut RequestHeader, name: &Name, value: HeaderValue) {
+fn set_request(req: &mut RequestHeader, name: &Name, value: HeaderValue) {
     req.insert_header_name(&name.0, name.1, value);
 }
 
 /// Sets `name` to `value` on a response header, replacing any value.
-pub fn set_response(resp: &mut ResponseHeader, name: &Name, value: HeaderValue) {
+fn set_response(resp: &mut ResponseHeader, name: &Name, value: HeaderValue) {
     resp.insert_header_name(&name.0, name.1, value);
 }
 

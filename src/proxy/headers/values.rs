@@ -104,14 +104,6 @@ impl RequestId {
         std::str::from_utf8(self.as_bytes()).unwrap_or("")
     }
 
-    /// The id as a header value.
-    pub fn value(&self) -> HeaderValue {
-        match &self.0 {
-            Id::Sent(v) => v.clone(),
-            _ => HeaderValue::from_bytes(self.as_bytes()).unwrap_or(HeaderValue::from_static("")),
-        }
-    }
-
     pub fn is_empty(&self) -> bool {
         self.as_bytes().is_empty()
     }
