@@ -268,9 +268,11 @@ pub async fn hand_to_pingora<P: HttpServerApp + Send + Sync + 'static>(
     // go after the write timeout.
     session.set_read_timeout(Some(limits.body_idle));
     session.set_write_timeout(Some(write_timeout));
-    // Pingora's future is large, but it comes boxed (an `async_trait`
-    // method): moving it through the guard's own futures moves a pointer.
-    let reused = proxy.process_new_http(session, shutdown).await?;
+    // Pingora's request future, built in place in this connection's own
+    // future (allocated once per connection): `process_new_http` would box
+    // it and move its ~13.5 KB into the box for every request (see
+    // vendor/README.md).
+    let reused = proxy.process_new_http_unboxed(session, shutdown).await?;
     let (stream, settings) = reused.consume();
     let fence = stream.into_any().downcast::<Fence>().ok()?;
     Some((fence, settings))

@@ -1559,9 +1559,23 @@ where
 {
     async fn process_new_http(
         self: &Arc<Self>,
-        mut session: HttpSession,
+        session: HttpSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
+        self.process_new_http_unboxed(session, shutdown).await
+    }
+
+    // The request's whole future, unboxed: the HTTP/1 keep-alive loop
+    // builds it in place instead of moving it into a new box per request.
+    fn process_new_http_unboxed<'a>(
+        self: &'a Arc<Self>,
+        mut session: HttpSession,
+        shutdown: &'a ShutdownWatch,
+    ) -> impl std::future::Future<Output = Option<ReusedHttpStream>> + Send + 'a
+    where
+        Self: Sized + Sync,
+    {
+        async move {
         // Extract user context from the previous request before the session is moved into the Box
         let prev_user_ctx = session.take_connection_user_context();
 
@@ -1593,6 +1607,7 @@ where
         }
 
         self.process_request(session, ctx).await
+        }
     }
 
     async fn http_cleanup(&self) {

@@ -229,6 +229,27 @@ pub trait HttpServerApp {
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream>;
 
+    /// [`Self::process_new_http`] as a future that is not boxed, for a
+    /// caller that awaits it in place (the HTTP/1 keep-alive loop below).
+    ///
+    /// `process_new_http` is an `async_trait` method: each call allocates a
+    /// box and moves the whole future into it. For a proxy that future is
+    /// large (about 13.5 KB for `pingora-proxy`'s), and that move is made
+    /// once per request. An app whose future can be named overrides this
+    /// method to return it directly, so that it is built inside the
+    /// caller's own future (allocated once per connection). By default it
+    /// is `process_new_http`'s boxed future.
+    fn process_new_http_unboxed<'a>(
+        self: &'a Arc<Self>,
+        session: ServerSession,
+        shutdown: &'a ShutdownWatch,
+    ) -> impl std::future::Future<Output = Option<ReusedHttpStream>> + Send + 'a
+    where
+        Self: Sized + Sync,
+    {
+        self.process_new_http(session, shutdown)
+    }
+
     /// Provide options on how HTTP/2 connection should be established. This function will be called
     /// every time a new HTTP/2 **connection** needs to be established.
     ///
@@ -357,14 +378,14 @@ where
                     .and_then(|opts| opts.keepalive_request_limit),
             );
 
-            let mut result = self.process_new_http(session, shutdown).await;
+            let mut result = self.process_new_http_unboxed(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
                 let mut session = ServerSession::new_http1(stream);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }
 
-                result = self.process_new_http(session, shutdown).await;
+                result = self.process_new_http_unboxed(session, shutdown).await;
             }
         }
         None
@@ -379,6 +400,33 @@ where
 mod tests {
     use super::*;
     use tokio_test::io::Builder;
+
+    /// An app that does not override `process_new_http_unboxed` is served
+    /// by its `process_new_http`, once per call.
+    #[tokio::test]
+    async fn process_new_http_unboxed_defaults_to_process_new_http() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Counting(AtomicUsize);
+        #[async_trait]
+        impl HttpServerApp for Counting {
+            async fn process_new_http(
+                self: &Arc<Self>,
+                _session: ServerSession,
+                _shutdown: &ShutdownWatch,
+            ) -> Option<ReusedHttpStream> {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                None
+            }
+        }
+        let app = Arc::new(Counting(AtomicUsize::new(0)));
+        let (_tx, shutdown) = tokio::sync::watch::channel(false);
+        let session = ServerSession::new_http1(Box::new(Builder::new().build()));
+        assert!(app
+            .process_new_http_unboxed(session, &shutdown)
+            .await
+            .is_none());
+        assert_eq!(app.0.load(Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn test_persistent_settings_user_context_roundtrip() {
