@@ -432,6 +432,7 @@ impl RequestHeader {
     /// the maps first. `wire` is `name` as it is to be spelled; `value`
     /// is copied (an error, and nothing added, unless it is a valid header
     /// value).
+    #[inline]
     pub fn append_wire_header(
         &mut self,
         name: &HeaderName,
@@ -868,6 +869,7 @@ impl ResponseHeader {
     /// the maps first. `wire` is `name` as it is to be spelled; `value`
     /// is copied (an error, and nothing added, unless it is a valid header
     /// value).
+    #[inline]
     pub fn append_wire_header(
         &mut self,
         name: &HeaderName,
