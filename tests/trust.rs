@@ -183,6 +183,47 @@ async fn what_the_upstream_receives() {
     );
 }
 
+/// The id header the client named itself with reaches the upstream once,
+/// as the id: sent once it goes as it is; repeated, or listed in
+/// `Connection` (which takes the client's line off), the gateway writes it.
+#[tokio::test]
+async fn the_client_id_goes_upstream_once() {
+    let up = Upstream::start("a");
+    let rest = upstream_toml("api", &[up.addr], "")
+        + &route_toml("main", "/", "api")
+        + "[clients]\n[clients.limits.bob]\nrpm = 1000\n";
+    let gw = Gateway::start("", &rest);
+    let received = |extra: &'static str| {
+        let addr = gw.addr;
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let req = format!("GET /x HTTP/1.1\r\nHost: a\r\n{extra}\r\n");
+            s.write_all(req.as_bytes()).unwrap();
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).unwrap();
+            let text = String::from_utf8_lossy(&out).into_owned();
+            assert!(text.starts_with("HTTP/1.1 200"), "{extra:?}: {text}");
+            let body = &text[text.find('{').unwrap()..=text.rfind('}').unwrap()];
+            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            v["headers"]["x-client-id"].clone()
+        })
+    };
+    for extra in [
+        "Connection: close\r\nX-Client-Id: bob\r\n",
+        "Connection: close\r\nX-Client-Id: bob\r\nX-Client-Id: bob\r\n",
+        "Connection: close, x-client-id\r\nX-Client-Id: bob\r\n",
+        "Connection: x-client-id\r\nConnection: close\r\nx-client-id: bob\r\n",
+    ] {
+        assert_eq!(
+            received(extra).await.unwrap(),
+            serde_json::json!(["bob"]),
+            "{extra:?}"
+        );
+    }
+}
+
 /// A header value cannot forge fields of a text access-log line.
 #[tokio::test]
 async fn log_lines_cannot_be_forged() {

@@ -42,6 +42,9 @@ pub struct RequestCtx {
     /// The client named itself with one of its Floodgate API keys (which
     /// then never goes upstream).
     pub by_api_key: bool,
+    /// The id header, as the client sent it, already names the client in
+    /// one line ([`super::identity::Identity::header_as_is`]).
+    pub id_header_as_is: bool,
     /// What the client may ask of the adaptive windows.
     pub privileges: Privileges,
     /// Everything the request took (quota charge, permits, host slot).
@@ -107,6 +110,7 @@ impl RequestCtx {
             carries: Carries::ALL,
             client_id: None,
             by_api_key: false,
+            id_header_as_is: false,
             privileges: Privileges::default(),
             admission: Admission::default(),
             quota_state: None,

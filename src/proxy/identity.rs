@@ -17,6 +17,9 @@ pub struct Identity {
     pub id: String,
     /// Named by one of its Floodgate API keys.
     pub by_api_key: bool,
+    /// Named by the id header, in one line that reads as the id: the
+    /// upstream gets that line as it is (nothing to look up or rewrite).
+    pub header_as_is: bool,
 }
 use crate::limits::{Refusal, RejectReason};
 
@@ -55,6 +58,7 @@ pub fn client_id(
                 return Ok(Identity {
                     id: id.to_string(),
                     by_api_key: true,
+                    header_as_is: false,
                 })
             }
             None if policies.has_api_keys() => {
@@ -70,11 +74,15 @@ pub fn client_id(
         .into_iter()
         .flatten();
     if let Some(first) = values.next() {
-        if values.any(|v| v != first) {
-            return Err(Refusal::new(
-                RejectReason::InvalidHeader,
-                format!("{} is repeated with different values", cfg.id_header),
-            ));
+        let mut repeated = false;
+        for v in values {
+            if v != first {
+                return Err(Refusal::new(
+                    RejectReason::InvalidHeader,
+                    format!("{} is repeated with different values", cfg.id_header),
+                ));
+            }
+            repeated = true;
         }
         let raw = first.as_bytes();
         if let Err(e) = check_claimed_id(raw) {
@@ -90,14 +98,17 @@ pub fn client_id(
                 format!("client {id:?} must authenticate with its API key"),
             ));
         }
+        // (The id is the line's bytes: `check_claimed_id` took UTF-8 only.)
         return Ok(Identity {
             id,
             by_api_key: false,
+            header_as_is: !repeated,
         });
     }
     let by_address = |id: String| Identity {
         id,
         by_api_key: false,
+        header_as_is: false,
     };
     match (cfg.missing_id, client_addr) {
         (MissingId::Ip, Some(ip)) => Ok(by_address(address_id(ip))),
@@ -247,6 +258,17 @@ mod tests {
             RejectReason::InvalidHeader
         );
         assert_eq!(id(&[]).unwrap(), "ip:10.1.2.3");
+        // Whether the id header's line can go upstream as it is: one line
+        // that reads as the id, and nothing else.
+        let as_is = |h: &[(&str, &[u8])]| {
+            client_id(&req(h), &c, &p, ip, carries(&req(h), &c))
+                .unwrap()
+                .header_as_is
+        };
+        assert!(as_is(&[("x-client-id", b"bob")]));
+        assert!(!as_is(&[("x-client-id", b"bob"), ("x-client-id", b"bob")]));
+        assert!(!as_is(&[("authorization", b"Bearer s3cret")]));
+        assert!(!as_is(&[]));
         // A second Authorization, the key in either, is refused.
         for pair in [
             [&b"Basic eA=="[..], b"Bearer s3cret"],

@@ -197,7 +197,7 @@ impl ProxyHttp for Gateway {
     /// Runs before each connection attempt: the backend for this attempt.
     async fn upstream_peer(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
         let Some(upstream) = ctx.upstream.clone() else {
@@ -229,9 +229,9 @@ impl ProxyHttp for Gateway {
             return Error::e_explain(InternalError, "no backend chosen");
         };
         let mut peer = upstream.peer(addr);
-        if !headers::needs_upstream_policy(session.req_header()) {
+        if !ctx.carries.policy {
             // Pingora's standard policy would change nothing on this
-            // request (see `needs_upstream_policy`); a request that
+            // request (see `headers::POLICY_NAMES`); a request that
             // carries any of its names still goes through it.
             peer.options.http_upstream_request_policy = HttpUpstreamRequestPolicy::preserve();
         }
@@ -273,7 +273,7 @@ impl ProxyHttp for Gateway {
             upstream_request.remove_header(&http::header::AUTHORIZATION);
         }
         headers::prepare_upstream(upstream_request, &ctx.origin, &ctx.request_id, ctx.backend)?;
-        if let (Some(rt), Some(id)) = (&ctx.runtime, &ctx.client_id) {
+        if let (Some(rt), Some(id), false) = (&ctx.runtime, &ctx.client_id, ctx.id_header_as_is) {
             headers::set_client_id(upstream_request, &rt.config.clients.id_header, id)?;
         }
         // The upstream's own headers (a provider key the gateway holds).

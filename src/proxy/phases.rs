@@ -80,6 +80,10 @@ pub fn client_quotas(session: &Session, ctx: &mut RequestCtx, rt: &Runtime) -> O
         Err(r) => return Some(r),
     };
     ctx.by_api_key = identity.by_api_key;
+    // Its line goes upstream as it is unless something may take it off
+    // (`Connection` listing it, or a name the gateway rewrites).
+    ctx.id_header_as_is =
+        identity.header_as_is && !carries.connection && headers::kept_upstream(&c.id_header);
     let id = identity.id;
     if let Some(client) = policies.configured(&id) {
         ctx.privileges = client.privileges;

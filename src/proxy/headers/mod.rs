@@ -56,6 +56,7 @@ fn set_response(resp: &mut ResponseHeader, name: &Name, value: HeaderValue) {
 /// the name into each, and takes a value of its own); else it replaces the
 /// request's own. An error: `value` is not a header value. See
 /// `vendor/README.md`.
+#[inline]
 fn add_request(req: &mut RequestHeader, name: &Name, value: &[u8], absent: bool) -> Result<()> {
     match absent {
         true => req.append_wire_header(&name.0, name.1, value),
@@ -69,6 +70,7 @@ fn add_request(req: &mut RequestHeader, name: &Name, value: &[u8], absent: bool)
 /// Adds a header the gateway sets on a response, as [`add_request`] does:
 /// `absent` when the response carries none of the gateway's own headers
 /// ([`ResponseNames::gateway`]).
+#[inline]
 pub fn add_response(
     resp: &mut ResponseHeader,
     name: &Name,
@@ -116,8 +118,12 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 
 /// Every name Pingora's standard upstream request policy acts on
 /// (`HttpUpstreamRequestPolicy::standard()`: the names `Connection` lists,
-/// the standard hop-by-hop fields, the HTTP/1 upgrade fields).
-const POLICY_NAMES: [&str; 10] = [
+/// the standard hop-by-hop fields, the HTTP/1 upgrade fields). A request
+/// that carries none ([`Carries::policy`]) is one the policy changes
+/// nothing on — no `Connection` to read nominations from, no upgrade,
+/// nothing to strip — and its peer skips it (about a dozen hashed removals
+/// of absent names, each hashing the name, some parsing it first).
+pub const POLICY_NAMES: [&str; 10] = [
     "connection",
     "upgrade",
     "keep-alive",
@@ -129,18 +135,6 @@ const POLICY_NAMES: [&str; 10] = [
     "transfer-encoding",
     "http2-settings",
 ];
-
-/// Whether Pingora's standard upstream request policy has anything to do
-/// on this request: `false` when it carries none of the names the policy
-/// acts on (one pass over its names). Then the policy changes nothing —
-/// no `Connection` to read nominations from, no upgrade, nothing to strip —
-/// and the peer may skip it (about a dozen hashed removals of absent
-/// names, each hashing the name, some parsing it first).
-pub fn needs_upstream_policy(req: &RequestHeader) -> bool {
-    req.headers
-        .keys()
-        .any(|n| POLICY_NAMES.contains(&n.as_str()))
-}
 
 /// The host the request is for: the Host header (HTTP/1) or the
 /// `:authority` (HTTP/2).
@@ -428,6 +422,28 @@ pub fn closes_later(req: &RequestHeader) -> bool {
         .skip(1)
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
         .any(|o| o.trim_ascii().eq_ignore_ascii_case(b"close"))
+}
+
+/// Whether a client's line of this name reaches the upstream as it was
+/// sent whatever else the request carries, `Connection` aside (which may
+/// list any name): no step of the upstream request's preparation (here,
+/// the API key's removal, Pingora's hop-by-hop policy) removes or
+/// rewrites it.
+pub fn kept_upstream(name: &HeaderName) -> bool {
+    let rewritten = [
+        &HOST,
+        &http::header::COOKIE,
+        &http::header::CONTENT_LENGTH,
+        &http::header::AUTHORIZATION,
+        &H_X_FORWARDED_FOR.0,
+        &H_X_FORWARDED_PROTO.0,
+        &H_X_REAL_IP.0,
+        &H_X_REQUEST_ID.0,
+    ];
+    !(rewritten.contains(&name)
+        || HOP_BY_HOP.contains(name)
+        || FORWARDING.contains(name)
+        || POLICY_NAMES.contains(&name.as_str()))
 }
 
 /// Makes the resolved client id the only value of the id header upstream.

@@ -67,6 +67,10 @@ pub struct Carries {
     pub id_header: bool,
     /// The configured token estimate header (`clients.token_header`).
     pub token_header: bool,
+    /// Any name Pingora's standard upstream request policy acts on
+    /// (`POLICY_NAMES`): without one, the policy would change nothing on
+    /// the request, and its peer skips it.
+    pub policy: bool,
 }
 
 impl Carries {
@@ -79,6 +83,7 @@ impl Carries {
         authorization: true,
         id_header: true,
         token_header: true,
+        policy: true,
     };
 
     pub fn of(req: &RequestHeader, id_header: &HeaderName, token_header: &HeaderName) -> Carries {
@@ -87,9 +92,22 @@ impl Carries {
         for name in req.headers.keys() {
             match name.as_str() {
                 X_REQUEST_ID => c.request_id = true,
-                "connection" => c.connection = true,
+                "connection" => {
+                    c.connection = true;
+                    c.policy = true;
+                }
                 "content-length" => c.content_length = true,
                 "authorization" => c.authorization = true,
+                // `POLICY_NAMES` but `connection`, as arms.
+                "upgrade"
+                | "keep-alive"
+                | "proxy-connection"
+                | "proxy-authenticate"
+                | "proxy-authorization"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "http2-settings" => c.policy = true,
                 _ => {}
             }
             c.id_header |= name == id_header;

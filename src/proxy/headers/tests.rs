@@ -206,6 +206,43 @@ fn the_client_id_is_the_only_value_upstream() {
 }
 
 #[test]
+fn names_the_gateway_rewrites_are_not_kept_as_sent() {
+    for n in [
+        "x-client-id",
+        "x-tenant",
+        "x-forwarded-path",
+        "x-request",
+        "proxy",
+    ] {
+        assert!(kept_upstream(&HeaderName::from_static(n)), "{n}");
+    }
+    for n in [
+        "host",
+        "cookie",
+        "content-length",
+        "authorization",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "forwarded",
+        "x-real-ip",
+        "x-request-id",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "http2-settings",
+    ] {
+        assert!(!kept_upstream(&HeaderName::from_static(n)), "{n}");
+    }
+}
+
+#[test]
 fn request_id_kept_when_well_formed() {
     assert_eq!(
         request_id(&req(&[("x-request-id", "abc-123")]), true).as_str(),
@@ -313,6 +350,12 @@ fn carries_finds_each_name_the_request_filter_reads() {
     assert!(one("x-client-id").id_header);
     assert!(one("x-token-estimate").token_header);
     assert_eq!(one("x-request-ids"), Carries::default());
+    // Each name Pingora's upstream policy acts on, in any case.
+    for n in POLICY_NAMES {
+        assert!(one(n).policy, "{n}");
+        assert!(one(&n.to_uppercase()).policy, "{n}");
+    }
+    assert!(!one("x-upgrade").policy);
 }
 
 /// What describes the upstream's connection stays off the client's
