@@ -79,10 +79,11 @@ fn downstream_tls(session: &Session) -> bool {
 #[async_trait]
 impl ProxyHttp for Gateway {
     /// Boxed: Pingora keeps the context by value in the request's future
-    /// (about three copies of it across the nested futures' states), and
-    /// that future is moved into a fresh box for every request; a pointer
-    /// there instead of ~830 bytes makes each request's future ~2.5 KiB
-    /// smaller for one allocation (see benches/README.md, the cost steps).
+    /// (about three copies of it across the nested futures' states) and
+    /// moves it from state to state; a pointer there instead of ~830 bytes
+    /// costs one allocation and saves more than it (under
+    /// `scripts/callgrind`: 72 816 instructions a request boxed, 72 887
+    /// by value; see benches/README.md, the cost steps).
     type CTX = Box<RequestCtx>;
 
     /// Runs when a request header has been read, before any filter.
