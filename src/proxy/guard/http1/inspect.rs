@@ -166,13 +166,17 @@ pub fn inspect(buf: &[u8], len: usize) -> Result<Head, Refusal> {
         if matches!(line[0], b' ' | b'\t') {
             return Err(bad("obsolete line folding in a header"));
         }
-        let Some(colon) = memchr::memchr(b':', line) else {
-            return Err(bad("a header line without a colon"));
-        };
-        let name = &line[..colon];
-        if name.is_empty() || !name.iter().all(|b| tchar(*b)) {
-            return Err(bad("malformed header name"));
+        // The name is the line's bytes up to its first that is no token
+        // character, which must be the colon (a `:` is none, so it is the
+        // line's first): one look at each byte of the name, and no search.
+        let colon = line.iter().position(|b| !tchar(*b)).unwrap_or(line.len());
+        if colon == 0 || line.get(colon) != Some(&b':') {
+            return Err(match memchr::memchr(b':', line) {
+                None => bad("a header line without a colon"),
+                Some(_) => bad("malformed header name"),
+            });
         }
+        let name = &line[..colon];
         let value = trim(&line[colon + 1..]);
         if has_control(value) {
             return Err(bad("control characters in a header value"));
@@ -381,15 +385,19 @@ fn port_is_digits(s: &str) -> bool {
 /// port of up to five digits. Every such value is a valid authority (a
 /// test checks), so it needs no parse into one, which also copies it.
 pub(super) fn plain_host(v: &[u8]) -> bool {
-    let (name, port) = match memchr::memchr(b':', v) {
-        Some(i) => (&v[..i], Some(&v[i + 1..])),
-        None => (v, None),
+    // The name is the bytes up to the first that is none of
+    // `[A-Za-z0-9.-]`, which must be the colon, if any (one look at each
+    // byte of the name, and no search).
+    let i = v
+        .iter()
+        .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-')))
+        .unwrap_or(v.len());
+    let port = match v.get(i) {
+        None => None,
+        Some(b':') => Some(&v[i + 1..]),
+        Some(_) => return false,
     };
-    !name.is_empty()
-        && name
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
-        && port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.iter().all(u8::is_ascii_digit))
+    i > 0 && port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.iter().all(u8::is_ascii_digit))
 }
 
 pub(super) fn trim(v: &[u8]) -> &[u8] {

@@ -115,18 +115,18 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     // The header: its first byte within `idle` (a later request) or the
-    // whole of it within `header_timeout` of the accept (the first).
-    let deadline = if first_request {
-        Instant::now() + limits.header_timeout
-    } else if buf.is_empty() {
+    // whole of it within `header_timeout` of the accept (the first). A
+    // later request's deadline is taken when it first has to wait for the
+    // rest of its header (microseconds after its first byte): a header
+    // that came whole reads no clock.
+    let mut deadline = first_request.then(|| Instant::now() + limits.header_timeout);
+    if !first_request && buf.is_empty() {
         buf.reserve(4096);
         match fast_timeout(limits.idle, stream.read_buf(buf)).await {
             Err(_) | Ok(Ok(0)) | Ok(Err(_)) => return Step::Closed,
-            Ok(Ok(_)) => Instant::now() + limits.header_timeout,
+            Ok(Ok(_)) => {}
         }
-    } else {
-        Instant::now() + limits.header_timeout
-    };
+    }
     let mut scanned = 0;
     let len = loop {
         if let Some(end) = head_end(buf, scanned) {
@@ -142,6 +142,7 @@ where
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(4096);
         }
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + limits.header_timeout);
         match until(deadline, stream.read_buf(buf)).await {
             // Not a byte: closed without an answer, as nginx does.
             Err(_) if buf.iter().all(|b| matches!(b, b'\r' | b'\n')) => return Step::Closed,

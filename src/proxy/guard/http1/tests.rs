@@ -380,6 +380,79 @@ fn a_plain_host_is_a_valid_authority() {
     }
 }
 
+/// `plain_host` (one scan of the name, no search for the colon) decides
+/// as its first form did, a search for the first `:` then a check of each
+/// part, on every string of up to 5 characters over an alphabet of its
+/// characters and neighbours.
+#[test]
+fn a_plain_host_is_decided_as_by_a_search_for_its_colon() {
+    let searched = |v: &[u8]| {
+        let (name, port) = match v.iter().position(|b| *b == b':') {
+            Some(i) => (&v[..i], Some(&v[i + 1..])),
+            None => (v, None),
+        };
+        !name.is_empty()
+            && name
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
+            && port
+                .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.iter().all(u8::is_ascii_digit))
+    };
+    let alphabet = b"a9.-:_ ";
+    for len in 0..=5u32 {
+        for mut n in 0..alphabet.len().pow(len) {
+            let mut v = Vec::new();
+            for _ in 0..len {
+                v.push(alphabet[n % alphabet.len()]);
+                n /= alphabet.len();
+            }
+            assert_eq!(super::inspect::plain_host(&v), searched(&v), "{v:?}");
+        }
+    }
+}
+
+/// A header line's name and colon (one scan of the name, no search for
+/// the colon) are refused exactly as a search for the first `:` then a
+/// check of the name refused them, with the same reasons, on every line of
+/// up to 5 characters over an alphabet of token bytes, separators and the
+/// colon.
+#[test]
+fn a_header_name_is_found_as_by_a_search_for_its_colon() {
+    let searched = |line: &[u8]| match line.iter().position(|b| *b == b':') {
+        None => Some("a header line without a colon"),
+        Some(0) => Some("malformed header name"),
+        Some(i) if !line[..i].iter().all(|b| super::inspect::tchar(*b)) => {
+            Some("malformed header name")
+        }
+        Some(_) => None,
+    };
+    let alphabet = b"a-:@ \"";
+    for len in 1..=5u32 {
+        for mut n in 0..alphabet.len().pow(len) {
+            let mut line = Vec::new();
+            for _ in 0..len {
+                line.push(alphabet[n % alphabet.len()]);
+                n /= alphabet.len();
+            }
+            // A first space is obsolete folding, refused before the name.
+            if line[0] == b' ' {
+                continue;
+            }
+            let text = String::from_utf8(line.clone()).unwrap();
+            let req = format!("GET / HTTP/1.1\r\nHost: a\r\n{text}\r\n\r\n");
+            let got = head(&req).err().map(|r| r.message);
+            match searched(&line) {
+                Some(why) => assert_eq!(got.as_deref(), Some(why), "{text:?}"),
+                None => assert!(
+                    got.as_deref()
+                        .is_none_or(|m| !m.contains("colon") && !m.contains("header name")),
+                    "{text:?}: {got:?}"
+                ),
+            }
+        }
+    }
+}
+
 /// The token table holds exactly RFC 9110's `tchar`: letters, digits and
 /// ``!#$%&'*+-.^_`|~``.
 #[test]
