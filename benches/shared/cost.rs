@@ -91,30 +91,31 @@ fn wait_port(port: u16, what: &str) {
     }
 }
 
-/// The bare-Pingora example, built on demand.
+/// The bare-Pingora example, built (or found up to date) by cargo at
+/// every run: a copy left from an earlier build would measure the Pingora
+/// of that build, not of this one (a run once measured a floor built
+/// before the vendored Pingora changed).
 fn floor_bin() -> PathBuf {
     let p = Path::new(BIN)
         .parent()
         .unwrap()
         .join("examples")
         .join("floor");
-    if !p.is_file() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let profile = if BIN.contains("/release/") {
-            "--release"
-        } else {
-            "--profile=dev"
-        };
-        let ok = Command::new(cargo)
-            .args(["build", profile, "--example", "floor"])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(
-            ok && p.is_file(),
-            "cannot build the floor example: `cargo build --release --example floor`"
-        );
-    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let profile = if BIN.contains("/release/") {
+        "--release"
+    } else {
+        "--profile=dev"
+    };
+    let ok = Command::new(cargo)
+        .args(["build", profile, "--example", "floor"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok && p.is_file(),
+        "cannot build the floor example: `cargo build --release --example floor`"
+    );
     p
 }
 
@@ -422,11 +423,12 @@ pub fn run(quick: bool) -> (serde_json::Value, String) {
         env: Vec::new(),
         port: nginx_port,
     };
+    let floor = floor_bin();
     let floor_target = |name: &'static str, env: Vec<(String, String)>| {
         let port = free_port();
         Target {
             name,
-            cmd: floor_bin(),
+            cmd: floor.clone(),
             args: vec![
                 format!("127.0.0.1:{port}"),
                 format!("127.0.0.1:{origin_port}"),
