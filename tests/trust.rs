@@ -224,6 +224,49 @@ async fn the_client_id_goes_upstream_once() {
     }
 }
 
+/// With API keys but no client limited (the keyed client's limits off),
+/// a key is still checked and never goes upstream, and a keyed client's
+/// id cannot be claimed by its header (found by a hostile-client run:
+/// the gateway then named no client, and passed the key on).
+#[tokio::test]
+async fn api_keys_stay_at_the_gateway_when_no_client_is_limited() {
+    let up = Upstream::start("a");
+    let rest = upstream_toml("api", &[up.addr], "")
+        + &route_toml("main", "/", "api")
+        + &format!(
+            "[clients]\n[clients.limits.keyed]\nenabled = false\nrpm = 10\napi_keys = [\"{}\"]\n",
+            sha("s3cretkey")
+        );
+    let gw = Gateway::start("", &rest);
+    let c = client();
+    let v: serde_json::Value = c
+        .get(gw.url("/x"))
+        .header("authorization", "Bearer s3cretkey")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        v["headers"].get("authorization").is_none(),
+        "the API key went upstream: {v}"
+    );
+    assert_eq!(
+        v["headers"]["x-client-id"],
+        serde_json::json!(["keyed"]),
+        "{v}"
+    );
+    assert_eq!(
+        status(&c, &gw.url("/x"), &[("authorization", "Bearer wrong")]).await,
+        401
+    );
+    assert_eq!(
+        status(&c, &gw.url("/x"), &[("x-client-id", "keyed")]).await,
+        401
+    );
+}
+
 /// A header value cannot forge fields of a text access-log line.
 #[tokio::test]
 async fn log_lines_cannot_be_forged() {

@@ -69,7 +69,11 @@ pub fn route(session: &Session, ctx: &mut RequestCtx, rt: &Runtime) -> Option<Re
 /// admit it (charging them if so).
 pub fn client_quotas(session: &Session, ctx: &mut RequestCtx, rt: &Runtime) -> Option<Refusal> {
     let policies = &rt.clients;
-    if !policies.any_limits() {
+    // Nothing to decide and no key to check: the request's headers are
+    // the upstream's business. With API keys (even of clients whose limits
+    // are off), the client is still named: its key is checked, and never
+    // goes upstream (found by a hostile-client run).
+    if !policies.any_limits() && !policies.has_api_keys() {
         return None;
     }
     let req = session.req_header();
