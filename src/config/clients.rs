@@ -17,6 +17,38 @@ use super::schema::*;
 use super::values::*;
 use super::*;
 
+/// Names the client id header may not take: framing and connection
+/// fields, the target's, credentials and cookies, and the headers the
+/// gateway writes upstream itself.
+const RESERVED_ID_HEADERS: [&str; 26] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "content-type",
+    "content-encoding",
+    "expect",
+    "te",
+    "trailer",
+    "connection",
+    "upgrade",
+    "keep-alive",
+    "proxy-connection",
+    "http2-settings",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "authorization",
+    "cookie",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "x-request-id",
+    "via",
+    "max-forwards",
+];
+
 pub(super) fn validate_clients(c: RawClients, d: &mut Diagnostics<'_>) -> Option<ClientsConfig> {
     use crate::limits::rate::{Quota, MAX_RPM, MAX_TPM};
     let p = KeyPath::root().key("clients");
@@ -32,6 +64,21 @@ pub(super) fn validate_clients(c: RawClients, d: &mut Diagnostics<'_>) -> Option
         },
     };
     let id_header = header(c.id_header, "id_header", d).map(|h| h.unwrap_or(base.id_header));
+    if let Some(n) = id_header
+        .as_ref()
+        .filter(|n| RESERVED_ID_HEADERS.contains(&n.as_str()))
+    {
+        // The id header goes upstream as the resolved id: under such a
+        // name it would reframe the request, redirect it, or overwrite what
+        // the gateway writes (found by a hostile-client run).
+        d.error(
+            &p.key("id_header"),
+            format!(
+                "{:?} has a meaning of its own in HTTP or to the gateway, which rewrites the id header upstream; choose another name",
+                n.as_str()
+            ),
+        );
+    }
     let token_header =
         header(c.token_header, "token_header", d).map(|h| h.unwrap_or(base.token_header));
     let usage_header = header(c.usage_header, "usage_header", d);

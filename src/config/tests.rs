@@ -195,6 +195,38 @@ fn tls_keys_need_tls() {
     );
 }
 
+/// The client id header goes upstream as the resolved id, so it may not
+/// be a name that frames or routes the request or that the gateway writes
+/// (found by a hostile-client run: `transfer-encoding` reframed a request
+/// with no body as `Transfer-Encoding: ip:127.0.0.1`).
+#[test]
+fn the_id_header_may_not_be_a_name_http_or_the_gateway_owns() {
+    for name in [
+        "Transfer-Encoding",
+        "content-length",
+        "host",
+        "connection",
+        "upgrade",
+        "te",
+        "keep-alive",
+        "cookie",
+        "authorization",
+        "x-request-id",
+        "x-forwarded-for",
+        "x-real-ip",
+    ] {
+        let e = errors(&format!("{MINIMAL}\n[clients]\nid_header = \"{name}\"\n"));
+        assert!(
+            e.len() == 1 && e[0].starts_with("clients.id_header") && e[0].contains("meaning"),
+            "{name}: {e:#?}"
+        );
+    }
+    for name in ["x-tenant", "X-Client-ID", "x-api-user"] {
+        let src = format!("{MINIMAL}\n[clients]\nid_header = \"{name}\"\n");
+        assert!(check(&src).is_ok(), "{name}");
+    }
+}
+
 #[test]
 fn client_tables_that_cannot_be_had_are_check_errors() {
     // A value `--check` once accepted and the gateway then died on.
