@@ -123,7 +123,7 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// nothing on — no `Connection` to read nominations from, no upgrade,
 /// nothing to strip — and its peer skips it (about a dozen hashed removals
 /// of absent names, each hashing the name, some parsing it first).
-pub const POLICY_NAMES: [&str; 10] = [
+const POLICY_NAMES: [&str; 10] = [
     "connection",
     "upgrade",
     "keep-alive",
