@@ -420,6 +420,83 @@ async fn a_client_that_stops_reading_is_let_go() {
     drop(s);
 }
 
+/// Sends `GET /x` on `s` and reads its whole answer (by its
+/// `Content-Length`); returns the answer's head.
+fn get_on(s: &mut TcpStream) -> String {
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "closed before the answer: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+        let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&got[..end]).into_owned();
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .expect("a Content-Length");
+        if got.len() >= end + 4 + len {
+            return head;
+        }
+    }
+}
+
+/// On SIGTERM a keep-alive connection waiting for its next request is
+/// closed at once, as Pingora's own keep-alive loop closes one, not held
+/// until the grace period ends; a connection whose request is in flight
+/// gets its whole answer, then is closed.
+#[tokio::test]
+async fn an_idle_connection_is_closed_when_draining_starts() {
+    let up = Upstream::start("a");
+    let gw = Gateway::start(
+        "grace_period = \"8s\"",
+        &(upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api")),
+    );
+    let addr = gw.addr;
+    let (idle, busy) = tokio::task::spawn_blocking(move || {
+        let mut idle = TcpStream::connect(addr).unwrap();
+        assert!(get_on(&mut idle).starts_with("HTTP/1.1 200"));
+        let mut busy = TcpStream::connect(addr).unwrap();
+        assert!(get_on(&mut busy).starts_with("HTTP/1.1 200"));
+        busy.write_all(b"GET /x?delay_ms=1000 HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap();
+        (idle, busy)
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.proc.signal("TERM");
+    let closed = tokio::task::spawn_blocking(move || time_to_close(idle, Duration::from_secs(6)));
+    let answered = tokio::task::spawn_blocking(move || {
+        let mut busy = busy;
+        busy.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+        let mut text = String::new();
+        let ended = busy.read_to_string(&mut text).is_ok();
+        (text, ended)
+    });
+    let closed = closed
+        .await
+        .unwrap()
+        .expect("the idle connection is closed");
+    assert!(closed < Duration::from_secs(2), "{closed:?}");
+    let (text, ended) = answered.await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with('}'), "the whole answer: {text}");
+    assert!(ended, "and then the connection is closed: {text}");
+}
+
 /// Finding 8: on SIGTERM, `/ready` answers 503 (and `/health` 200) while
 /// requests in flight finish.
 #[tokio::test]
