@@ -180,6 +180,52 @@ async fn malformed_requests_get_json_400_with_a_request_id() {
     );
 }
 
+/// An HTTP/1.0 client gets a streamed (chunked upstream) answer as plain
+/// bytes to the end of the connection: no `Transfer-Encoding`, no chunk
+/// sizes in its body (RFC 9112 §6.1; found by a hostile-client run: it got
+/// both). An HTTP/1.1 client still gets it chunked on a kept connection.
+#[tokio::test]
+async fn an_http10_client_gets_no_chunked_body() {
+    let up = Upstream::start("a");
+    let gw = Gateway::start(
+        "",
+        &(upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api")),
+    );
+    // The demo streams a chat completion (of unknown length: chunked to
+    // the HTTP/1.1 request that goes upstream).
+    let json = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let ask = |version: &str, extra: &str| {
+        format!(
+            "POST /v1/chat/completions?words=3 {version}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+            json.len()
+        )
+    };
+    let text = exchange(gw.addr, ask("HTTP/1.0", "").as_bytes());
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response");
+    assert!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "{text}"
+    );
+    let lower = head.to_ascii_lowercase();
+    assert!(!lower.contains("transfer-encoding"), "{text}");
+    assert!(!lower.contains("content-length"), "{text}");
+    assert!(
+        body.starts_with("data: "),
+        "no chunk size before the body: {text}"
+    );
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{text}");
+    // HTTP/1.1: chunked, as before.
+    let text = exchange(
+        gw.addr,
+        ask("HTTP/1.1", "Host: a\r\nConnection: close\r\n").as_bytes(),
+    );
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{text}"
+    );
+}
+
 /// Finding 7: equal duplicate `Content-Length` values and leading zeros
 /// reach the upstream as one canonical value.
 #[tokio::test]

@@ -299,6 +299,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         headers::refuse_unasked_switch(session.req_header(), upstream_response)?;
+        if headers::unchunk_for_http10(session.req_header(), upstream_response) {
+            session.set_keepalive(None);
+        }
         // The gateway's headers: written after the upstream's, outside the
         // header maps, unless the upstream sent one of them itself (then
         // they replace its own).

@@ -150,6 +150,9 @@ impl ProxyHttp for ForwardGateway {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         headers::refuse_unasked_switch(session.req_header(), resp)?;
+        if headers::unchunk_for_http10(session.req_header(), resp) {
+            session.set_keepalive(None);
+        }
         let names = headers::ResponseNames::of(resp);
         if names.hop_by_hop() {
             headers::strip_response_hop_by_hop(resp, names);

@@ -15,7 +15,9 @@ pub use ratelimit::{
     rate_limit_headers, RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
     X_RATELIMIT_RESET,
 };
-pub use response::{refuse_unasked_switch, strip_response_hop_by_hop, ResponseNames};
+pub use response::{
+    refuse_unasked_switch, strip_response_hop_by_hop, unchunk_for_http10, ResponseNames,
+};
 pub use seen::Carries;
 use seen::Seen;
 pub use values::{ip_text, new_request_id, request_id, valid_request_id, RequestId};

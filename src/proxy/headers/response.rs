@@ -2,7 +2,7 @@
 //! its names finds, the hop-by-hop fields that stay at the gateway, and a
 //! protocol switch the client did not ask for.
 
-use http::header::{HeaderName, CONNECTION, UPGRADE};
+use http::header::{HeaderName, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
@@ -144,4 +144,25 @@ pub fn refuse_unasked_switch(req: &RequestHeader, resp: &ResponseHeader) -> Resu
     );
     e.esource = ErrorSource::Upstream;
     Err(e)
+}
+
+/// A client below HTTP/1.1 cannot read a chunked body, and a response to
+/// it may carry no `Transfer-Encoding` (RFC 9112 §6.1). Pingora passes an
+/// upstream's chunked framing on, and frames a body of unknown length
+/// chunked itself, whatever the client's version (found by a
+/// hostile-client run: an HTTP/1.0 client got `Transfer-Encoding:
+/// chunked` and the chunk sizes in its body). For such a client the
+/// framing fields go (`Content-Length` too: `Transfer-Encoding` overrode
+/// it), so that the body is sent as it is and ends with the connection.
+/// True when a body follows: the caller closes the connection after it.
+pub fn unchunk_for_http10(req: &RequestHeader, resp: &mut ResponseHeader) -> bool {
+    if req.version >= http::Version::HTTP_11
+        || resp.status.is_informational()
+        || !resp.headers.contains_key(TRANSFER_ENCODING)
+    {
+        return false;
+    }
+    resp.remove_header(&TRANSFER_ENCODING);
+    resp.remove_header(&CONTENT_LENGTH);
+    !(req.method == http::Method::HEAD || matches!(resp.status.as_u16(), 204 | 304))
 }
