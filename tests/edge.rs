@@ -6,6 +6,7 @@
 //! the attacker gets and that a normal client is served meanwhile.
 
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::expect_used)] // a test stops with the reason
 #![allow(clippy::disallowed_methods)] // tests and benches may block: they are not the gateway
 
 mod common;

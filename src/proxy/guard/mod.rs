@@ -301,33 +301,11 @@ pub async fn serve_http1<P: HttpServerApp + Send + Sync + 'static>(
     ));
     let mut settings: Option<HttpPersistentSettings> = None;
     let mut first = true;
-    // The server starting to stop, watched while the connection waits for
-    // a later request: an idle keep-alive connection is then closed, as
-    // Pingora's own keep-alive loop closes one, not held until the grace
-    // period ends. One watch for the connection (it registers once).
-    let mut watch = shutdown.clone();
-    let mut stop = std::pin::pin!(async move {
-        if watch.wait_for(|stopping| *stopping).await.is_err() {
-            // No server to stop: never.
-            std::future::pending::<()>().await;
-        }
-    });
     loop {
         let (limits, write_timeout) = limits(runtime);
         let carry = fence.take_next();
-        let request = http1::read_request(fence.stream_mut(), carry, limits, first);
-        let read = match first {
-            true => request.await,
-            // Bytes already there are read first (biased): a request that
-            // came whole is served; one still arriving when the server
-            // starts to stop is not waited for (as in Pingora's loop).
-            false => tokio::select! {
-                biased;
-                read = request => read,
-                () = stop.as_mut() => return None,
-            },
-        };
-        let (mut buf, head, end, rest) = match read {
+        let request = http1::read_request(fence.stream_mut(), carry, limits, first, shutdown);
+        let (mut buf, head, end, rest) = match request.await {
             Read::Request {
                 buf,
                 head,

@@ -21,6 +21,13 @@ fn refused(s: &str) -> String {
     head(s).expect_err(s).message
 }
 
+/// A server that is not stopping (its sender leaked: never dropped).
+fn running() -> ShutdownWatch {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    std::mem::forget(tx);
+    rx
+}
+
 async fn stream_of(data: &[u8]) -> tokio::io::DuplexStream {
     let (mut client, server) = tokio::io::duplex(64 * 1024);
     client.write_all(data).await.unwrap();
@@ -182,7 +189,7 @@ fn chunk_scan_finds_the_end_in_any_split() {
 async fn small_body_read_and_pipelined_request_kept() {
     let data = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\nHost: a\r\n\r\n";
     let mut s = stream_of(data).await;
-    match read_request(&mut s, BytesMut::new(), LIMITS, true).await {
+    match read_request(&mut s, BytesMut::new(), LIMITS, true, &running()).await {
         Read::Request {
             buf,
             head,
@@ -207,8 +214,9 @@ async fn expect_continue_answered_and_removed() {
         )
         .await
         .unwrap();
-    let reader =
-        tokio::spawn(async move { read_request(&mut server, BytesMut::new(), LIMITS, true).await });
+    let reader = tokio::spawn(async move {
+        read_request(&mut server, BytesMut::new(), LIMITS, true, &running()).await
+    });
     let mut got = [0u8; 25];
     tokio::io::AsyncReadExt::read_exact(&mut client, &mut got)
         .await
@@ -231,19 +239,19 @@ async fn too_large_closed_and_malformed() {
     let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(300));
     let mut s = stream_of(big.as_bytes()).await;
     assert!(matches!(
-        read_request(&mut s, BytesMut::new(), LIMITS, true).await,
+        read_request(&mut s, BytesMut::new(), LIMITS, true, &running()).await,
         Read::Refused(r, None) if r.reason == RejectReason::HeadersTooLarge
     ));
     let (mut c, mut s) = tokio::io::duplex(64);
     c.write_all(b"GET / HT").await.unwrap();
     drop(c);
     assert!(matches!(
-        read_request(&mut s, BytesMut::new(), LIMITS, true).await,
+        read_request(&mut s, BytesMut::new(), LIMITS, true, &running()).await,
         Read::Closed
     ));
     // A refusal carries the client's request id.
     let mut s = stream_of(b"GET / HTTP/1.1\r\nX-Request-Id: abc-1\r\n\r\n").await;
-    match read_request(&mut s, BytesMut::new(), LIMITS, true).await {
+    match read_request(&mut s, BytesMut::new(), LIMITS, true, &running()).await {
         Read::Refused(r, id) => {
             assert_eq!(r.reason, RejectReason::BadRequest);
             assert_eq!(id.as_deref(), Some("abc-1"));
@@ -265,7 +273,7 @@ async fn slow_header_times_out_as_a_whole() {
         }
     });
     let started = std::time::Instant::now();
-    let r = read_request(&mut server, BytesMut::new(), LIMITS, true).await;
+    let r = read_request(&mut server, BytesMut::new(), LIMITS, true, &running()).await;
     assert!(matches!(r, Read::Refused(ref r, _) if r.reason == RejectReason::RequestTimeout));
     assert!(started.elapsed() < Duration::from_secs(2));
 }
@@ -286,7 +294,7 @@ async fn slow_body_times_out_as_a_whole() {
         }
     });
     let started = std::time::Instant::now();
-    let r = read_request(&mut server, BytesMut::new(), LIMITS, true).await;
+    let r = read_request(&mut server, BytesMut::new(), LIMITS, true, &running()).await;
     assert!(matches!(r, Read::Refused(ref r, _) if r.reason == RejectReason::RequestTimeout));
     assert!(started.elapsed() < Duration::from_secs(2));
 }
@@ -295,7 +303,7 @@ async fn slow_body_times_out_as_a_whole() {
 async fn large_body_streams() {
     let data = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\nxx";
     let mut s = stream_of(data).await;
-    match read_request(&mut s, BytesMut::new(), LIMITS, true).await {
+    match read_request(&mut s, BytesMut::new(), LIMITS, true, &running()).await {
         Read::Request {
             end, head, rest, ..
         } => {
@@ -477,4 +485,50 @@ fn the_control_check_agrees_with_the_byte_rule() {
         b"text/html; charset=utf-8\t(x)"
     ));
     assert!(super::inspect::has_control(b"text/html; charset=utf-8\x7f"));
+}
+
+#[tokio::test]
+async fn an_idle_wait_ends_when_the_server_stops_and_only_then() {
+    let idle = Limits {
+        idle: Duration::from_secs(30),
+        ..LIMITS
+    };
+    // Not stopping: a request that comes after several checks is read.
+    let (mut client, mut server) = tokio::io::duplex(4096);
+    let late = tokio::spawn(async move {
+        tokio::time::sleep(SHUTDOWN_CHECK * 2 + Duration::from_millis(300)).await;
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        client
+    });
+    let r = read_request(&mut server, BytesMut::new(), idle, false, &running()).await;
+    assert!(matches!(r, Read::Request { .. }), "{r:?}");
+    drop(late.await.unwrap());
+    // Stopping: the idle connection is let go at the next check, long
+    // before its idle time.
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let (_client, mut server) = tokio::io::duplex(4096);
+    let started = std::time::Instant::now();
+    let stop = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tx.send(true).unwrap();
+        tx
+    });
+    let r = read_request(&mut server, BytesMut::new(), idle, false, &rx).await;
+    assert!(matches!(r, Read::Closed), "{r:?}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(200) && took < SHUTDOWN_CHECK * 2,
+        "{took:?}"
+    );
+    drop(stop.await.unwrap());
+    // A first request's header is not an idle wait: read under its own
+    // deadline whatever `shutdown` says.
+    let (tx, rx) = tokio::sync::watch::channel(true);
+    let mut s = stream_of(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let r = read_request(&mut s, BytesMut::new(), idle, true, &rx).await;
+    assert!(matches!(r, Read::Request { .. }), "{r:?}");
+    drop(tx);
 }
