@@ -7,8 +7,6 @@
 //! It is lenient by design: bytes outside JSON (`data:`, `event:` lines)
 //! are skipped, and a key is any string followed by `:`.
 
-use std::collections::HashMap;
-
 /// Longest key remembered (longer strings are not usage keys).
 const MAX_KEY: usize = 48;
 /// Output text collected at most; past it only its length is counted.
@@ -56,26 +54,76 @@ enum StrKind {
     Other,
 }
 
-/// The scanner; feed it every chunk of a response body in order.
-#[derive(Debug, Default)]
+/// A key, once its string has ended: only what the scanner needs of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    /// `USAGE_KEYS[i]`.
+    Usage(usize),
+    /// One of `TEXT_KEYS`.
+    Text,
+    /// Any other.
+    Other,
+}
+
+impl Key {
+    fn of(bytes: &[u8]) -> Key {
+        if let Some(i) = USAGE_KEYS.iter().position(|u| u.as_bytes() == bytes) {
+            return Key::Usage(i);
+        }
+        match TEXT_KEYS.iter().any(|t| t.as_bytes() == bytes) {
+            true => Key::Text,
+            false => Key::Other,
+        }
+    }
+}
+
+/// The scanner; feed it every chunk of a response body in order. It
+/// allocates nothing but the output text it collects: a key is read into
+/// room of its own and known by what it is, usage by its key's place (a
+/// response that is not an LLM API's, scanned because its client has a
+/// token quota, costs no allocation).
+#[derive(Debug)]
 pub struct UsageScanner {
     lex: Lex,
     kind: Option<StrKind>,
-    key: Vec<u8>,
-    /// The last complete string (a key once a `:` follows).
-    last_string: Option<Vec<u8>>,
+    /// The string being read, when it may be a key: its first bytes, and
+    /// its length (past `MAX_KEY`: too long to be one).
+    key: [u8; MAX_KEY],
+    key_len: usize,
+    /// The last complete string, when it may be a key (a key once a `:`
+    /// follows).
+    last_string: Option<Key>,
     /// The key whose value comes next.
-    pending: Option<Vec<u8>>,
+    pending: Option<Key>,
     number: u64,
-    number_key: Option<Vec<u8>>,
-    numbers: HashMap<&'static str, u64>,
+    number_key: Option<Key>,
+    /// The last number seen under each of `USAGE_KEYS`.
+    numbers: [Option<u64>; USAGE_KEYS.len()],
     text: Vec<u8>,
     text_overflow: usize,
 }
 
+impl Default for UsageScanner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl UsageScanner {
     pub fn new() -> Self {
-        Self::default()
+        UsageScanner {
+            lex: Lex::Between,
+            kind: None,
+            key: [0; MAX_KEY],
+            key_len: 0,
+            last_string: None,
+            pending: None,
+            number: 0,
+            number_key: None,
+            numbers: [None; USAGE_KEYS.len()],
+            text: Vec::new(),
+            text_overflow: 0,
+        }
     }
 
     /// Scans the next chunk of the body.
@@ -102,16 +150,14 @@ impl UsageScanner {
             }
             Lex::Between => match b {
                 b'"' => {
-                    let kind = match &self.pending {
-                        Some(k) if TEXT_KEYS.iter().any(|t| t.as_bytes() == k.as_slice()) => {
-                            StrKind::Text
-                        }
+                    let kind = match self.pending {
+                        Some(Key::Text) => StrKind::Text,
                         Some(_) => StrKind::Other,
                         None => StrKind::Key,
                     };
                     self.pending = None;
                     self.kind = Some(kind);
-                    self.key.clear();
+                    self.key_len = 0;
                     self.lex = Lex::Str {
                         escape: false,
                         hex: 0,
@@ -171,11 +217,10 @@ impl UsageScanner {
             }
             b'"' => {
                 self.lex = Lex::Between;
-                if self.kind == Some(StrKind::Key) && self.key.len() <= MAX_KEY {
-                    self.last_string = Some(std::mem::take(&mut self.key));
-                } else {
-                    self.last_string = None;
-                }
+                self.last_string = match (self.kind, self.key.get(..self.key_len)) {
+                    (Some(StrKind::Key), Some(key)) => Some(Key::of(key)),
+                    _ => None,
+                };
                 self.kind = None;
             }
             other => self.push(other),
@@ -184,7 +229,13 @@ impl UsageScanner {
 
     fn push(&mut self, b: u8) {
         match self.kind {
-            Some(StrKind::Key) if self.key.len() <= MAX_KEY => self.key.push(b),
+            Some(StrKind::Key) => {
+                // One byte past `MAX_KEY` marks the string too long.
+                if let Some(at) = self.key.get_mut(self.key_len) {
+                    *at = b;
+                }
+                self.key_len = (self.key_len + 1).min(MAX_KEY + 1);
+            }
             Some(StrKind::Text) => self.push_text(&[b]),
             _ => {}
         }
@@ -199,21 +250,22 @@ impl UsageScanner {
     }
 
     fn end_number(&mut self) {
-        if let Some(k) = self.number_key.take() {
-            if let Some(name) = USAGE_KEYS.iter().find(|u| u.as_bytes() == k.as_slice()) {
-                self.numbers.insert(name, self.number);
+        if let Some(Key::Usage(i)) = self.number_key.take() {
+            if let Some(n) = self.numbers.get_mut(i) {
+                *n = Some(self.number);
             }
         }
     }
 
     /// The last number seen under `key`.
     pub fn get(&self, key: &str) -> Option<u64> {
-        self.numbers.get(key).copied()
+        let i = USAGE_KEYS.iter().position(|u| *u == key)?;
+        self.numbers.get(i).copied().flatten()
     }
 
     /// Whether any usage was seen.
     pub fn has_usage(&self) -> bool {
-        !self.numbers.is_empty()
+        self.numbers.iter().any(Option::is_some)
     }
 
     /// The output text seen (up to 1 MiB), and the bytes past it.
@@ -275,6 +327,31 @@ data: {"type":"message_delta","usage":{"output_tokens":15}}
         assert_eq!(s.get("output_tokens"), Some(15));
         // `delta` is an object here: only `text` is text.
         assert_eq!(s.text().0, b"Hi there");
+    }
+
+    #[test]
+    fn only_whole_usage_keys_count_and_long_strings_are_no_keys() {
+        let long = "k".repeat(MAX_KEY);
+        let longer = "k".repeat(MAX_KEY + 1);
+        let body = format!(
+            r#"{{"total_tokens_x":5,"xtotal_tokens":6,"{long}":"content","{longer}":"t","total_tokens":7,"prompt_tokens":1}}"#
+        );
+        for cut in 0..body.len() {
+            let s = scan_in_pieces(body.as_bytes(), cut);
+            assert_eq!(s.get("total_tokens"), Some(7), "cut {cut}");
+            assert_eq!(s.get("prompt_tokens"), Some(1));
+            assert_eq!(s.get("completion_tokens"), None);
+            assert_eq!(s.get("total_tokens_x"), None);
+            assert!(s.has_usage());
+            // Neither long string is `content`: no text.
+            assert_eq!(s.text().0, b"", "cut {cut}");
+        }
+        // A string too long to be a key, then `:`: nothing is remembered,
+        // so the string after it is read as a key may be.
+        let body = format!(r#"{{"{longer}":"content":"x","text":"y"}}"#);
+        let s = scan_in_pieces(body.as_bytes(), 3);
+        assert_eq!(s.text().0, b"xy");
+        assert!(!UsageScanner::new().has_usage());
     }
 
     #[test]
