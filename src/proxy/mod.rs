@@ -336,7 +336,11 @@ impl ProxyHttp for Gateway {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse().ok());
             if ctx.reported_tokens.is_none() {
-                ctx.usage = Some(llm::UsageScanner::new());
+                // Output text is counted on an LLM route only.
+                ctx.usage = Some(match ctx.llm.api {
+                    Some(_) => llm::UsageScanner::new(),
+                    None => llm::UsageScanner::usage_only(),
+                });
             }
         }
         if headers::ends_with_header(session.req_header(), upstream_response) {
