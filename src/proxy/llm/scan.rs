@@ -241,8 +241,11 @@ impl UsageScanner {
                 hex: hex - 1,
             };
             if hex == 1 {
-                // A \uXXXX escape: one character of text.
-                self.push_text(b"?");
+                // A \uXXXX escape: one character, of whatever the string
+                // is (it was pushed as text whatever the string: found by
+                // a hostile-upstream run, an id of 20 000 escapes charged
+                // 2 500 tokens).
+                self.push(b'?');
             }
             return;
         }
@@ -417,6 +420,18 @@ data: {"type":"message_delta","usage":{"output_tokens":15}}
         s.finish();
         assert_eq!(s.get("total_tokens"), Some(7));
         assert_eq!(s.text(), (&b""[..], 0));
+    }
+
+    #[test]
+    fn an_escape_is_text_only_in_text() {
+        let body = br#"{"id":"\u0041\u0042","model":"\u00e9","choices":[{"delta":{"content":"a\u00e9b"}}]}"#;
+        for cut in 0..body.len() {
+            let s = scan_in_pieces(body, cut);
+            assert_eq!(s.text(), (&b"a?b"[..], 0), "cut {cut}");
+            let mut s = UsageScanner::usage_only();
+            s.feed(body);
+            assert_eq!(s.text(), (&b""[..], 0));
+        }
     }
 
     /// Everything a scan found, to compare two scans.
