@@ -212,6 +212,20 @@ mod tests {
     }
 
     #[test]
+    fn hosts_the_pattern_describes_are_the_hosts_check_host_accepts() {
+        // The pattern's class by hand: `!` to `~` but `%`.
+        assert_eq!(HOST_PATTERN, "^[!-$&-~]+$");
+        for b in 0..=255u8 {
+            let host = format!("a{}", char::from(b));
+            let described = (b'!'..=b'~').contains(&b) && b != b'%';
+            assert_eq!(operations::check_host(&host).is_ok(), described, "{b:#x}");
+        }
+        assert!(operations::check_host("").is_err());
+        assert!(operations::check_host(&"a".repeat(261)).is_ok());
+        assert!(operations::check_host(&"a".repeat(262)).is_err());
+    }
+
+    #[test]
     fn ids_the_pattern_describes_are_the_ids_check_client_id_accepts() {
         // The pattern's character classes, by hand: what it refuses at the
         // ends (white space Rust's `trim` removes) and anywhere (controls).

@@ -77,8 +77,8 @@ pub const CLIENT_ID_PATTERN: &str = concat!(
     r"[^\x00-\x1f\x7f-\x9f\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?$",
 );
 
-/// A host a cap may be set for: printable ASCII without spaces.
-pub const HOST_PATTERN: &str = "^[!-~]+$";
+/// A host a cap may be set for: printable ASCII without spaces or `%`.
+pub const HOST_PATTERN: &str = "^[!-$&-~]+$";
 
 /// A client's limits, as `PUT /api/v1/clients/{id}` takes them.
 #[derive(Clone, Copy, Debug, Deserialize, ToSchema)]
@@ -376,6 +376,6 @@ pub struct CheckKey {
 #[into_params(parameter_in = Path)]
 pub struct HostName {
     /// `host:port` (a backend, or a forward-proxy destination).
-    #[param(min_length = 1, max_length = 261, pattern = "^[!-~]+$")]
+    #[param(min_length = 1, max_length = 261, pattern = "^[!-$&-~]+$")]
     pub host: String,
 }
