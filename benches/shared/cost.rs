@@ -293,10 +293,9 @@ struct Count {
     /// Floodgate's limiter rotation (`RateLimiter::rotate`), when it ran
     /// in the counted part. It is background work, once per quota window
     /// (it clears the next window's table): under callgrind the counted
-    /// part lasts tens of seconds, so it falls in about one run in two and
-    /// then adds ~1 500 a request, where at full speed it costs a few
-    /// instructions a request (one table clear a window: see
-    /// `benches/README.md`). Reported apart, never hidden.
+    /// part lasts tens of seconds, and a rotation that falls in it adds up
+    /// to ~1 500 a request, where at full speed one table clear a window
+    /// costs a few instructions a request. Reported apart, never hidden.
     rotation: f64,
 }
 
