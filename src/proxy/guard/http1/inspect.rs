@@ -4,6 +4,7 @@
 
 use std::ops::Range;
 
+use super::lines::{HeadScan, Lines};
 use crate::limits::{Refusal, RejectReason};
 
 /// Header fields a request may carry (Pingora's own limit).
@@ -118,12 +119,17 @@ pub fn inspect(buf: &[u8], len: usize) -> Result<Head, Refusal> {
         .iter()
         .position(|b| *b != b'\r' && *b != b'\n')
         .unwrap_or(len);
-    let mut lines = LineIter {
-        buf,
-        pos: start,
-        end: len,
-    };
-    let Some((line, _)) = lines.next() else {
+    inspect_lines(len, Lines::found(buf, start, len))
+}
+
+/// [`inspect`] of the header block a [`HeadScan`] found (its lines' ends
+/// and control characters known: searched for once).
+pub fn inspect_scanned(buf: &[u8], len: usize, scan: &HeadScan) -> Result<Head, Refusal> {
+    inspect_lines(len, scan.lines(buf, len))
+}
+
+fn inspect_lines(len: usize, mut lines: Lines<'_>) -> Result<Head, Refusal> {
+    let Some((line, _, _)) = lines.next() else {
         return Err(bad("empty request"));
     };
     let mut parts = line.split(|b| *b == b' ');
@@ -152,7 +158,7 @@ pub fn inspect(buf: &[u8], len: usize) -> Result<Head, Refusal> {
     let mut connection_upgrade = false;
     let mut options = 0usize;
     let mut json = false;
-    for (line, range) in lines {
+    for (line, range, control) in lines {
         if line.is_empty() {
             break;
         }
@@ -178,7 +184,10 @@ pub fn inspect(buf: &[u8], len: usize) -> Result<Head, Refusal> {
         }
         let name = &line[..colon];
         let value = trim(&line[colon + 1..]);
-        if has_control(value) {
+        // A control character in the line is one in its value: its name
+        // is token characters and its colon, and only spaces and tabs
+        // are trimmed.
+        if control {
             return Err(bad("control characters in a header value"));
         }
         let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
@@ -302,30 +311,6 @@ pub fn inspect(buf: &[u8], len: usize) -> Result<Head, Refusal> {
     })
 }
 
-/// A control character other than HTAB (or DEL) in a header value. Eight
-/// bytes at a time: a word without a byte below 0x20 or equal to 0x7f is
-/// clean (tested with the usual bit tricks, exact for "any byte"); one
-/// that has one is looked at byte by byte (a tab is allowed).
-pub(super) fn has_control(v: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let bad = |b: &u8| (*b < 0x20 && *b != b'\t') || *b == 0x7f;
-    let mut words = v.chunks_exact(8);
-    for w in &mut words {
-        let Ok(bytes) = <[u8; 8]>::try_from(w) else {
-            return w.iter().any(bad);
-        };
-        let x = u64::from_le_bytes(bytes);
-        let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
-        let y = x ^ (ONES * 0x7f);
-        let del = y.wrapping_sub(ONES) & !y & HIGH;
-        if (below_space | del) != 0 && w.iter().any(bad) {
-            return true;
-        }
-    }
-    words.remainder().iter().any(bad)
-}
-
 /// An absolute-form target's authority must be the `Host` value, byte for
 /// byte, without user info (Pingora's own rule, answered here in JSON).
 fn check_target_authority(target: &[u8], host: Option<&[u8]>) -> Result<(), Refusal> {
@@ -410,30 +395,4 @@ pub(super) fn trim(v: &[u8]) -> &[u8] {
         .rposition(|b| !matches!(b, b' ' | b'\t'))
         .map_or(start, |e| e + 1);
     &v[start..end]
-}
-
-/// Lines of a header block, without their line endings, with their byte
-/// ranges (line ending included).
-pub(super) struct LineIter<'a> {
-    pub(super) buf: &'a [u8],
-    pub(super) pos: usize,
-    pub(super) end: usize,
-}
-
-impl<'a> Iterator for LineIter<'a> {
-    type Item = (&'a [u8], Range<usize>);
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.pos >= self.end {
-            return None;
-        }
-        let rest = &self.buf[self.pos..self.end];
-        let nl = memchr::memchr(b'\n', rest)?;
-        let mut line = &rest[..nl];
-        if line.last() == Some(&b'\r') {
-            line = &line[..line.len() - 1];
-        }
-        let range = self.pos..self.pos + nl + 1;
-        self.pos += nl + 1;
-        Some((line, range))
-    }
 }

@@ -24,10 +24,12 @@ use crate::limits::{Refusal, RejectReason};
 
 mod chunked;
 mod inspect;
+mod lines;
 
 pub use chunked::ChunkScan;
 pub use inspect::{head_end, inspect, Framing, Head, MAX_HEADERS};
-use inspect::{trim, LineIter};
+use inspect::{inspect_scanned, trim};
+use lines::{HeadScan, LineIter};
 
 /// How often a connection waiting idle for its next request looks whether
 /// the server has begun to stop.
@@ -157,9 +159,9 @@ where
             }
         }
     }
-    let mut scanned = 0;
+    let mut scan = HeadScan::default();
     let len = loop {
-        if let Some(end) = head_end(buf, scanned) {
+        if let Some(end) = scan.feed(buf) {
             if end > limits.max_header_size {
                 return too_large(limits);
             }
@@ -168,7 +170,6 @@ where
         if buf.len() > limits.max_header_size {
             return too_large(limits);
         }
-        scanned = buf.len().saturating_sub(3);
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(4096);
         }
@@ -189,7 +190,7 @@ where
             Ok(Ok(_)) => {}
         }
     };
-    let mut head = match inspect(buf, len) {
+    let mut head = match inspect_scanned(buf, len, &scan) {
         Ok(h) => h,
         Err(r) => return Step::Refused(r),
     };

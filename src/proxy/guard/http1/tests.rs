@@ -475,16 +475,14 @@ fn the_control_check_agrees_with_the_byte_rule() {
                 for fill in [b'a', b'\t', 0x80, 0xff, b' '] {
                     let mut v = vec![fill; len];
                     v[at] = b;
-                    assert_eq!(super::inspect::has_control(&v), rule(&v), "{v:?}");
+                    assert_eq!(super::lines::has_control(&v), rule(&v), "{v:?}");
                 }
             }
         }
     }
-    assert!(!super::inspect::has_control(b""));
-    assert!(!super::inspect::has_control(
-        b"text/html; charset=utf-8\t(x)"
-    ));
-    assert!(super::inspect::has_control(b"text/html; charset=utf-8\x7f"));
+    assert!(!super::lines::has_control(b""));
+    assert!(!super::lines::has_control(b"text/html; charset=utf-8\t(x)"));
+    assert!(super::lines::has_control(b"text/html; charset=utf-8\x7f"));
 }
 
 #[tokio::test]
