@@ -116,6 +116,12 @@ pub fn check_client_id(id: &[u8]) -> Result<(), String> {
     if id.is_empty() {
         return Err("is empty".into());
     }
+    // The usual id, printable ASCII without spaces, passes every rule
+    // below: one look at each byte (the rules cost ~150 instructions a
+    // request under callgrind, for an id sent with every request).
+    if id.len() <= MAX_CLIENT_ID && id.iter().all(|b| (0x21..0x7f).contains(b)) {
+        return Ok(());
+    }
     let s = std::str::from_utf8(id).map_err(|_| "is not UTF-8".to_string())?;
     let mut n = 0;
     for c in s.chars() {

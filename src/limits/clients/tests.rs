@@ -159,4 +159,11 @@ fn client_ids() {
     assert!(check_client_id(b"a\nb").is_err());
     assert!(check_client_id(&[b'a'; 257]).is_err());
     assert!(check_client_id(&[0xff, 0xfe]).is_err());
+    assert!(check_client_id(&[b'a'; 256]).is_ok());
+    assert!(check_client_id(" a".as_bytes()).is_err());
+    assert!(check_client_id("a b".as_bytes()).is_ok());
+    assert!(check_client_id("a\x7f".as_bytes()).is_err());
+    assert!(check_client_id("caf\u{e9}".as_bytes()).is_ok());
+    assert!(check_client_id("\u{e9}".repeat(256).as_bytes()).is_ok());
+    assert!(check_client_id("\u{e9}".repeat(257).as_bytes()).is_err());
 }

@@ -1,8 +1,6 @@
 //! The rate-limit headers of a response: the legacy `X-RateLimit-*` trio
 //! and the IETF draft `RateLimit-Policy` / `RateLimit`.
 
-use std::io::Write;
-
 use super::Name;
 use crate::limits::rate::{Exceeded, QuotaState};
 
@@ -75,24 +73,55 @@ pub fn rate_limit_headers<E>(
         }
         put(&RATELIMIT_POLICY, &cache.1)
     })?;
-    // On the stack: two quotas' names and four u64s fit.
-    let mut buf = [0u8; 128];
-    let mut w = &mut buf[..];
+    // On the stack: two quotas' names and four u64s fit. The parts of
+    // a known length are copied as arrays (a copy of a length known only
+    // at run time is a call to `memcpy`: twelve a response cost ~180
+    // instructions under callgrind).
+    let mut out = Out {
+        buf: [0u8; 128],
+        n: 0,
+    };
     for (i, (d, _, left)) in dims.iter().enumerate() {
-        let sep: &[u8] = if i > 0 { b", " } else { b"" };
-        for part in [
-            sep,
-            name(d).as_bytes(),
-            b";r=",
-            num.format(left).as_bytes(),
-            b";t=",
-            reset,
-        ] {
-            let _ = w.write_all(part);
+        if i > 0 {
+            out.put(b", ");
+        }
+        match d {
+            Exceeded::Requests => out.put(b"\"requests\";r="),
+            Exceeded::Tokens => out.put(b"\"tokens\";r="),
+        }
+        out.put_slice(num.format(left).as_bytes());
+        out.put(b";t=");
+        out.put_slice(reset);
+    }
+    put(&RATELIMIT, out.bytes())
+}
+
+/// A header value written on the stack.
+struct Out {
+    buf: [u8; 128],
+    n: usize,
+}
+
+impl Out {
+    /// A part of a length known when compiled.
+    #[inline(always)]
+    fn put<const N: usize>(&mut self, part: &[u8; N]) {
+        if let Some(to) = self.buf.get_mut(self.n..self.n + N) {
+            to.copy_from_slice(part);
+            self.n += N;
         }
     }
-    let n = 128 - w.len();
-    put(&RATELIMIT, &buf[..n])
+
+    fn put_slice(&mut self, part: &[u8]) {
+        if let Some(to) = self.buf.get_mut(self.n..self.n + part.len()) {
+            to.copy_from_slice(part);
+            self.n += part.len();
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.buf.get(..self.n).unwrap_or_default()
+    }
 }
 
 /// The key of a rendered `RateLimit-Policy`: each quota's kind and limit,

@@ -43,12 +43,6 @@ enum Lex {
     Num,
 }
 
-/// In a string, with no escape under way.
-const PLAIN_STR: Lex = Lex::Str {
-    escape: false,
-    hex: 0,
-};
-
 /// What the current string is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StrKind {
@@ -73,8 +67,13 @@ enum Key {
 
 impl Key {
     fn of(bytes: &[u8]) -> Key {
-        if let Some(i) = USAGE_KEYS.iter().position(|u| u.as_bytes() == bytes) {
-            return Key::Usage(i);
+        // Usage keys are 12 bytes or more, text keys 7 or fewer: most
+        // keys are compared with one list only.
+        if bytes.len() >= 12 {
+            return match USAGE_KEYS.iter().position(|u| u.as_bytes() == bytes) {
+                Some(i) => Key::Usage(i),
+                None => Key::Other,
+            };
         }
         match TEXT_KEYS.iter().any(|t| t.as_bytes() == bytes) {
             true => Key::Text,
@@ -153,7 +152,13 @@ impl UsageScanner {
     pub fn feed(&mut self, chunk: &[u8]) {
         let mut rest = chunk;
         while let Some((&b, after)) = rest.split_first() {
-            if self.lex == PLAIN_STR {
+            // (A pattern, not `==`: the derived comparison of two `Lex`
+            // cost more than the rest of a byte's step.)
+            if let Lex::Str {
+                escape: false,
+                hex: 0,
+            } = self.lex
+            {
                 let run = rest
                     .iter()
                     .position(|&c| c == b'"' || c == b'\\')
@@ -466,6 +471,19 @@ data: {"type":"message_delta","usage":{"output_tokens":15}}
                 assert!(found(&s) == found(&one), "cut {cut}");
             }
         }
+    }
+
+    #[test]
+    fn every_usage_key_is_longer_than_every_text_key() {
+        assert!(USAGE_KEYS.iter().all(|k| k.len() >= 12));
+        assert!(TEXT_KEYS.iter().all(|k| k.len() < 12));
+        for (i, k) in USAGE_KEYS.iter().enumerate() {
+            assert_eq!(Key::of(k.as_bytes()), Key::Usage(i));
+        }
+        for k in TEXT_KEYS {
+            assert_eq!(Key::of(k.as_bytes()), Key::Text);
+        }
+        assert_eq!(Key::of(b"total_tokenz"), Key::Other);
     }
 
     #[test]

@@ -417,6 +417,10 @@ fn a_plain_host_is_decided_as_by_a_search_for_its_colon() {
     for v in strings_over(b"a9.-:_ ", 0..=5) {
         assert_eq!(super::inspect::plain_host(&v), searched(&v), "{v:?}");
     }
+    for b in 0..=255u8 {
+        let v = [b, b'a', b];
+        assert_eq!(super::inspect::plain_host(&v), searched(&v), "{v:?}");
+    }
 }
 
 /// A header line's name and colon (one scan of the name, no search for
