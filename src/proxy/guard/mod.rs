@@ -46,7 +46,7 @@ use crate::limits::listeners::{ConnectionCaps, ConnectionGate, Full};
 use crate::limits::{Refusal, RejectReason};
 use crate::runtime::SharedRuntime;
 use fence::Fence;
-use http1::{Limits, Read};
+use http1::{Limits, Step};
 
 /// What every listener of a proxy service shares: TLS acceptors (by
 /// listener address) and connection caps.
@@ -303,17 +303,13 @@ pub async fn serve_http1<P: HttpServerApp + Send + Sync + 'static>(
     let mut first = true;
     loop {
         let (limits, write_timeout) = limits(runtime);
-        let carry = fence.take_next();
-        let request = http1::read_request(fence.stream_mut(), carry, limits, first, shutdown);
-        let (mut buf, head, end, rest) = match request.await {
-            Read::Request {
-                buf,
-                head,
-                end,
-                rest,
-            } => (buf, head, end, rest),
-            Read::Closed => return None,
-            Read::Refused(r, id) => {
+        let mut buf = fence.take_next();
+        let request = http1::read(fence.stream_mut(), &mut buf, limits, first, shutdown);
+        let (head, end, rest) = match request.await {
+            Step::Request { head, end, rest } => (head, end, rest),
+            Step::Closed => return None,
+            Step::Refused(r) => {
+                let id = http1::find_request_id(&buf);
                 let (stream, _) = fence.into_parts();
                 refuse(stream, route_label, r, id.as_deref()).await;
                 return None;

@@ -50,7 +50,8 @@ pub struct Limits {
     pub body_total: Duration,
 }
 
-/// What reading a request produced.
+/// What reading a request produced, with its bytes (the tests' form).
+#[cfg(test)]
 #[derive(Debug)]
 pub enum Read {
     /// A request: `buf[..end]` is its header and the part of its body
@@ -84,7 +85,8 @@ pub enum Rest {
 }
 
 /// What [`read`] produced; the bytes are the caller's.
-enum Step {
+#[derive(Debug)]
+pub enum Step {
     Request { head: Head, end: usize, rest: Rest },
     Closed,
     Refused(Refusal),
@@ -94,9 +96,9 @@ fn refusal(reason: RejectReason, message: impl Into<String>) -> Step {
     Step::Refused(Refusal::new(reason, message))
 }
 
-/// Reads the next request from `stream`, starting from `buf` (bytes a
-/// previous request left over). A connection waiting idle for a later
-/// request is closed once `shutdown` says the server is stopping.
+/// [`read`], with the bytes and the request id of a refusal in what it
+/// produced (the tests' form).
+#[cfg(test)]
 pub async fn read_request<S>(
     stream: &mut S,
     mut buf: BytesMut,
@@ -119,7 +121,13 @@ where
     }
 }
 
-async fn read<S>(
+/// Reads the next request from `stream` into `buf`, which holds the bytes
+/// a previous request left over: `buf[..end]` is its header and the part
+/// of its body read so far; bytes past `end` belong to the next request.
+/// A connection waiting idle for a later request is closed once
+/// `shutdown` says the server is stopping. (The caller keeps the bytes:
+/// one future, not one in another, a request.)
+pub async fn read<S>(
     stream: &mut S,
     buf: &mut BytesMut,
     limits: Limits,
@@ -260,7 +268,7 @@ where
 }
 
 /// The well-formed `X-Request-Id` among the header lines in `buf`.
-fn find_request_id(buf: &[u8]) -> Option<String> {
+pub fn find_request_id(buf: &[u8]) -> Option<String> {
     let end = head_end(buf, 0).unwrap_or(buf.len());
     let lines = LineIter { buf, pos: 0, end };
     lines
