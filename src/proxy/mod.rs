@@ -113,7 +113,8 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         let rt = self.runtime.load_full();
-        ctx.admission = admission::Admission::new(rt.config.clients.refund_on_client_abort);
+        ctx.admission
+            .refund_on_abort(rt.config.clients.refund_on_client_abort);
         ctx.origin = headers::Origin::of(
             session.req_header(),
             peer_ip(session),
