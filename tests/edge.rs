@@ -457,7 +457,7 @@ fn get_on(s: &mut TcpStream) -> String {
 /// On SIGTERM a keep-alive connection waiting for its next request is
 /// closed at once, as Pingora's own keep-alive loop closes one, not held
 /// until the grace period ends; a connection whose request is in flight
-/// gets its whole answer, then is closed.
+/// gets its whole answer, which says `Connection: close`, then is closed.
 #[tokio::test]
 async fn an_idle_connection_is_closed_when_draining_starts() {
     let up = Upstream::start("a");
@@ -496,6 +496,13 @@ async fn an_idle_connection_is_closed_when_draining_starts() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.ends_with('}'), "the whole answer: {text}");
     assert!(ended, "and then the connection is closed: {text}");
+    // The answer in flight says it is the connection's last.
+    let head = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(head.contains("\r\nconnection: close"), "{text}");
 }
 
 /// Finding 8: on SIGTERM, `/ready` answers 503 (and `/health` 200) while

@@ -300,7 +300,14 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         headers::refuse_unasked_switch(session.req_header(), upstream_response)?;
-        if headers::unchunk_for_http10(session.req_header(), upstream_response) {
+        // An HTTP/1.0 client's unchunked body ends with the connection;
+        // an answer given once the server has begun to stop is its
+        // connection's last, and says so (`Connection: close`) rather than
+        // letting the client send another request on a connection about to
+        // close (found by a hostile-client run).
+        if headers::unchunk_for_http10(session.req_header(), upstream_response)
+            || session.is_process_shutting_down()
+        {
             session.set_keepalive(None);
         }
         // The gateway's headers: written after the upstream's, outside the
