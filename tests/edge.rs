@@ -425,33 +425,13 @@ async fn a_client_that_stops_reading_is_let_go() {
 /// `Content-Length`); returns the answer's head.
 fn get_on(s: &mut TcpStream) -> String {
     s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = s.read(&mut buf).unwrap();
-        assert!(
-            n > 0,
-            "closed before the answer: {:?}",
-            String::from_utf8_lossy(&got)
-        );
-        got.extend_from_slice(&buf[..n]);
-        let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = String::from_utf8_lossy(&got[..end]).into_owned();
-        let len: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
-            })
-            .expect("a Content-Length");
-        if got.len() >= end + 4 + len {
-            return head;
-        }
-    }
+    let text = read_answer(s);
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    assert!(
+        head.to_ascii_lowercase().contains("\r\ncontent-length:"),
+        "{text}"
+    );
+    head.to_string()
 }
 
 /// On SIGTERM a keep-alive connection waiting for its next request is

@@ -576,3 +576,37 @@ pub fn run_on_config(arg: &str, text: &str, unset: &[&str]) -> std::process::Out
     }
     cmd.output().expect("run floodgate")
 }
+
+/// Reads one HTTP/1 answer from `s`: its header, the blank line, and a
+/// body of its `Content-Length` (none without one), as text. Fails if
+/// the connection closes first.
+pub fn read_answer(s: &mut TcpStream) -> String {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "closed before the answer: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+        let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&got[..end]);
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        if got.len() >= end + 4 + len {
+            return String::from_utf8_lossy(&got).into_owned();
+        }
+    }
+}
