@@ -69,7 +69,6 @@ impl Admission {
         }
     }
 
-    /// The quota charge of phase 4.
     /// What a client's hang-up refunds (`clients.refund_on_client_abort`),
     /// set on the empty admission the request began with (a new one in
     /// its place cost a drop of the old, ~60 instructions).
@@ -77,6 +76,7 @@ impl Admission {
         self.abort = abort;
     }
 
+    /// The quota charge of phase 4.
     pub fn hold_charge(&mut self, charge: Charge) {
         self.charge = Some(charge);
     }

@@ -187,12 +187,13 @@ impl UsageScanner {
                     if !plain.is_empty() {
                         self.push_run(plain);
                     }
-                    if let Some((&b, after)) = after.split_first() {
-                        self.in_string(b, false, 0);
-                        rest = after;
-                    } else {
-                        rest = after;
-                    }
+                    rest = match after.split_first() {
+                        Some((&b, after)) => {
+                            self.in_string(b, false, 0);
+                            after
+                        }
+                        None => after,
+                    };
                 }
                 Lex::Num => {
                     let digits = rest
