@@ -402,6 +402,72 @@ async fn an_upstream_that_switches_protocols_unasked_fails() {
     assert!(text.ends_with("RAW-TUNNEL-BYTES"), "{text}");
 }
 
+/// Found by a hostile-client run: an upstream's `Transfer-Encoding` (or
+/// `Content-Length`) on a 204 reached an HTTP/1.1 client, which a 204 may
+/// not carry. Both are gone, the connection stays usable, and a 304 keeps
+/// its `Content-Length` (it describes the 200 it stands for).
+#[tokio::test]
+async fn a_204_carries_no_framing_fields() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 1024];
+                loop {
+                    let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match conn.read(&mut buf) {
+                            Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                            _ => return,
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+                    seen.drain(..end + 4);
+                    let answer: &[u8] = if head.starts_with("GET /te") {
+                        b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\nX-U: 1\r\n\r\n"
+                    } else if head.starts_with("GET /cl") {
+                        b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nX-U: 2\r\n\r\n"
+                    } else {
+                        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\nX-U: 3\r\n\r\n"
+                    };
+                    if conn.write_all(answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw = Gateway::start(
+        "",
+        &(upstream_toml("api", &[addr], "") + &route_toml("main", "/", "api")),
+    );
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    for (path, mark) in [("/te", "x-u: 1"), ("/cl", "x-u: 2"), ("/te", "x-u: 1")] {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .unwrap();
+        let text = read_answer(&mut s).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 204"), "{text}");
+        assert!(text.contains(mark), "{text}");
+        assert!(!text.contains("transfer-encoding"), "{text}");
+        assert!(!text.contains("content-length"), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "no body: {text}");
+    }
+    s.write_all(b"GET /nm HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "{head:?}");
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 304"), "{text}");
+    assert!(text.contains("content-length: 7"), "{text}");
+}
+
 /// A gateway with a TLS listener (HTTP/2) in front of `upstream`, and an
 /// HTTP/2 client that trusts it: the gateway, the client, the listener's
 /// port, and the directory of its certificate (kept for as long as it).

@@ -150,6 +150,7 @@ impl ProxyHttp for ForwardGateway {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         headers::refuse_unasked_switch(session.req_header(), resp)?;
+        headers::no_framing_on_204(resp);
         // An HTTP/1.0 client's unchunked body ends with the connection;
         // an answer given once the server has begun to stop is its
         // connection's last, and says so (`Connection: close`) rather than

@@ -143,6 +143,23 @@ pub fn refuse_unasked_switch(req: &RequestHeader, resp: &ResponseHeader) -> Resu
     Err(e)
 }
 
+/// A 204 answer has no body, and may carry neither `Transfer-Encoding`
+/// nor `Content-Length` (RFC 9112 §6.1, RFC 9110 §8.6); Pingora sends no
+/// body for one but passes an upstream's framing fields on (found by a
+/// hostile-client run: an HTTP/1.1 client got `Transfer-Encoding:
+/// chunked` on a 204). A 304 may keep them: they describe the 200 it
+/// stands for.
+pub fn no_framing_on_204(resp: &mut ResponseHeader) {
+    if resp.status != http::StatusCode::NO_CONTENT {
+        return;
+    }
+    for n in [TRANSFER_ENCODING, CONTENT_LENGTH] {
+        if resp.headers.contains_key(&n) {
+            resp.remove_header(&n);
+        }
+    }
+}
+
 /// A client below HTTP/1.1 cannot read a chunked body, and a response to
 /// it may carry no `Transfer-Encoding` (RFC 9112 §6.1). Pingora passes an
 /// upstream's chunked framing on, and frames a body of unknown length
