@@ -149,6 +149,7 @@ pub fn refuse_unasked_switch(req: &RequestHeader, resp: &ResponseHeader) -> Resu
 /// hostile-client run: an HTTP/1.1 client got `Transfer-Encoding:
 /// chunked` on a 204). A 304 may keep them: they describe the 200 it
 /// stands for.
+#[inline]
 pub fn no_framing_on_204(resp: &mut ResponseHeader) {
     if resp.status != http::StatusCode::NO_CONTENT {
         return;
