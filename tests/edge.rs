@@ -485,6 +485,46 @@ async fn an_idle_connection_is_closed_when_draining_starts() {
     assert!(head.contains("\r\nconnection: close"), "{text}");
 }
 
+/// Found by a hostile-client run: a request waiting in an upstream's
+/// queue when SIGTERM came was refused (503) with `Connection:
+/// keep-alive`, and its connection closed a second later under the next
+/// request. The gateway's own answers given while it stops say `close`.
+#[tokio::test]
+async fn a_refusal_given_while_draining_closes_its_connection() {
+    let up = Upstream::start("a");
+    let rest = upstream_toml(
+        "api",
+        &[up.addr],
+        "[upstreams.backpressure]\nmin_window = 1\nmax_window = 1\nqueue_timeout = \"1500ms\"\nmax_queue = 5",
+    ) + &route_toml("main", "/", "api");
+    let gw = Gateway::start("grace_period = \"8s\"", &rest);
+    let addr = gw.addr;
+    // The window's one place is held; the second request waits for it.
+    let (busy, queued) = tokio::task::spawn_blocking(move || {
+        let mut busy = TcpStream::connect(addr).unwrap();
+        busy.write_all(b"GET /x?delay_ms=4000 HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut queued = TcpStream::connect(addr).unwrap();
+        queued.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        (busy, queued)
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.proc.signal("TERM");
+    let text = tokio::task::spawn_blocking(move || {
+        let mut queued = queued;
+        read_answer(&mut queued)
+    })
+    .await
+    .unwrap();
+    let head = text.split("\r\n\r\n").next().unwrap_or_default().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 503"), "{text}");
+    assert!(head.contains("\r\nconnection: close"), "{text}");
+    drop(busy);
+}
+
 /// Finding 8: on SIGTERM, `/ready` answers 503 (and `/health` 200) while
 /// requests in flight finish.
 #[tokio::test]

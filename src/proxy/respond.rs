@@ -73,8 +73,11 @@ async fn write(session: &mut Session, ctx: &RequestCtx, r: &Refusal) -> Result<(
             super::headers::add_response(&mut h, k, v, true)
         })?;
     }
-    if r.reason == RejectReason::BadRequest {
-        // After a malformed request the connection's state is suspect.
+    // After a malformed request the connection's state is suspect; an
+    // answer given once the server has begun to stop is the connection's
+    // last, and says so (a refusal of a request queued when SIGTERM came
+    // said keep-alive: found by a hostile-client run).
+    if r.reason == RejectReason::BadRequest || session.is_process_shutting_down() {
         session.set_keepalive(None);
     }
     session.write_response_header(Box::new(h), false).await?;
