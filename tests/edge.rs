@@ -506,7 +506,9 @@ async fn a_refusal_given_while_draining_closes_its_connection() {
             .unwrap();
         std::thread::sleep(Duration::from_millis(200));
         let mut queued = TcpStream::connect(addr).unwrap();
-        queued.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        queued
+            .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap();
         (busy, queued)
     })
     .await
@@ -519,7 +521,11 @@ async fn a_refusal_given_while_draining_closes_its_connection() {
     })
     .await
     .unwrap();
-    let head = text.split("\r\n\r\n").next().unwrap_or_default().to_ascii_lowercase();
+    let head = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 503"), "{text}");
     assert!(head.contains("\r\nconnection: close"), "{text}");
     drop(busy);

@@ -129,9 +129,14 @@ pub fn inspect_scanned(buf: &[u8], len: usize, scan: &HeadScan) -> Result<Head, 
 }
 
 fn inspect_lines(len: usize, mut lines: Lines<'_>) -> Result<Head, Refusal> {
-    let Some((line, _, _)) = lines.next() else {
+    let Some((line, _, control)) = lines.next() else {
         return Err(bad("empty request"));
     };
+    // Pingora took a control character or a tab in the target and sent
+    // it upstream percent-encoded (found by a hostile-client run).
+    if control {
+        return Err(bad("control characters in the request line"));
+    }
     let mut parts = line.split(|b| *b == b' ');
     let method = parts.next().unwrap_or_default();
     let target = parts.next().unwrap_or_default();

@@ -27,7 +27,7 @@ fn controls(x: u64) -> u64 {
 /// The scan of a header block as its bytes arrive: it resumes where the
 /// last read ended, keeps each line's end and whether the line holds a
 /// control character other than HTAB (a CR counts unless a LF follows
-/// it), and stops at the blank line. Leading empty lines are skipped, as
+/// it; in the request line a tab counts too), and stops at the blank line. Leading empty lines are skipped, as
 /// RFC 9112 §2.2 allows, and a line ends at LF with or without CR, as
 /// [`super::head_end`] has it.
 #[derive(Debug)]
@@ -133,7 +133,9 @@ impl HeadScan {
                 self.line_start = Some(i + 1);
                 self.control = false;
             }
-            Some(b'\t') => {}
+            // A tab is a value's; in the request line it is no separator
+            // (RFC 9112 §3) and counts as a control.
+            Some(b'\t') => self.control |= self.count == 0,
             Some(b'\r') => match buf.get(i + 1) {
                 Some(b'\n') => {}
                 Some(_) => self.control = true,
@@ -160,6 +162,7 @@ impl HeadScan {
             start: self.first,
             // Lines past those kept are found again.
             more: (self.count > KEPT).then_some(len),
+            first: true,
         }
     }
 }
@@ -176,6 +179,8 @@ pub struct Lines<'a> {
     /// The header block's length, when lines past those kept are to be
     /// found.
     more: Option<usize>,
+    /// The next line is the request line.
+    first: bool,
 }
 
 impl<'a> Lines<'a> {
@@ -187,6 +192,7 @@ impl<'a> Lines<'a> {
             controls: 0,
             start,
             more: Some(len),
+            first: true,
         }
     }
 }
@@ -208,6 +214,7 @@ impl<'a> Iterator for Lines<'a> {
             }
             let range = self.start..nl + 1;
             self.start = nl + 1;
+            self.first = false;
             return Some((line, range, control));
         }
         self.find_next()
@@ -225,9 +232,11 @@ impl<'a> Lines<'a> {
         };
         let (line, range) = it.next()?;
         self.start = it.pos;
+        let first = std::mem::replace(&mut self.first, false);
+        let control = has_control(line) || (first && line.contains(&b'\t'));
         match line.is_empty() {
             true => None,
-            false => Some((line, range, has_control(line))),
+            false => Some((line, range, control)),
         }
     }
 }
@@ -306,6 +315,9 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: a\r",
             b"\r\n\r\n",
             b"GET /\x01 HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /a\tb HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /a\rb HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET\t/ HTTP/1.1\r\nHost: a\r\nX: a\tb\r\n\r\n",
         ]
         .iter()
         .map(|b| b.to_vec())
@@ -354,6 +366,30 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_control_or_a_tab_in_the_request_line_is_refused() {
+        for line in [
+            "GET /a\rb HTTP/1.1",
+            "GET /\0 HTTP/1.1",
+            "GET /\x7f HTTP/1.1",
+            "GET /a\tb HTTP/1.1",
+        ] {
+            let block = format!("{line}\r\nHost: a\r\n\r\n");
+            let mut scan = HeadScan::default();
+            let len = scan.feed(block.as_bytes()).unwrap_or_default();
+            let r = inspect_scanned(block.as_bytes(), len, &scan).expect_err(line);
+            assert_eq!(
+                r.message, "control characters in the request line",
+                "{line:?}"
+            );
+        }
+        // A tab in a value is the value's.
+        let block = b"GET / HTTP/1.1\r\nHost: a\r\nX: a\tb\r\n\r\n";
+        let mut scan = HeadScan::default();
+        let len = scan.feed(block).unwrap_or_default();
+        assert!(inspect_scanned(block, len, &scan).is_ok());
     }
 
     #[test]
