@@ -114,6 +114,11 @@ async fn malformed_requests_get_json_400_with_a_request_id() {
             400,
         ),
         ("GET / HTTP/1.1\r\nHost: a\r\nX-Bad: a\x7fb\r\n".into(), 400),
+        // Found by a hostile-client run: a control character or a tab in
+        // the target went upstream percent-encoded.
+        ("GET /a\rb HTTP/1.1\r\nHost: a\r\n".into(), 400),
+        ("GET /a\x01b HTTP/1.1\r\nHost: a\r\n".into(), 400),
+        ("GET /a\tb HTTP/1.1\r\nHost: a\r\n".into(), 400),
         // Found by a hostile-client run: an Upgrade that Connection does
         // not name opened a tunnel; Connection naming a header the gateway
         // sets was refused by Pingora only after admission, as "could not
