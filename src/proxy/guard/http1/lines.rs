@@ -27,9 +27,9 @@ fn controls(x: u64) -> u64 {
 /// The scan of a header block as its bytes arrive: it resumes where the
 /// last read ended, keeps each line's end and whether the line holds a
 /// control character other than HTAB (a CR counts unless a LF follows
-/// it; in the request line a tab counts too), and stops at the blank line. Leading empty lines are skipped, as
-/// RFC 9112 §2.2 allows, and a line ends at LF with or without CR, as
-/// [`super::head_end`] has it.
+/// it; in the request line a tab counts too), and stops at the blank
+/// line. Leading empty lines are skipped, as RFC 9112 §2.2 allows, and a
+/// line ends at LF with or without CR, as [`super::head_end`] has it.
 #[derive(Debug)]
 pub struct HeadScan {
     /// Where the scan resumes.
