@@ -231,6 +231,49 @@ async fn an_http10_client_gets_no_chunked_body() {
     );
 }
 
+/// Found by a hostile-client run: an HTTP/1.0 client of an upstream's
+/// chunked answer with trailer fields still got its `Trailer` line, whose
+/// fields cannot come without chunked framing. It gets the body as it is,
+/// no framing fields and no `Trailer`, and what the upstream sent.
+#[tokio::test]
+async fn an_http10_client_gets_no_trailer_line() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\nX-U: 1\r\n\r\n5\r\nhello\r\n0\r\nX-Sum: 9\r\n\r\n",
+                );
+                std::thread::sleep(Duration::from_millis(500));
+            });
+        }
+    });
+    let gw = Gateway::start(
+        "",
+        &(upstream_toml("api", &[addr], "") + &route_toml("main", "/", "api")),
+    );
+    let text = exchange(gw.addr, b"GET /t HTTP/1.0\r\n\r\n");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains(" 200 "), "{text}");
+    assert!(lower.contains("x-u: 1"), "{text}");
+    for gone in ["transfer-encoding", "content-length", "trailer"] {
+        assert!(!lower.contains(gone), "{gone}: {text}");
+    }
+    assert_eq!(body, "hello", "{text}");
+}
+
 /// Finding 7: equal duplicate `Content-Length` values and leading zeros
 /// reach the upstream as one canonical value.
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! its names finds, the hop-by-hop fields that stay at the gateway, and a
 //! protocol switch the client did not ask for.
 
-use http::header::{HeaderName, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
+use http::header::{HeaderName, CONNECTION, CONTENT_LENGTH, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
@@ -168,7 +168,8 @@ pub fn no_framing_on_204(resp: &mut ResponseHeader) {
 /// hostile-client run: an HTTP/1.0 client got `Transfer-Encoding:
 /// chunked` and the chunk sizes in its body). For such a client the
 /// framing fields go (`Content-Length` too: `Transfer-Encoding` overrode
-/// it), so that the body is sent as it is and ends with the connection.
+/// it; and `Trailer`, whose fields cannot follow), so that the body is
+/// sent as it is and ends with the connection.
 /// True when a body follows: the caller closes the connection after it.
 pub fn unchunk_for_http10(req: &RequestHeader, resp: &mut ResponseHeader) -> bool {
     if req.version >= http::Version::HTTP_11
@@ -179,5 +180,10 @@ pub fn unchunk_for_http10(req: &RequestHeader, resp: &mut ResponseHeader) -> boo
     }
     resp.remove_header(&TRANSFER_ENCODING);
     resp.remove_header(&CONTENT_LENGTH);
+    // Trailer fields come only after a chunked body: none will come
+    // (found by a hostile-client run: the `Trailer` line stayed).
+    if resp.headers.contains_key(TRAILER) {
+        resp.remove_header(&TRAILER);
+    }
     !(req.method == http::Method::HEAD || matches!(resp.status.as_u16(), 204 | 304))
 }
