@@ -54,6 +54,41 @@ fn gateway(up: &Upstream) -> Gateway {
     )
 }
 
+/// An upstream of raw bytes on a loopback port: to each request header it
+/// reads on a connection it writes `answer(head)`; with `keep_alive` it
+/// reads the next request on the same connection, else it closes a second
+/// after its first answer (time for the gateway to relay what follows).
+fn raw_upstream(keep_alive: bool, answer: fn(&str) -> &'static [u8]) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 1024];
+                loop {
+                    let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match conn.read(&mut buf) {
+                            Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                            _ => return,
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+                    seen.drain(..end + 4);
+                    if conn.write_all(answer(&head)).is_err() || !keep_alive {
+                        std::thread::sleep(Duration::from_secs(1));
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 /// Finding 7: two GETs in one write are both answered, in order, and both
 /// reach the upstream.
 #[tokio::test]
@@ -237,27 +272,8 @@ async fn an_http10_client_gets_no_chunked_body() {
 /// no framing fields and no `Trailer`, and what the upstream sent.
 #[tokio::test]
 async fn an_http10_client_gets_no_trailer_line() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            std::thread::spawn(move || {
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf) {
-                        Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
-                        _ => return,
-                    }
-                }
-                let _ = conn.write_all(
-                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\nX-U: 1\r\n\r\n5\r\nhello\r\n0\r\nX-Sum: 9\r\n\r\n",
-                );
-                std::thread::sleep(Duration::from_millis(500));
-            });
-        }
+    let addr = raw_upstream(false, |_| {
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\nX-U: 1\r\n\r\n5\r\nhello\r\n0\r\nX-Sum: 9\r\n\r\n"
     });
     let gw = Gateway::start(
         "",
@@ -408,27 +424,8 @@ async fn an_upstream_s_hop_by_hop_fields_stay_at_the_gateway() {
 /// those bytes; a request that asked for the switch still gets it.
 #[tokio::test]
 async fn an_upstream_that_switches_protocols_unasked_fails() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            std::thread::spawn(move || {
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf) {
-                        Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
-                        _ => return,
-                    }
-                }
-                let _ = conn.write_all(
-                    b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nRAW-TUNNEL-BYTES",
-                );
-                std::thread::sleep(Duration::from_secs(1));
-            });
-        }
+    let addr = raw_upstream(false, |_| {
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nRAW-TUNNEL-BYTES"
     });
     let gw = Gateway::start(
         "",
@@ -456,37 +453,13 @@ async fn an_upstream_that_switches_protocols_unasked_fails() {
 /// its `Content-Length` (it describes the 200 it stands for).
 #[tokio::test]
 async fn a_204_carries_no_framing_fields() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            std::thread::spawn(move || {
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 1024];
-                loop {
-                    let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match conn.read(&mut buf) {
-                            Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
-                            _ => return,
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&seen[..end]).into_owned();
-                    seen.drain(..end + 4);
-                    let answer: &[u8] = if head.starts_with("GET /te") {
-                        b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\nX-U: 1\r\n\r\n"
-                    } else if head.starts_with("GET /cl") {
-                        b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nX-U: 2\r\n\r\n"
-                    } else {
-                        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\nX-U: 3\r\n\r\n"
-                    };
-                    if conn.write_all(answer).is_err() {
-                        return;
-                    }
-                }
-            });
+    let addr = raw_upstream(true, |head| {
+        if head.starts_with("GET /te") {
+            b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\nX-U: 1\r\n\r\n"
+        } else if head.starts_with("GET /cl") {
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nX-U: 2\r\n\r\n"
+        } else {
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\nX-U: 3\r\n\r\n"
         }
     });
     let gw = Gateway::start(
