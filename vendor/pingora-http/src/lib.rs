@@ -447,6 +447,14 @@ impl RequestHeader {
         Ok(())
     }
 
+    /// Whether any header was added with [`Self::append_wire_header`] and
+    /// is still kept beside the maps, where `headers` does not show it
+    /// (Floodgate patch; see vendor/README.md).
+    #[inline]
+    pub fn has_wire_headers(&self) -> bool {
+        !self.appended.is_empty()
+    }
+
     /// Remove all headers under the name
     pub fn remove_header<'a, N: ?Sized>(&mut self, name: &'a N) -> Option<HeaderValue>
     where

@@ -175,6 +175,29 @@ impl ConnectionNominations {
     }
 }
 
+/// Whether `req` may hold a header that [`strip_standard_hop_by_hop_headers`]
+/// or the H1 upgrade policy removes (Floodgate patch; see vendor/README.md).
+/// One pass over the names a request holds, usually a handful, instead of
+/// thirteen removals that each hash and probe for a name that is mostly
+/// absent. A header kept beside the maps (`append_wire_header`) is not in
+/// `headers`: with any such, the answer is yes, and the removals read them.
+fn may_hold_hop_by_hop(req: &RequestHeader) -> bool {
+    req.has_wire_headers() || req.headers.keys().any(is_hop_by_hop_name)
+}
+
+/// The names [`strip_standard_hop_by_hop_headers`] and the upgrade policy
+/// remove.
+fn is_hop_by_hop_name(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || *name == header::PROXY_AUTHENTICATE
+        || *name == header::PROXY_AUTHORIZATION
+        || matches!(name.as_str(), KEEP_ALIVE | PROXY_CONNECTION | HTTP2_SETTINGS)
+}
+
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
     req.remove_header(KEEP_ALIVE);
     req.remove_header(PROXY_CONNECTION);
@@ -354,24 +377,32 @@ pub(crate) fn sanitize_h1_upstream_request(
         nominations.remove_from(req);
     }
 
-    if policy.strip_hop_by_hop {
+    // Each removal below is of a name `is_hop_by_hop_name` lists: none of
+    // them is present unless one of the names is.
+    let hop_by_hop = may_hold_hop_by_hop(req);
+
+    if policy.strip_hop_by_hop && hop_by_hop {
         strip_standard_hop_by_hop_headers(req);
     }
 
     match policy.h1_upgrade {
         H1UpgradePolicy::WebSocketOnly => {
-            req.remove_header(&header::CONNECTION);
-            req.remove_header(&header::UPGRADE);
-            req.remove_header(HTTP2_SETTINGS);
+            if hop_by_hop {
+                req.remove_header(&header::CONNECTION);
+                req.remove_header(&header::UPGRADE);
+                req.remove_header(HTTP2_SETTINGS);
+            }
             if websocket_upgrade {
                 req.insert_header(header::CONNECTION, "Upgrade")?;
                 req.insert_header(header::UPGRADE, "websocket")?;
             }
         }
         H1UpgradePolicy::Deny => {
-            req.remove_header(&header::CONNECTION);
-            req.remove_header(&header::UPGRADE);
-            req.remove_header(HTTP2_SETTINGS);
+            if hop_by_hop {
+                req.remove_header(&header::CONNECTION);
+                req.remove_header(&header::UPGRADE);
+                req.remove_header(HTTP2_SETTINGS);
+            }
         }
         H1UpgradePolicy::Preserve => {}
     }
@@ -402,7 +433,7 @@ pub(crate) fn sanitize_h2_upstream_request(
         ConnectionNominations::parse(req, policy.reject_malformed_connection_nominations)?
             .remove_from(req);
     }
-    if policy.strip_hop_by_hop {
+    if policy.strip_hop_by_hop && may_hold_hop_by_hop(req) {
         strip_standard_hop_by_hop_headers(req);
     }
     Ok(())
@@ -664,6 +695,98 @@ mod tests {
         reconcile_upstream_authority(&mut absolute_deleted).unwrap();
         set_h1_host_from_authority(&mut absolute_deleted).unwrap();
         assert_eq!(absolute_deleted.headers[header::HOST], "client.example");
+    }
+
+    /// The removals `sanitize_*` skip when `may_hold_hop_by_hop` says no
+    /// (Floodgate patch): each request, sanitized, ends as it would with
+    /// every removal made, whichever hop-by-hop name it holds (in any case),
+    /// under every policy, and with a header kept beside the maps.
+    #[test]
+    fn skipping_absent_hop_by_hop_removals_changes_nothing() {
+        fn always_removed(mut req: RequestHeader, policy: HttpUpstreamRequestPolicy) -> Vec<u8> {
+            if policy.strip_hop_by_hop {
+                strip_standard_hop_by_hop_headers(&mut req);
+            }
+            if policy.h1_upgrade != H1UpgradePolicy::Preserve {
+                req.remove_header(&header::CONNECTION);
+                req.remove_header(&header::UPGRADE);
+                req.remove_header(HTTP2_SETTINGS);
+            }
+            wire(&req)
+        }
+        fn wire(req: &RequestHeader) -> Vec<u8> {
+            let mut buf = Vec::new();
+            req.header_to_h1_wire(&mut buf);
+            buf
+        }
+        let names = [
+            "Keep-Alive",
+            "proxy-connection",
+            "Proxy-Authenticate",
+            "PROXY-AUTHORIZATION",
+            "te",
+            "Trailer",
+            "Transfer-Encoding",
+            "Upgrade",
+            "HTTP2-Settings",
+            "X-Other",
+        ];
+        let policies = [
+            HttpUpstreamRequestPolicy::standard(),
+            HttpUpstreamRequestPolicy {
+                h1_upgrade: H1UpgradePolicy::Deny,
+                ..HttpUpstreamRequestPolicy::standard()
+            },
+            HttpUpstreamRequestPolicy {
+                strip_hop_by_hop: false,
+                ..HttpUpstreamRequestPolicy::standard()
+            },
+            HttpUpstreamRequestPolicy {
+                strip_connection_nominated: false,
+                ..HttpUpstreamRequestPolicy::standard()
+            },
+        ];
+        for policy in policies {
+            for name in names {
+                for wire_name in [None, Some("connection"), Some("x-wire")] {
+                    let build = || {
+                        let mut req = request_with_headers(&[
+                            ("Host", "a.example"),
+                            (name, "v"),
+                            ("Accept", "*/*"),
+                        ]);
+                        if let Some(wire_name) = wire_name {
+                            let parsed = HeaderName::from_static(wire_name);
+                            req.append_wire_header(&parsed, wire_name, b"w").unwrap();
+                        }
+                        req
+                    };
+                    if name == "Upgrade" && policy.h1_upgrade == H1UpgradePolicy::Preserve {
+                        continue;
+                    }
+                    let mut sanitized = build();
+                    sanitize_h1_upstream_request(&mut sanitized, policy, true).unwrap();
+                    let expected = always_removed(build(), policy);
+                    assert_eq!(
+                        String::from_utf8_lossy(&wire(&sanitized)),
+                        String::from_utf8_lossy(&expected),
+                        "{name} with {wire_name:?}"
+                    );
+                    let mut h2 = build();
+                    sanitize_h2_upstream_request(&mut h2, policy).unwrap();
+                    let mut expected = build();
+                    if policy.strip_hop_by_hop {
+                        strip_standard_hop_by_hop_headers(&mut expected);
+                    }
+                    assert_eq!(wire(&h2), wire(&expected), "h2: {name} with {wire_name:?}");
+                }
+            }
+        }
+        // One that is stripped never reaches the wire, in any case.
+        let mut req = request_with_headers(&[("Host", "a.example"), ("kEEP-aLIVE", "5")]);
+        sanitize_h1_upstream_request(&mut req, HttpUpstreamRequestPolicy::standard(), true)
+            .unwrap();
+        assert_eq!(wire(&req), b"Host: a.example\r\n");
     }
 
     #[test]

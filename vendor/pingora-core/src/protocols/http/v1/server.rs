@@ -846,15 +846,17 @@ impl HttpSession {
         // no need to add these headers to 1xx responses
         if !header.status.is_informational() && self.update_resp_headers {
             /* update headers */
-            header.insert_header(header::DATE, date::get_cached_date())?;
+            // Under names already parsed, spelled as `insert_header` spells
+            // them (Floodgate patch: it parsed them back from their spelling
+            // on every response; see vendor/README.md).
+            header.insert_header_name(&header::DATE, "Date", date::get_cached_date());
 
-            // TODO: make these lazy static
             let connection_value = if self.will_keepalive() {
-                "keep-alive"
+                HeaderValue::from_static("keep-alive")
             } else {
-                "close"
+                HeaderValue::from_static("close")
             };
-            header.insert_header(header::CONNECTION, connection_value)?;
+            header.insert_header_name(&header::CONNECTION, "Connection", connection_value);
         }
 
         if header.status == 101 {
