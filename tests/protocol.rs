@@ -290,6 +290,43 @@ async fn an_http10_client_gets_no_trailer_line() {
     assert_eq!(body, "hello", "{text}");
 }
 
+/// No interim (1xx) answer reaches an HTTP/1.0 client (RFC 9110 §15.2),
+/// through the reverse proxy or the forward proxy's absolute form (found
+/// by a hostile-client run: the client got the upstream's `103`); an
+/// HTTP/1.1 client still gets it before its answer.
+#[tokio::test]
+async fn an_http10_client_gets_no_interim_answer() {
+    let addr = raw_upstream(false, |_| {
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    });
+    let port = free_port();
+    let mut gw = Gateway::start(
+        "",
+        &(upstream_toml("api", &[addr], "")
+            + &route_toml("main", "/", "api")
+            + &format!("[forward_proxy]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n")),
+    );
+    let forward: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_for_port(forward, &mut gw.proc, "forward proxy");
+    let absolute = format!("GET http://{addr}/t HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    for (to, raw) in [
+        (gw.addr, b"GET /t HTTP/1.0\r\n\r\n".to_vec()),
+        (forward, absolute.into_bytes()),
+    ] {
+        let text = exchange(to, &raw);
+        assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+        assert!(!text.to_ascii_lowercase().contains("link:"), "{text}");
+        assert!(!text.contains(" 103 "), "{text}");
+        assert!(text.ends_with("\r\n\r\nok"), "{text}");
+    }
+    let text = exchange(
+        gw.addr,
+        b"GET /t HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert!(text.starts_with("HTTP/1.1 103 "), "{text}");
+    assert!(text.contains("\r\n\r\nHTTP/1.1 200 "), "{text}");
+}
+
 /// Finding 7: equal duplicate `Content-Length` values and leading zeros
 /// reach the upstream as one canonical value.
 #[tokio::test]

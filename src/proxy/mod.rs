@@ -128,6 +128,9 @@ impl ProxyHttp for Gateway {
         if ctx.carries.connection && headers::closes_later(session.req_header()) {
             session.set_keepalive(None);
         }
+        if !headers::takes_interim(session.req_header()) {
+            session.set_ignore_info_resp(true);
+        }
         // The phases in order; the first refusal answers the request (and
         // refunds whatever an earlier phase charged).
         if let Some(r) = phases::route(session, ctx, &rt) {

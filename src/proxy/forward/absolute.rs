@@ -55,6 +55,9 @@ impl ProxyHttp for ForwardGateway {
         if headers::closes_later(session.req_header()) {
             session.set_keepalive(None);
         }
+        if !headers::takes_interim(session.req_header()) {
+            session.set_ignore_info_resp(true);
+        }
         let Some(fp) = rt.config.forward_proxy.as_ref() else {
             let msg = "the forward proxy is off";
             return respond::refuse(session, ctx, Refusal::new(RejectReason::NoRoute, msg)).await;

@@ -161,6 +161,16 @@ pub fn no_framing_on_204(resp: &mut ResponseHeader) {
     }
 }
 
+/// Whether the client may be sent interim (1xx) answers: "a server MUST
+/// NOT send a 1xx response to an HTTP/1.0 client" (RFC 9110 §15.2).
+/// Pingora forwards an upstream's (found by a hostile-client run: an
+/// HTTP/1.0 client got a `103` before its answer); for a client for which
+/// this is false, each proxy asks Pingora to drop them
+/// (`set_ignore_info_resp`).
+pub fn takes_interim(req: &RequestHeader) -> bool {
+    req.version >= http::Version::HTTP_11
+}
+
 /// A client below HTTP/1.1 cannot read a chunked body, and a response to
 /// it may carry no `Transfer-Encoding` (RFC 9112 §6.1). Pingora passes an
 /// upstream's chunked framing on, and frames a body of unknown length
