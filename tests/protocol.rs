@@ -154,6 +154,10 @@ async fn malformed_requests_get_json_400_with_a_request_id() {
         ("GET /a\rb HTTP/1.1\r\nHost: a\r\n".into(), 400),
         ("GET /a\x01b HTTP/1.1\r\nHost: a\r\n".into(), 400),
         ("GET /a\tb HTTP/1.1\r\nHost: a\r\n".into(), 400),
+        // Found by a hostile-client run: a CR alone before the request
+        // line got Pingora's plain-text 400.
+        ("\r\rGET / HTTP/1.1\r\nHost: a\r\n".into(), 400),
+        ("\r\n\rGET / HTTP/1.1\r\nHost: a\r\n".into(), 400),
         // Found by a hostile-client run: an Upgrade that Connection does
         // not name opened a tunnel; Connection naming a header the gateway
         // sets was refused by Pingora only after admission, as "could not

@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 
-use super::lines::{HeadScan, Lines};
+use super::lines::{bare_cr, HeadScan, Lines};
 use crate::limits::{Refusal, RejectReason};
 
 /// Header fields a request may carry (Pingora's own limit).
@@ -119,12 +119,22 @@ pub fn inspect(buf: &[u8], len: usize) -> Result<Head, Refusal> {
         .iter()
         .position(|b| *b != b'\r' && *b != b'\n')
         .unwrap_or(len);
+    if start > 0 && bare_cr(&buf[..=start.min(len.saturating_sub(1))]) {
+        return Err(bad(BARE_CR_BEFORE));
+    }
     inspect_lines(len, Lines::found(buf, start, len))
 }
+
+/// Pingora answered it with a plain-text 400 (found by a hostile-client
+/// run); a CR alone is no empty line (RFC 9112 §2.2).
+const BARE_CR_BEFORE: &str = "a CR without LF before the request line";
 
 /// [`inspect`] of the header block a [`HeadScan`] found (its lines' ends
 /// and control characters known: searched for once).
 pub fn inspect_scanned(buf: &[u8], len: usize, scan: &HeadScan) -> Result<Head, Refusal> {
+    if scan.bare_cr_before {
+        return Err(bad(BARE_CR_BEFORE));
+    }
     inspect_lines(len, scan.lines(buf, len))
 }
 

@@ -47,6 +47,9 @@ pub struct HeadScan {
     controls: u32,
     /// Lines seen (more than [`KEPT`]: only the count is right).
     count: usize,
+    /// A CR not followed by LF came before the request line: not an empty
+    /// line, which is all RFC 9112 §2.2 lets a server skip there.
+    pub(super) bare_cr_before: bool,
 }
 
 impl Default for HeadScan {
@@ -59,6 +62,7 @@ impl Default for HeadScan {
             ends: [0; KEPT],
             controls: 0,
             count: 0,
+            bare_cr_before: false,
         }
     }
 }
@@ -79,6 +83,7 @@ impl HeadScan {
             self.at += skip;
             self.first = self.at;
             self.line_start = Some(self.at);
+            self.bare_cr_before = self.at > 0 && bare_cr(buf.get(..=self.at)?);
         }
         // Eight bytes at a time, each control character of a word handled
         // in turn; then the last few bytes one by one.
@@ -165,6 +170,12 @@ impl HeadScan {
             first: true,
         }
     }
+}
+
+/// Whether `lead` (the empty lines before a request line, and the line's
+/// first byte) holds a CR that no LF follows.
+pub(super) fn bare_cr(lead: &[u8]) -> bool {
+    lead.windows(2).any(|w| w[0] == b'\r' && w[1] != b'\n')
 }
 
 /// The lines of a header block: those a [`HeadScan`] kept, then (past
@@ -318,6 +329,10 @@ mod tests {
             b"GET /a\tb HTTP/1.1\r\nHost: a\r\n\r\n",
             b"GET /a\rb HTTP/1.1\r\nHost: a\r\n\r\n",
             b"GET\t/ HTTP/1.1\r\nHost: a\r\nX: a\tb\r\n\r\n",
+            b"\r\rGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"\rGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"\r\n\r\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"\n\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
         ]
         .iter()
         .map(|b| b.to_vec())
