@@ -446,20 +446,25 @@ async fn an_idle_connection_is_closed_when_draining_starts() {
         &(upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api")),
     );
     let addr = gw.addr;
-    let (idle, busy) = tokio::task::spawn_blocking(move || {
+    let (idle, busy, fresh) = tokio::task::spawn_blocking(move || {
         let mut idle = TcpStream::connect(addr).unwrap();
         assert!(get_on(&mut idle).starts_with("HTTP/1.1 200"));
         let mut busy = TcpStream::connect(addr).unwrap();
         assert!(get_on(&mut busy).starts_with("HTTP/1.1 200"));
         busy.write_all(b"GET /x?delay_ms=1000 HTTP/1.1\r\nHost: a\r\n\r\n")
             .unwrap();
-        (idle, busy)
+        // Found by a hostile-client run: a connection that has sent
+        // nothing yet was held until its header timeout (10 s) or the
+        // grace period's end.
+        let fresh = TcpStream::connect(addr).unwrap();
+        (idle, busy, fresh)
     })
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     gw.proc.signal("TERM");
     let closed = tokio::task::spawn_blocking(move || time_to_close(idle, Duration::from_secs(6)));
+    let fresh = tokio::task::spawn_blocking(move || time_to_close(fresh, Duration::from_secs(6)));
     let answered = tokio::task::spawn_blocking(move || {
         let mut busy = busy;
         busy.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
@@ -472,6 +477,11 @@ async fn an_idle_connection_is_closed_when_draining_starts() {
         .unwrap()
         .expect("the idle connection is closed");
     assert!(closed < Duration::from_secs(2), "{closed:?}");
+    let fresh = fresh
+        .await
+        .unwrap()
+        .expect("the connection that sent nothing is closed");
+    assert!(fresh < Duration::from_secs(2), "{fresh:?}");
     let (text, ended) = answered.await.unwrap();
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.ends_with('}'), "the whole answer: {text}");

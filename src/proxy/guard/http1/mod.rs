@@ -124,7 +124,7 @@ where
 /// Reads the next request from `stream` into `buf`, which holds the bytes
 /// a previous request left over: `buf[..end]` is its header and the part
 /// of its body read so far; bytes past `end` belong to the next request.
-/// A connection waiting idle for a later request is closed once
+/// A connection waiting for a request's first byte is closed once
 /// `shutdown` says the server is stopping. (The caller keeps the bytes:
 /// one future, not one in another, a request.)
 pub async fn read<S>(
@@ -143,16 +143,23 @@ where
     // rest of its header (microseconds after its first byte): a header
     // that came whole reads no clock.
     let mut deadline = first_request.then(|| Instant::now() + limits.header_timeout);
-    if !first_request && buf.is_empty() {
+    if buf.is_empty() {
         buf.reserve(4096);
-        // The wait for a later request, in slices of at most
-        // `SHUTDOWN_CHECK`: between two, a server that has begun to stop
-        // closes the idle connection (as Pingora's own keep-alive loop
-        // does) instead of holding it until its grace period ends. A
-        // request that comes within the first slice, as nearly every one
-        // does, costs nothing more (watching `shutdown` in a `select!`
-        // cost ~440 instructions a request: scripts/callgrind).
-        let mut left = limits.idle;
+        // The wait for a request's first byte (a later request's within
+        // `idle`; the first's within `header_timeout`, which its whole
+        // header is held to), in slices of at most `SHUTDOWN_CHECK`:
+        // between two, a server that has begun to stop closes the
+        // connection (as Pingora's own keep-alive loop does) instead of
+        // holding it until its grace period ends (found by a
+        // hostile-client run: a connection that had sent nothing was held
+        // on SIGTERM). A request that comes within the first slice, as
+        // nearly every one does, costs nothing more (watching `shutdown`
+        // in a `select!` cost ~440 instructions a request:
+        // scripts/callgrind).
+        let mut left = match first_request {
+            true => limits.header_timeout,
+            false => limits.idle,
+        };
         loop {
             let slice = left.min(SHUTDOWN_CHECK);
             match fast_timeout(slice, stream.read_buf(buf)).await {
