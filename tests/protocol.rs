@@ -107,8 +107,9 @@ async fn pipelined_requests_are_served_in_order() {
 }
 
 /// Found by a hostile-client run: `close` on a second `Connection` line
-/// was ignored (Pingora reads the first), the connection kept open and a
-/// pipelined request after it served.
+/// was ignored (Pingora read the first), the connection kept open and a
+/// pipelined request after it served. (Pingora reads every line since
+/// stop 28: vendor/README.md.)
 #[tokio::test]
 async fn close_on_a_later_connection_line_closes() {
     let up = Upstream::start("a");
@@ -292,6 +293,48 @@ async fn an_http10_client_gets_no_trailer_line() {
         assert!(!lower.contains(gone), "{gone}: {text}");
     }
     assert_eq!(body, "hello", "{text}");
+}
+
+/// Found by a hostile-client run: an upstream's `close` on a second
+/// `Connection` line was ignored (Pingora read the first), and the next
+/// request went onto the connection the upstream was closing: a 502. It
+/// goes to a new connection now, through both proxies.
+#[tokio::test]
+async fn an_upstream_close_on_a_later_connection_line_is_heeded() {
+    // Answers each connection's first request and closes it a second
+    // later, reading nothing more from it.
+    let addr = raw_upstream(false, |_| {
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+    });
+    let port = free_port();
+    let mut gw = Gateway::start(
+        "",
+        &(upstream_toml("api", &[addr], "")
+            + &route_toml("main", "/", "api")
+            + &format!("[forward_proxy]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n")),
+    );
+    let forward: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_for_port(forward, &mut gw.proc, "forward proxy");
+    for (to, target) in [
+        (gw.addr, "/t".to_string()),
+        (forward, format!("http://{addr}/t")),
+    ] {
+        let mut s = TcpStream::connect(to).unwrap();
+        for i in 0..3 {
+            // A POST: Pingora retries a GET that finds its reused
+            // connection closed, which hides the fault behind a delay.
+            s.write_all(
+                format!(
+                    "POST {target}?{i} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 5\r\n\r\nhello"
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            let text = common::read_answer(&mut s);
+            assert!(text.starts_with("HTTP/1.1 200 "), "{target} #{i}: {text}");
+            assert!(text.ends_with("\r\n\r\nok"), "{target} #{i}: {text}");
+        }
+    }
 }
 
 /// No interim (1xx) answer reaches an HTTP/1.0 client (RFC 9110 §15.2),

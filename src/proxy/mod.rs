@@ -125,9 +125,6 @@ impl ProxyHttp for Gateway {
         let c = &rt.config.clients;
         ctx.carries = headers::Carries::of(session.req_header(), &c.id_header, &c.token_header);
         ctx.request_id = headers::request_id(session.req_header(), ctx.carries.request_id);
-        if ctx.carries.connection && headers::closes_later(session.req_header()) {
-            session.set_keepalive(None);
-        }
         if !headers::takes_interim(session.req_header()) {
             session.set_ignore_info_resp(true);
         }

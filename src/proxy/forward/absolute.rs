@@ -52,9 +52,6 @@ impl ProxyHttp for ForwardGateway {
         ctx.route = Some(Arc::from(FORWARD_ROUTE));
         ctx.route_metrics = Some(super::forward_metrics().clone());
         ctx.request_id = headers::request_id(session.req_header(), true);
-        if headers::closes_later(session.req_header()) {
-            session.set_keepalive(None);
-        }
         if !headers::takes_interim(session.req_header()) {
             session.set_ignore_info_resp(true);
         }

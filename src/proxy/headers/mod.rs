@@ -416,17 +416,6 @@ pub fn ends_with_header(req: &RequestHeader, resp: &ResponseHeader) -> bool {
             .is_some_and(|v| v.trim() == "0")
 }
 
-/// Whether a `Connection` line after the first asks to close: Pingora
-/// reads only the first for `close`, and would keep the connection open.
-pub fn closes_later(req: &RequestHeader) -> bool {
-    req.headers
-        .get_all(CONNECTION)
-        .iter()
-        .skip(1)
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .any(|o| o.trim_ascii().eq_ignore_ascii_case(b"close"))
-}
-
 /// Whether a client's line of this name reaches the upstream as it was
 /// sent whatever else the request carries, `Connection` aside (which may
 /// list any name): no step of the upstream request's preparation (here,

@@ -606,15 +606,20 @@ impl HttpSession {
     }
 
     fn is_connection_keepalive(&self) -> Option<bool> {
+        // Every `Connection` line of each (Floodgate patch; see
+        // vendor/README.md).
         let request_keepalive = self
             .request_written
             .as_ref()
-            .and_then(|req| is_buf_keepalive(req.headers.get(header::CONNECTION)));
+            .and_then(|req| is_all_keepalive(req.headers.get_all(header::CONNECTION)));
 
         match request_keepalive {
             // ignore what the server sends if request disables keepalive explicitly
             Some(false) => Some(false),
-            _ => is_buf_keepalive(self.get_header(header::CONNECTION)),
+            _ => self
+                .response_header
+                .as_ref()
+                .and_then(|resp| is_all_keepalive(resp.headers.get_all(header::CONNECTION))),
         }
     }
 

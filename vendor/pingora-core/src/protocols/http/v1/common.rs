@@ -267,6 +267,25 @@ pub(super) fn is_buf_keepalive(header_value: Option<&HeaderValue>) -> Option<boo
     })
 }
 
+/// [`is_buf_keepalive`] of every `Connection` line of a message, read as
+/// one list (RFC 9110 §5.3): `close` in any line wins, else `keep-alive`
+/// in any (Floodgate patch: only the first line was read, so a `close` on
+/// a later line was missed and the connection reused; see
+/// vendor/README.md). For a single line the answer is as before.
+pub(super) fn is_all_keepalive<'a>(
+    values: impl IntoIterator<Item = &'a HeaderValue>,
+) -> Option<bool> {
+    let mut keepalive = None;
+    for value in values {
+        match is_buf_keepalive(Some(value)) {
+            Some(false) => return Some(false),
+            Some(true) => keepalive = Some(true),
+            None => {}
+        }
+    }
+    keepalive
+}
+
 #[inline]
 pub(super) fn populate_headers(
     base: usize,
@@ -534,6 +553,27 @@ mod test {
             headers.append(CONTENT_LENGTH, (*value).try_into().unwrap());
         }
         assert_eq!(content_length_parse_all(&headers), expected);
+    }
+
+    #[test]
+    fn every_connection_line_is_read() {
+        let lines = |v: &[&str]| {
+            let mut headers = HMap::new();
+            for line in v {
+                headers.append(header::CONNECTION, HeaderValue::from_str(line).unwrap());
+            }
+            is_all_keepalive(headers.get_all(header::CONNECTION))
+        };
+        assert_eq!(lines(&[]), None);
+        assert_eq!(lines(&["close"]), Some(false));
+        assert_eq!(lines(&["keep-alive"]), Some(true));
+        assert_eq!(lines(&["x-foo"]), None);
+        assert_eq!(lines(&["keep-alive, close"]), Some(false));
+        assert_eq!(lines(&["keep-alive", "close"]), Some(false));
+        assert_eq!(lines(&["x-foo", "CLOSE"]), Some(false));
+        assert_eq!(lines(&["", "close"]), Some(false));
+        assert_eq!(lines(&["x-foo", "keep-alive"]), Some(true));
+        assert_eq!(lines(&["close", "keep-alive"]), Some(false));
     }
 
     #[test]

@@ -777,7 +777,10 @@ impl HttpSession {
     }
 
     fn is_connection_keepalive(&self) -> Option<bool> {
-        is_buf_keepalive(self.get_header(header::CONNECTION))
+        // Every `Connection` line (Floodgate patch; see vendor/README.md).
+        self.request_header
+            .as_ref()
+            .and_then(|req| is_all_keepalive(req.headers.get_all(header::CONNECTION)))
     }
 
     // calculate write timeout from min_send_rate if set, otherwise return write_timeout
