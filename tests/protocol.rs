@@ -191,6 +191,9 @@ async fn malformed_requests_get_json_400_with_a_request_id() {
         let lower = text.to_ascii_lowercase();
         assert!(lower.contains("content-type: application/json"), "{text}");
         assert!(lower.contains("x-request-id: case-7"), "{text}");
+        // Found by a hostile-client run: the guard's refusals had no Date.
+        assert_eq!(lower.matches("\r\ndate: ").count(), 1, "{text}");
+        assert!(lower.contains(" gmt\r\n"), "{text}");
         let body = &bodies(&text)[0];
         let code = if status == 400 {
             "bad_request"

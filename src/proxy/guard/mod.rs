@@ -206,10 +206,14 @@ pub async fn refuse(mut stream: Stream, route: &str, r: Refusal, request_id: Opt
         .filter(|id| super::headers::valid_request_id(id.as_bytes()))
         .map(str::to_string)
         .unwrap_or_else(super::headers::new_request_id);
+    // `Date`, as on every answer Pingora writes (RFC 9110 §6.6.1; found by
+    // a hostile-client run: the guard's own refusals had none).
+    let date = pingora::protocols::http::date::get_cached_date();
     let head = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\n{retry}connection: close\r\n\r\n",
+        "HTTP/1.1 {} {}\r\ndate: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\n{retry}connection: close\r\n\r\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
+        String::from_utf8_lossy(date.as_bytes()),
         body.len()
     );
     // A client that does not read its answer does not keep the connection.
