@@ -43,6 +43,9 @@ pub enum RejectReason {
     RequestTimeout,
     /// A method this listener does not serve (CONNECT on the reverse proxy).
     MethodNotAllowed,
+    /// A transfer coding of the request's body other than `chunked`, which
+    /// the gateway cannot decode.
+    NotImplemented,
     /// The client is over its requests per window.
     RpmExceeded,
     /// The client is over its tokens per window.
@@ -82,6 +85,7 @@ impl RejectReason {
             RejectReason::HeadersTooLarge => "headers_too_large",
             RejectReason::RequestTimeout => "request_timeout",
             RejectReason::MethodNotAllowed => "method_not_allowed",
+            RejectReason::NotImplemented => "not_implemented",
             RejectReason::RpmExceeded => "rpm_exceeded",
             RejectReason::TpmExceeded => "tpm_exceeded",
             RejectReason::ConcurrencyExceeded => "concurrency_exceeded",
@@ -103,6 +107,7 @@ impl RejectReason {
             RejectReason::NoRoute => StatusCode::NOT_FOUND,
             RejectReason::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             RejectReason::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            RejectReason::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             RejectReason::EstimateTooLarge | RejectReason::BodyTooLarge => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }

@@ -111,7 +111,8 @@ const TCHAR: [bool; 256] = {
 /// name and value, and the fields that frame the body. Refuses what is
 /// malformed or ambiguous: obsolete line folding, control characters,
 /// more than [`MAX_HEADERS`] fields, `Content-Length` values that disagree
-/// or are not numbers, a transfer coding other than a final `chunked`,
+/// or are not numbers, transfer codings that are not `chunked` once and
+/// last (and, with it, any other coding: 501),
 /// framing fields spelt with `_`, and an HTTP/1.1 request without exactly
 /// one valid `Host`.
 pub fn inspect(buf: &[u8], len: usize) -> Result<Head, Refusal> {
@@ -165,6 +166,8 @@ fn inspect_lines(len: usize, mut lines: Lines<'_>) -> Result<Head, Refusal> {
     let mut fields = 0usize;
     let mut length: Option<u64> = None;
     let mut chunked: Option<bool> = None;
+    // A transfer coding other than `chunked` (which cannot be decoded here).
+    let mut other_coding = false;
     let mut hosts = 0usize;
     let mut host_ok = true;
     let mut host: Option<&[u8]> = None;
@@ -238,12 +241,25 @@ fn inspect_lines(len: usize, mut lines: Lines<'_>) -> Result<Head, Refusal> {
             if !http11 {
                 return Err(bad("Transfer-Encoding in an HTTP/1.0 request"));
             }
-            let last = value
-                .rsplit(|b| *b == b',')
-                .next()
-                .map(trim)
-                .unwrap_or_default();
-            chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+            // Every line's codings are one list (RFC 9110 §5.3): chunked
+            // last and once (RFC 9112 §6.1), after any others.
+            // A line with no coding frames nothing: refused below.
+            let mut any = false;
+            for coding in value.split(|b| *b == b',').map(trim) {
+                if coding.is_empty() {
+                    continue;
+                }
+                if chunked == Some(true) {
+                    return Err(bad("the body's transfer coding must end in chunked"));
+                }
+                let is_chunked = coding.eq_ignore_ascii_case(b"chunked");
+                other_coding |= !is_chunked;
+                chunked = Some(is_chunked);
+                any = true;
+            }
+            if !any {
+                chunked = Some(false);
+            }
         } else if is(b"host") {
             hosts += 1;
             host_ok &= valid_host(value);
@@ -285,6 +301,17 @@ fn inspect_lines(len: usize, mut lines: Lines<'_>) -> Result<Head, Refusal> {
     let framing = match (chunked, length) {
         (Some(false), _) => {
             return Err(bad("the body's transfer coding must end in chunked"));
+        }
+        // Found by a hostile-client run: `gzip, chunked` reached the
+        // upstream as `chunked` alone, its body still gzipped. Nothing here
+        // decodes a transfer coding, and none may pass undecoded (they are
+        // hop-by-hop): 501, as RFC 9112 §6.1 says for a coding a server
+        // does not understand (nginx answers the same).
+        (Some(true), _) if other_coding => {
+            return Err(Refusal::new(
+                RejectReason::NotImplemented,
+                "transfer codings other than chunked are not supported",
+            ));
         }
         // Both: chunked wins (RFC 9112 §6.3); Pingora closes after it.
         (Some(true), _) => Framing::Chunked,
@@ -422,4 +449,45 @@ pub(super) fn trim(v: &[u8]) -> &[u8] {
         v = rest;
     }
     v
+}
+
+#[cfg(test)]
+mod transfer_codings {
+    use super::*;
+
+    fn head(s: &str) -> Result<Head, Refusal> {
+        inspect(s.as_bytes(), s.len())
+    }
+
+    #[test]
+    fn only_chunked_is_taken_and_once() {
+        // Found by a hostile-client run: another coding before chunked reached
+        // the upstream as `chunked` alone. 501, on one line or several.
+        for te in [
+            "gzip, chunked",
+            "gzip\r\nTransfer-Encoding: chunked",
+            "identity, chunked",
+        ] {
+            let r = head(&format!(
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {te}\r\n\r\n"
+            ))
+            .unwrap_err();
+            assert_eq!(r.reason, RejectReason::NotImplemented, "{te}");
+        }
+        // Chunked twice, or not last, or no coding: 400.
+        for te in [
+            "chunked, chunked",
+            "chunked\r\nTransfer-Encoding: chunked",
+            "chunked, gzip",
+            "gzip",
+            "",
+            " , ",
+        ] {
+            let r = head(&format!(
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {te}\r\n\r\n"
+            ))
+            .unwrap_err();
+            assert_eq!(r.reason, RejectReason::BadRequest, "{te:?}");
+        }
+    }
 }
