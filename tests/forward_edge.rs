@@ -213,3 +213,30 @@ async fn refused_destinations_leave_nothing_behind() {
     let hosts = json_at(&client(), &gw.admin_url("/api/v1/hosts")).await;
     assert!(!hosts.to_string().contains("blocked"), "{hosts}");
 }
+
+/// Found by a hostile-client run: an absolute-form target with an empty
+/// path and a query (`http://host:port?q`) was refused 502; it goes
+/// upstream as `/?q` (RFC 9112 §3.2.1), its query kept.
+#[tokio::test]
+async fn an_empty_path_with_a_query_goes_upstream_as_slash() {
+    let up = Upstream::start("a");
+    let (_gw, proxy) = forward_gateway("", &unused_route());
+    let addr = up.addr;
+    let text = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(proxy).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET http://{addr}?status=201 HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    })
+    .await
+    .unwrap();
+    // The demo upstream answers `status` from the query: it came through.
+    assert!(text.starts_with("HTTP/1.1 201"), "{text}");
+    assert!(text.contains("\"path\":\"/\""), "{text}");
+}

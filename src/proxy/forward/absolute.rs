@@ -120,11 +120,15 @@ impl ProxyHttp for ForwardGateway {
         ctx.admission.mark_sent();
         let target = absolute_target(req);
         let authority = target.authority().map(|a| a.as_str().to_string());
-        let origin = target
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .parse::<http::Uri>()
-            .or_err(InvalidHTTPHeader, "request target")?;
+        // An empty path is `/` in origin form (RFC 9112 §3.2.1), with the
+        // query kept (found by a hostile-client run: `http://h:p?q` was
+        // refused 502, `?q` being no target).
+        let origin = match target.path_and_query().map(|p| p.as_str()) {
+            Some(pq) if pq.starts_with('/') => pq.parse::<http::Uri>(),
+            Some(pq) => format!("/{pq}").parse::<http::Uri>(),
+            None => Ok(http::Uri::from_static("/")),
+        }
+        .or_err(InvalidHTTPHeader, "request target")?;
         req.set_uri(origin);
         if let Some(a) = authority {
             req.insert_header(http::header::HOST, a)?;
