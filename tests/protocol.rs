@@ -350,6 +350,36 @@ async fn an_upstream_close_on_a_later_connection_line_is_heeded() {
     }
 }
 
+/// The gateway answers in its own HTTP version (RFC 9110 §2.5), through
+/// both proxies (found by a hostile-client run: an upstream's `HTTP/1.0
+/// 200 OK` reached the client as it was).
+#[tokio::test]
+async fn an_http10_upstream_is_answered_for_in_http11() {
+    let addr = raw_upstream(false, |_| b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    let port = free_port();
+    let mut gw = Gateway::start(
+        "",
+        &(upstream_toml("api", &[addr], "")
+            + &route_toml("main", "/", "api")
+            + &format!("[forward_proxy]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n")),
+    );
+    let forward: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_for_port(forward, &mut gw.proc, "forward proxy");
+    let absolute =
+        format!("GET http://{addr}/t HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    for (to, raw) in [
+        (
+            gw.addr,
+            b"GET /t HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
+        (forward, absolute.into_bytes()),
+    ] {
+        let text = exchange(to, &raw);
+        assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+        assert!(text.ends_with("\r\n\r\nok"), "{text}");
+    }
+}
+
 /// No interim (1xx) answer reaches an HTTP/1.0 client (RFC 9110 §15.2),
 /// through the reverse proxy or the forward proxy's absolute form (found
 /// by a hostile-client run: the client got the upstream's `103`); an

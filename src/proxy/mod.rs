@@ -301,6 +301,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         headers::refuse_unasked_switch(session.req_header(), upstream_response)?;
         headers::no_framing_on_204(upstream_response);
+        headers::own_version(upstream_response);
         // An HTTP/1.0 client's unchunked body ends with the connection;
         // an answer given once the server has begun to stop is its
         // connection's last, and says so (`Connection: close`) rather than

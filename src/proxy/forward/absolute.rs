@@ -155,6 +155,7 @@ impl ProxyHttp for ForwardGateway {
     ) -> Result<()> {
         headers::refuse_unasked_switch(session.req_header(), resp)?;
         headers::no_framing_on_204(resp);
+        headers::own_version(resp);
         // An HTTP/1.0 client's unchunked body ends with the connection;
         // an answer given once the server has begun to stop is its
         // connection's last, and says so (`Connection: close`) rather than

@@ -16,8 +16,8 @@ pub use ratelimit::{
     X_RATELIMIT_RESET,
 };
 pub use response::{
-    no_framing_on_204, refuse_unasked_switch, strip_response_hop_by_hop, takes_interim,
-    unchunk_for_http10, ResponseNames,
+    no_framing_on_204, own_version, refuse_unasked_switch, strip_response_hop_by_hop,
+    takes_interim, unchunk_for_http10, ResponseNames,
 };
 pub use seen::Carries;
 use seen::Seen;

@@ -161,6 +161,17 @@ pub fn no_framing_on_204(resp: &mut ResponseHeader) {
     }
 }
 
+/// The gateway answers in its own HTTP version: "intermediaries ... MUST
+/// send their own HTTP-version in forwarded messages" (RFC 9110 §2.5).
+/// Pingora writes the upstream's (found by a hostile-client run: an
+/// upstream's `HTTP/1.0 200 OK` reached an HTTP/1.1 client as it was).
+#[inline]
+pub fn own_version(resp: &mut ResponseHeader) {
+    if resp.version < http::Version::HTTP_11 {
+        resp.set_version(http::Version::HTTP_11);
+    }
+}
+
 /// Whether the client may be sent interim (1xx) answers: "a server MUST
 /// NOT send a 1xx response to an HTTP/1.0 client" (RFC 9110 §15.2).
 /// Pingora forwards an upstream's (found by a hostile-client run: an
