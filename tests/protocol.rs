@@ -380,6 +380,30 @@ async fn an_http10_upstream_is_answered_for_in_http11() {
     }
 }
 
+/// An answer whose body ends with the connection (a transfer coding not
+/// ending in chunked, which Pingora passes on as it is) says `Connection:
+/// close`, and closes the client's connection after it (found by a
+/// hostile-client run: it said `keep-alive`). (Without any framing field
+/// Pingora chunks the body for an HTTP/1.1 client, and keeps the
+/// connection.)
+#[tokio::test]
+async fn a_close_delimited_answer_says_close() {
+    let addr = raw_upstream(false, |_| {
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: gzip\r\n\r\nbody"
+    });
+    let gw = Gateway::start(
+        "",
+        &(upstream_toml("api", &[addr], "") + &route_toml("main", "/", "api")),
+    );
+    let text = exchange(gw.addr, b"GET /t HTTP/1.1\r\nHost: a\r\n\r\n");
+    let (head, body) = text.split_once("\r\n\r\n").expect("an answer");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.starts_with("http/1.1 200 "), "{text}");
+    assert_eq!(lower.matches("\r\nconnection: ").count(), 1, "{text}");
+    assert!(lower.contains("\r\nconnection: close"), "{text}");
+    assert_eq!(body, "body", "{text}");
+}
+
 /// No interim (1xx) answer reaches an HTTP/1.0 client (RFC 9110 §15.2),
 /// through the reverse proxy or the forward proxy's absolute form (found
 /// by a hostile-client run: the client got the upstream's `103`); an

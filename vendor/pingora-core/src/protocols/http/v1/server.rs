@@ -853,13 +853,6 @@ impl HttpSession {
             // them (Floodgate patch: it parsed them back from their spelling
             // on every response; see vendor/README.md).
             header.insert_header_name(&header::DATE, "Date", date::get_cached_date());
-
-            let connection_value = if self.will_keepalive() {
-                HeaderValue::from_static("keep-alive")
-            } else {
-                HeaderValue::from_static("close")
-            };
-            header.insert_header_name(&header::CONNECTION, "Connection", connection_value);
         }
 
         if header.status == 101 {
@@ -912,6 +905,19 @@ impl HttpSession {
         // as un-reusable
         if self.body_writer.is_close_delimited() {
             self.set_keepalive(None);
+        }
+
+        // `Connection` once the body's framing is known (Floodgate patch: it
+        // was written before, so a close-delimited body went out under
+        // `Connection: keep-alive` and then closed the connection; see
+        // vendor/README.md).
+        if !header.status.is_informational() && self.update_resp_headers {
+            let connection_value = if self.will_keepalive() {
+                HeaderValue::from_static("keep-alive")
+            } else {
+                HeaderValue::from_static("close")
+            };
+            header.insert_header_name(&header::CONNECTION, "Connection", connection_value);
         }
 
         // Serialize header to bytes
