@@ -404,6 +404,57 @@ async fn a_close_delimited_answer_says_close() {
     assert_eq!(body, "body", "{text}");
 }
 
+/// Found by a hostile-client run: an upstream's `Transfer-Encoding:
+/// chunked,` (an empty list element after it) was read to the connection's
+/// end by Pingora while the client, given the header as it was, read it as
+/// chunked: the upstream could append an answer of its own to a request
+/// the client pipelined. `chunked,` is chunked (RFC 9110 §5.6.1).
+#[tokio::test]
+async fn an_empty_transfer_coding_element_smuggles_no_answer() {
+    let addr = raw_upstream(false, |_| {
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\n\r\n5\r\nhello\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nSMUGGLE"
+    });
+    let gw = Gateway::start(
+        "",
+        &(upstream_toml("api", &[addr], "") + &route_toml("main", "/", "api")),
+    );
+    let text = exchange(
+        gw.addr,
+        b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert!(!text.contains("SMUGGLE"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 200 ").count(), 2, "{text}");
+    assert_eq!(
+        text.matches("\r\n5\r\nhello\r\n0\r\n\r\n").count(),
+        2,
+        "{text}"
+    );
+}
+
+/// Found by a hostile-client run: an upstream's `Transfer-Encoding: gzip,
+/// chunked` reached an HTTP/1.0 client unchunked, the bytes still gzipped
+/// and unlabelled. No transfer coding may reach such a client, and the
+/// gateway undoes none but chunked: a 502. An HTTP/1.1 client gets it.
+#[tokio::test]
+async fn a_coded_answer_is_refused_to_an_http10_client() {
+    let addr = raw_upstream(false, |_| {
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    });
+    let gw = Gateway::start(
+        "",
+        &(upstream_toml("api", &[addr], "") + &route_toml("main", "/", "api")),
+    );
+    let text = exchange(gw.addr, b"GET /t HTTP/1.0\r\n\r\n");
+    assert!(text.starts_with("HTTP/1.1 502 "), "{text}");
+    assert!(!text.contains("hello"), "{text}");
+    let text = exchange(
+        gw.addr,
+        b"GET /t HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert!(text.contains("hello"), "{text}");
+}
+
 /// No interim (1xx) answer reaches an HTTP/1.0 client (RFC 9110 §15.2),
 /// through the reverse proxy or the forward proxy's absolute form (found
 /// by a hostile-client run: the client got the upstream's `103`); an

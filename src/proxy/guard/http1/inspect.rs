@@ -168,6 +168,7 @@ fn inspect_lines(len: usize, mut lines: Lines<'_>) -> Result<Head, Refusal> {
     let mut chunked: Option<bool> = None;
     // A transfer coding other than `chunked` (which cannot be decoded here).
     let mut other_coding = false;
+    let mut transfer_encoding = false;
     let mut hosts = 0usize;
     let mut host_ok = true;
     let mut host: Option<&[u8]> = None;
@@ -241,10 +242,10 @@ fn inspect_lines(len: usize, mut lines: Lines<'_>) -> Result<Head, Refusal> {
             if !http11 {
                 return Err(bad("Transfer-Encoding in an HTTP/1.0 request"));
             }
-            // Every line's codings are one list (RFC 9110 §5.3): chunked
-            // last and once (RFC 9112 §6.1), after any others.
-            // A line with no coding frames nothing: refused below.
-            let mut any = false;
+            // Every line's codings are one list (RFC 9110 §5.3), empty
+            // elements and lines ignored (§5.6.1, as Pingora reads them):
+            // chunked last and once (RFC 9112 §6.1), after any others.
+            transfer_encoding = true;
             for coding in value.split(|b| *b == b',').map(trim) {
                 if coding.is_empty() {
                     continue;
@@ -255,10 +256,6 @@ fn inspect_lines(len: usize, mut lines: Lines<'_>) -> Result<Head, Refusal> {
                 let is_chunked = coding.eq_ignore_ascii_case(b"chunked");
                 other_coding |= !is_chunked;
                 chunked = Some(is_chunked);
-                any = true;
-            }
-            if !any {
-                chunked = Some(false);
             }
         } else if is(b"host") {
             hosts += 1;
@@ -297,6 +294,10 @@ fn inspect_lines(len: usize, mut lines: Lines<'_>) -> Result<Head, Refusal> {
         } else if is(b"content-type") {
             json = value.len() >= 16 && value[..16].eq_ignore_ascii_case(b"application/json");
         }
+    }
+    // `Transfer-Encoding` without a coding frames nothing.
+    if transfer_encoding && chunked.is_none() {
+        chunked = Some(false);
     }
     let framing = match (chunked, length) {
         (Some(false), _) => {
@@ -482,12 +483,26 @@ mod transfer_codings {
             "gzip",
             "",
             " , ",
+            "\r\nTransfer-Encoding: ,",
         ] {
             let r = head(&format!(
                 "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {te}\r\n\r\n"
             ))
             .unwrap_err();
             assert_eq!(r.reason, RejectReason::BadRequest, "{te:?}");
+        }
+        // Empty elements and lines are no codings (RFC 9110 §5.6.1).
+        for te in [
+            "chunked,",
+            ", chunked ,",
+            "chunked\r\nTransfer-Encoding:",
+            "\r\nTransfer-Encoding: chunked",
+        ] {
+            let h = head(&format!(
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {te}\r\n\r\n"
+            ))
+            .unwrap();
+            assert_eq!(h.framing, Framing::Chunked, "{te:?}");
         }
     }
 }

@@ -151,40 +151,42 @@ pub(crate) fn init_body_writer_comm(body_writer: &mut BodyWriter, headers: &HMap
     }
 }
 
-/// Find the last comma-separated token in a Transfer-Encoding header value.
-/// Takes the literal last token after the last comma, even if empty.
+/// Find the last non-empty comma-separated token in a Transfer-Encoding
+/// header value (empty when there is none).
+///
+/// Floodgate patch (see vendor/README.md): empty list elements are ignored,
+/// as RFC 9110 §5.6.1 requires of a recipient. The literal last token was
+/// taken, so `chunked,` framed a response as read-to-close while the header
+/// went on to the client unchanged, which a client reads as chunked: the
+/// upstream could append a second response of its own after the chunked
+/// body (found by a hostile-client run).
 #[inline]
 fn find_last_te_token(bytes: &[u8]) -> &[u8] {
-    let last_token = bytes
-        .iter()
-        .rposition(|&b| b == b',')
-        .map(|pos| &bytes[pos + 1..])
-        .unwrap_or(bytes);
-
-    last_token.trim_ascii()
+    bytes
+        .rsplit(|&b| b == b',')
+        .map(|token| token.trim_ascii())
+        .find(|token| !token.is_empty())
+        .unwrap_or_default()
 }
 
 /// Check if chunked encoding is the final encoding across all transfer-encoding headers
+/// (the last token of the last line that has one: empty lines and empty
+/// list elements are ignored, RFC 9110 §5.6.1).
 pub(crate) fn is_chunked_encoding_from_headers(headers: &HMap) -> bool {
-    // Get the last Transfer-Encoding header value
-    let last_te = headers
+    headers
         .get_all(http::header::TRANSFER_ENCODING)
-        .into_iter()
-        .next_back();
-
-    let Some(last_header_value) = last_te else {
-        return false;
-    };
-
-    let bytes = last_header_value.as_bytes();
-
-    // Fast path: exact match for "chunked"
-    if bytes.eq_ignore_ascii_case(b"chunked") {
-        return true;
-    }
-
-    // Slow path: parse comma-separated values
-    find_last_te_token(bytes).eq_ignore_ascii_case(b"chunked")
+        .iter()
+        .rev()
+        .map(|value| {
+            let bytes = value.as_bytes();
+            // Fast path: exact match for "chunked"
+            if bytes.eq_ignore_ascii_case(b"chunked") {
+                return &b"chunked"[..];
+            }
+            find_last_te_token(bytes)
+        })
+        .find(|token| !token.is_empty())
+        .is_some_and(|token| token.eq_ignore_ascii_case(b"chunked"))
 }
 
 pub fn is_upgrade_req(req: &RequestHeader) -> bool {
@@ -678,8 +680,10 @@ mod test {
     #[case::whitespace_around("  chunked  ", true)]
     #[case::empty_elements_before(", , , chunked", true)]
     #[case::only_identity("identity", false)]
-    #[case::trailing_comma("chunked, ", false)]
-    #[case::multiple_trailing_commas("chunked, , ", false)]
+    // Floodgate patch: empty list elements are ignored (RFC 9110 §5.6.1).
+    #[case::trailing_comma("chunked, ", true)]
+    #[case::multiple_trailing_commas("chunked, , ", true)]
+    #[case::trailing_comma_after_other("chunked, gzip, ", false)]
     #[case::empty_value("", false)]
     #[case::whitespace_only("   ", false)]
     fn test_is_chunked_encoding_single_header(#[case] value: &str, #[case] expected: bool) {
@@ -697,7 +701,12 @@ mod test {
     #[case::chunked_not_last(&["chunked", "identity"], false)]
     #[case::last_has_chunked_not_final(&["gzip", "chunked, identity"], false)]
     #[case::chunked_overridden(&["chunked", "identity, gzip"], false)]
-    #[case::trailing_comma_in_last(&["gzip", "chunked, "], false)]
+    // Floodgate patch: empty list elements and empty lines are ignored
+    // (RFC 9110 §5.6.1).
+    #[case::trailing_comma_in_last(&["gzip", "chunked, "], true)]
+    #[case::empty_last_line(&["chunked", ""], true)]
+    #[case::empty_last_line_after_other(&["gzip", " , "], false)]
+    #[case::only_empty_lines(&["", " , "], false)]
     fn test_is_chunked_encoding_multiple_headers(#[case] values: &[&str], #[case] expected: bool) {
         let mut headers = HMap::new();
         for value in values {
