@@ -161,7 +161,7 @@ impl ProxyHttp for ForwardGateway {
         // connection's last, and says so (`Connection: close`) rather than
         // letting the client send another request on a connection about to
         // close (found by a hostile-client run).
-        if headers::unchunk_for_http10(session.req_header(), resp)
+        if headers::unchunk_for_http10(session.req_header(), resp)?
             || session.is_process_shutting_down()
         {
             session.set_keepalive(None);

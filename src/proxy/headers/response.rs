@@ -192,12 +192,31 @@ pub fn takes_interim(req: &RequestHeader) -> bool {
 /// it; and `Trailer`, whose fields cannot follow), so that the body is
 /// sent as it is and ends with the connection.
 /// True when a body follows: the caller closes the connection after it.
-pub fn unchunk_for_http10(req: &RequestHeader, resp: &mut ResponseHeader) -> bool {
+/// A coding other than chunked cannot be undone here, nor named to such a
+/// client (no `Transfer-Encoding` may reach it): the upstream's answer is
+/// refused, a 502 (found by a hostile-client run: `gzip, chunked` reached
+/// an HTTP/1.0 client as gzipped bytes with no label).
+pub fn unchunk_for_http10(req: &RequestHeader, resp: &mut ResponseHeader) -> Result<bool> {
     if req.version >= http::Version::HTTP_11
         || resp.status.is_informational()
         || !resp.headers.contains_key(TRANSFER_ENCODING)
     {
-        return false;
+        return Ok(false);
+    }
+    let other_coding = resp
+        .headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked"));
+    if other_coding {
+        let mut e = Error::explain(
+            InvalidHTTPHeader,
+            "the upstream's transfer coding cannot reach an HTTP/1.0 client",
+        );
+        e.esource = ErrorSource::Upstream;
+        return Err(e);
     }
     resp.remove_header(&TRANSFER_ENCODING);
     resp.remove_header(&CONTENT_LENGTH);
@@ -206,5 +225,5 @@ pub fn unchunk_for_http10(req: &RequestHeader, resp: &mut ResponseHeader) -> boo
     if resp.headers.contains_key(TRAILER) {
         resp.remove_header(&TRAILER);
     }
-    !(req.method == http::Method::HEAD || matches!(resp.status.as_u16(), 204 | 304))
+    Ok(!(req.method == http::Method::HEAD || matches!(resp.status.as_u16(), 204 | 304)))
 }
