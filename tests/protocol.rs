@@ -447,6 +447,13 @@ async fn a_coded_answer_is_refused_to_an_http10_client() {
     let text = exchange(gw.addr, b"GET /t HTTP/1.0\r\n\r\n");
     assert!(text.starts_with("HTTP/1.1 502 "), "{text}");
     assert!(!text.contains("hello"), "{text}");
+    // An answer without a body (HEAD) needs no decoding: it goes, unframed.
+    let text = exchange(gw.addr, b"HEAD /t HTTP/1.0\r\n\r\n");
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("transfer-encoding"),
+        "{text}"
+    );
     let text = exchange(
         gw.addr,
         b"GET /t HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",

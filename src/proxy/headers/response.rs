@@ -193,8 +193,8 @@ pub fn takes_interim(req: &RequestHeader) -> bool {
 /// sent as it is and ends with the connection.
 /// True when a body follows: the caller closes the connection after it.
 /// A coding other than chunked cannot be undone here, nor named to such a
-/// client (no `Transfer-Encoding` may reach it): the upstream's answer is
-/// refused, a 502 (found by a hostile-client run: `gzip, chunked` reached
+/// client (no `Transfer-Encoding` may reach it): an answer with a body in
+/// one is refused, a 502 (found by a hostile-client run: `gzip, chunked` reached
 /// an HTTP/1.0 client as gzipped bytes with no label).
 pub fn unchunk_for_http10(req: &RequestHeader, resp: &mut ResponseHeader) -> Result<bool> {
     if req.version >= http::Version::HTTP_11
@@ -203,13 +203,15 @@ pub fn unchunk_for_http10(req: &RequestHeader, resp: &mut ResponseHeader) -> Res
     {
         return Ok(false);
     }
-    let other_coding = resp
-        .headers
-        .get_all(TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-        .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked"));
+    let body = !(req.method == http::Method::HEAD || matches!(resp.status.as_u16(), 204 | 304));
+    let other_coding = body
+        && resp
+            .headers
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked"));
     if other_coding {
         let mut e = Error::explain(
             InvalidHTTPHeader,
@@ -225,5 +227,5 @@ pub fn unchunk_for_http10(req: &RequestHeader, resp: &mut ResponseHeader) -> Res
     if resp.headers.contains_key(TRAILER) {
         resp.remove_header(&TRAILER);
     }
-    Ok(!(req.method == http::Method::HEAD || matches!(resp.status.as_u16(), 204 | 304)))
+    Ok(body)
 }
