@@ -40,6 +40,14 @@ fn https_client(ca: &TestCa, from: [u8; 4]) -> reqwest::Client {
         .unwrap()
 }
 
+/// An answer's header, lower-cased.
+fn head_of(text: &str) -> String {
+    text.split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
 /// How long until the server closes `s` (reading and discarding).
 fn time_to_close(mut s: TcpStream, limit: Duration) -> Option<Duration> {
     let started = Instant::now();
@@ -426,12 +434,11 @@ async fn a_client_that_stops_reading_is_let_go() {
 fn get_on(s: &mut TcpStream) -> String {
     s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
     let text = read_answer(s);
-    let head = text.split("\r\n\r\n").next().unwrap_or_default();
-    assert!(
-        head.to_ascii_lowercase().contains("\r\ncontent-length:"),
-        "{text}"
-    );
-    head.to_string()
+    assert!(head_of(&text).contains("\r\ncontent-length:"), "{text}");
+    text.split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// On SIGTERM a keep-alive connection waiting for its next request is
@@ -487,11 +494,7 @@ async fn an_idle_connection_is_closed_when_draining_starts() {
     assert!(text.ends_with('}'), "the whole answer: {text}");
     assert!(ended, "and then the connection is closed: {text}");
     // The answer in flight says it is the connection's last.
-    let head = text
-        .split("\r\n\r\n")
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let head = head_of(&text);
     assert!(head.contains("\r\nconnection: close"), "{text}");
 }
 
@@ -531,11 +534,7 @@ async fn a_refusal_given_while_draining_closes_its_connection() {
     })
     .await
     .unwrap();
-    let head = text
-        .split("\r\n\r\n")
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let head = head_of(&text);
     assert!(head.starts_with("http/1.1 503"), "{text}");
     assert!(head.contains("\r\nconnection: close"), "{text}");
     drop(busy);

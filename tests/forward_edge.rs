@@ -222,20 +222,12 @@ async fn an_empty_path_with_a_query_goes_upstream_as_slash() {
     let up = Upstream::start("a");
     let (_gw, proxy) = forward_gateway("", &unused_route());
     let addr = up.addr;
-    let text = tokio::task::spawn_blocking(move || {
-        let mut s = TcpStream::connect(proxy).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(
-            s,
-            "GET http://{addr}?status=201 HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
+    let raw = format!(
+        "GET http://{addr}?status=201 HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    );
+    let text = tokio::task::spawn_blocking(move || exchange(proxy, raw.as_bytes()))
+        .await
         .unwrap();
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out
-    })
-    .await
-    .unwrap();
     // The demo upstream answers `status` from the query: it came through.
     assert!(text.starts_with("HTTP/1.1 201"), "{text}");
     assert!(text.contains("\"path\":\"/\""), "{text}");

@@ -16,16 +16,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// Writes `raw` in one write and reads until the server closes.
-fn exchange(addr: SocketAddr, raw: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(raw).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The JSON bodies in a run of responses (the demo answers with one JSON
 /// object per request; the gateway's refusals are JSON too).
 fn bodies(text: &str) -> Vec<serde_json::Value> {
@@ -48,10 +38,29 @@ fn bodies(text: &str) -> Vec<serde_json::Value> {
 }
 
 fn gateway(up: &Upstream) -> Gateway {
+    gateway_to(up.addr)
+}
+
+/// A gateway whose one route goes to the upstream at `addr`.
+fn gateway_to(addr: SocketAddr) -> Gateway {
     Gateway::start(
         "",
-        &(upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api")),
+        &(upstream_toml("api", &[addr], "") + &route_toml("main", "/", "api")),
     )
+}
+
+/// [`gateway_to`] with the forward proxy on too; its address beside.
+fn with_forward(addr: SocketAddr) -> (Gateway, SocketAddr) {
+    let port = free_port();
+    let mut gw = Gateway::start(
+        "",
+        &(upstream_toml("api", &[addr], "")
+            + &route_toml("main", "/", "api")
+            + &format!("[forward_proxy]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n")),
+    );
+    let forward: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_for_port(forward, &mut gw.proc, "forward proxy");
+    (gw, forward)
 }
 
 /// An upstream of raw bytes on a loopback port: to each request header it
@@ -245,10 +254,7 @@ async fn malformed_requests_get_json_400_with_a_request_id() {
 #[tokio::test]
 async fn an_http10_client_gets_no_chunked_body() {
     let up = Upstream::start("a");
-    let gw = Gateway::start(
-        "",
-        &(upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api")),
-    );
+    let gw = gateway(&up);
     // The demo streams a chat completion (of unknown length: chunked to
     // the HTTP/1.1 request that goes upstream).
     let json = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
@@ -293,10 +299,7 @@ async fn an_http10_client_gets_no_trailer_line() {
     let addr = raw_upstream(false, |_| {
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\nX-U: 1\r\n\r\n5\r\nhello\r\n0\r\nX-Sum: 9\r\n\r\n"
     });
-    let gw = Gateway::start(
-        "",
-        &(upstream_toml("api", &[addr], "") + &route_toml("main", "/", "api")),
-    );
+    let gw = gateway_to(addr);
     let text = exchange(gw.addr, b"GET /t HTTP/1.0\r\n\r\n");
     let (head, body) = text.split_once("\r\n\r\n").expect("a response");
     let lower = head.to_ascii_lowercase();
@@ -319,15 +322,7 @@ async fn an_upstream_close_on_a_later_connection_line_is_heeded() {
     let addr = raw_upstream(false, |_| {
         b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
     });
-    let port = free_port();
-    let mut gw = Gateway::start(
-        "",
-        &(upstream_toml("api", &[addr], "")
-            + &route_toml("main", "/", "api")
-            + &format!("[forward_proxy]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n")),
-    );
-    let forward: SocketAddr = ([127, 0, 0, 1], port).into();
-    wait_for_port(forward, &mut gw.proc, "forward proxy");
+    let (gw, forward) = with_forward(addr);
     for (to, target) in [
         (gw.addr, "/t".to_string()),
         (forward, format!("http://{addr}/t")),
@@ -356,15 +351,7 @@ async fn an_upstream_close_on_a_later_connection_line_is_heeded() {
 #[tokio::test]
 async fn an_http10_upstream_is_answered_for_in_http11() {
     let addr = raw_upstream(false, |_| b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok");
-    let port = free_port();
-    let mut gw = Gateway::start(
-        "",
-        &(upstream_toml("api", &[addr], "")
-            + &route_toml("main", "/", "api")
-            + &format!("[forward_proxy]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n")),
-    );
-    let forward: SocketAddr = ([127, 0, 0, 1], port).into();
-    wait_for_port(forward, &mut gw.proc, "forward proxy");
+    let (gw, forward) = with_forward(addr);
     let absolute =
         format!("GET http://{addr}/t HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     for (to, raw) in [
@@ -391,10 +378,7 @@ async fn a_close_delimited_answer_says_close() {
     let addr = raw_upstream(false, |_| {
         b"HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: gzip\r\n\r\nbody"
     });
-    let gw = Gateway::start(
-        "",
-        &(upstream_toml("api", &[addr], "") + &route_toml("main", "/", "api")),
-    );
+    let gw = gateway_to(addr);
     let text = exchange(gw.addr, b"GET /t HTTP/1.1\r\nHost: a\r\n\r\n");
     let (head, body) = text.split_once("\r\n\r\n").expect("an answer");
     let lower = head.to_ascii_lowercase();
@@ -414,10 +398,7 @@ async fn an_empty_transfer_coding_element_smuggles_no_answer() {
     let addr = raw_upstream(false, |_| {
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\n\r\n5\r\nhello\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nSMUGGLE"
     });
-    let gw = Gateway::start(
-        "",
-        &(upstream_toml("api", &[addr], "") + &route_toml("main", "/", "api")),
-    );
+    let gw = gateway_to(addr);
     let text = exchange(
         gw.addr,
         b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
@@ -440,10 +421,7 @@ async fn a_coded_answer_is_refused_to_an_http10_client() {
     let addr = raw_upstream(false, |_| {
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
     });
-    let gw = Gateway::start(
-        "",
-        &(upstream_toml("api", &[addr], "") + &route_toml("main", "/", "api")),
-    );
+    let gw = gateway_to(addr);
     let text = exchange(gw.addr, b"GET /t HTTP/1.0\r\n\r\n");
     assert!(text.starts_with("HTTP/1.1 502 "), "{text}");
     assert!(!text.contains("hello"), "{text}");
@@ -471,15 +449,7 @@ async fn an_http10_client_gets_no_interim_answer() {
     let addr = raw_upstream(false, |_| {
         b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
     });
-    let port = free_port();
-    let mut gw = Gateway::start(
-        "",
-        &(upstream_toml("api", &[addr], "")
-            + &route_toml("main", "/", "api")
-            + &format!("[forward_proxy]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n")),
-    );
-    let forward: SocketAddr = ([127, 0, 0, 1], port).into();
-    wait_for_port(forward, &mut gw.proc, "forward proxy");
+    let (gw, forward) = with_forward(addr);
     let absolute = format!("GET http://{addr}/t HTTP/1.0\r\nHost: {addr}\r\n\r\n");
     for (to, raw) in [
         (gw.addr, b"GET /t HTTP/1.0\r\n\r\n".to_vec()),
@@ -636,10 +606,7 @@ async fn an_upstream_that_switches_protocols_unasked_fails() {
     let addr = raw_upstream(false, |_| {
         b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nRAW-TUNNEL-BYTES"
     });
-    let gw = Gateway::start(
-        "",
-        &(upstream_toml("api", &[addr], "") + &route_toml("main", "/", "api")),
-    );
+    let gw = gateway_to(addr);
     let text = exchange(
         gw.addr,
         b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
@@ -671,10 +638,7 @@ async fn a_204_carries_no_framing_fields() {
             b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\nX-U: 3\r\n\r\n"
         }
     });
-    let gw = Gateway::start(
-        "",
-        &(upstream_toml("api", &[addr], "") + &route_toml("main", "/", "api")),
-    );
+    let gw = gateway_to(addr);
     let mut s = TcpStream::connect(gw.addr).unwrap();
     for (path, mark) in [("/te", "x-u: 1"), ("/cl", "x-u: 2"), ("/te", "x-u: 1")] {
         s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
@@ -827,16 +791,8 @@ async fn absolute_form_to_an_ipv6_literal() {
         dir.path().join("demo.log"),
     );
     wait_for_port(v6, &mut up, "demo upstream on [::1]");
-    let fp_port = free_port();
     let dummy: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let mut gw = Gateway::start(
-        "",
-        &(upstream_toml("unused", &[dummy], "")
-            + &route_toml("main", "/", "unused")
-            + &format!("[forward_proxy]\nenabled = true\nlisten = \"127.0.0.1:{fp_port}\"\n")),
-    );
-    let proxy: SocketAddr = ([127, 0, 0, 1], fp_port).into();
-    wait_for_port(proxy, &mut gw.proc, "forward proxy");
+    let (_gw, proxy) = with_forward(dummy);
     let raw = format!(
         "GET http://[::1]:{port}/v6 HTTP/1.1\r\nHost: [::1]:{port}\r\nConnection: close\r\n\r\n"
     );

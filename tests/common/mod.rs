@@ -577,6 +577,17 @@ pub fn run_on_config(arg: &str, text: &str, unset: &[&str]) -> std::process::Out
     cmd.output().expect("run floodgate")
 }
 
+/// Writes `raw` in one write and reads until the server closes.
+pub fn exchange(addr: SocketAddr, raw: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(raw).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Reads one HTTP/1 answer from `s`: its header, the blank line, and a
 /// body of its `Content-Length` (none without one), as text. Fails if
 /// the connection closes first.
