@@ -1,12 +1,14 @@
-//! The stream Pingora reads one HTTP/1 request from: the bytes the guard
-//! read ahead first, then the rest of the request from the connection —
-//! and nothing past its end. Bytes that arrive after it (the next
-//! pipelined request) are kept here for the guard, never shown to
+//! The stream Pingora reads one HTTP/1 request's body from (its header
+//! Pingora is handed as it was read: its pipelined prefix): the body bytes
+//! the guard read ahead first, then the rest of the request from the
+//! connection — and nothing past its end. Bytes that arrive after it (the
+//! next pipelined request) are kept here for the guard, never shown to
 //! Pingora, which would take them for data sent after the body and fail
 //! the request it is answering.
 //!
 //! ```text
-//! connection ─▶ [ahead: header + body read by the guard] ─▶ Pingora
+//! connection ─▶ [header read by the guard] ─▶ Pingora (parsed in place)
+//!            ─▶ [ahead: body bytes read by the guard] ─▶ Pingora
 //!            ─▶ [rest of the body: Content-Length / chunked end] ─▶ Pingora
 //!            ─▶ [next request's bytes] ─▶ kept (`into_parts`)
 //! ```
