@@ -67,6 +67,20 @@ pub struct HttpSession {
     // If allowed, does not fail with error on invalid content-length
     // (treats as close-delimited response).
     allow_h1_response_invalid_content_length: bool,
+    // The framing of `response_header`, read once when it is read (Floodgate
+    // patch; see vendor/README.md): validating the response and starting
+    // its body reader each looked `Transfer-Encoding` and `Content-Length`
+    // up again and parsed the length again.
+    response_framing: Option<ResponseFraming>,
+}
+
+/// What frames a response's body, read from its header when it is read.
+#[derive(Clone, Copy, Debug)]
+struct ResponseFraming {
+    /// Its transfer coding ends in `chunked`.
+    chunked: bool,
+    /// Its `Content-Length`, when it has a usable one and no transfer coding.
+    content_length: Option<usize>,
 }
 
 /// HTTP 1.x client session
@@ -100,6 +114,7 @@ impl HttpSession {
             received_upgrade_req_body: false,
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
+            response_framing: None,
         }
     }
 
@@ -203,7 +218,9 @@ impl HttpSession {
 
     // Validate the response header read. This function must be called after the response header
     // read.
-    fn validate_response(&self) -> Result<()> {
+    // `content_length` is `content_length_for_framing` of the response, read
+    // when it has no `Transfer-Encoding` (`Ok(None)` when it has).
+    fn validate_response(&self, content_length: Result<Option<usize>>) -> Result<()> {
         let resp_header = self
             .response_header
             .as_ref()
@@ -215,7 +232,7 @@ impl HttpSession {
         // unrecoverable framing error. A peer may opt to tolerate a single,
         // otherwise-invalid value and treat the response as close-delimited.
         // Note: Content-Length is already removed if Transfer-Encoding is present.
-        if let Err(e) = super::common::validate_content_length(&resp_header.headers) {
+        if let Err(e) = content_length {
             if self.allow_h1_response_invalid_content_length
                 && super::common::content_length_is_single_token(&resp_header.headers)
             {
@@ -336,8 +353,19 @@ impl HttpSession {
                         self.raw_header = Some(BufRef(0, s));
                         self.preread_body = Some(BufRef(s, total_read));
                         self.buf = buf;
+                        // Its framing, read once (Floodgate patch): what
+                        // `validate_content_length` and the body reader read.
+                        let content_length = match contains_transfer_encoding {
+                            true => Ok(None),
+                            false => content_length_for_framing(&response_header.headers),
+                        };
+                        self.response_framing = Some(ResponseFraming {
+                            chunked: contains_transfer_encoding
+                                && is_chunked_encoding_from_headers(&response_header.headers),
+                            content_length: content_length.as_ref().ok().copied().flatten(),
+                        });
                         self.response_header = Some(response_header);
-                        if let Err(e) = self.validate_response() {
+                        if let Err(e) = self.validate_response(content_length) {
                             return self.fail_response_header_read(e);
                         }
                         // convert to upgrade body type
@@ -764,6 +792,9 @@ impl HttpSession {
     }
 
     fn get_content_length(&self) -> Result<Option<usize>> {
+        if let Some(f) = self.response_framing {
+            return Ok(f.content_length);
+        }
         match self.resp_header() {
             Some(h) => content_length_for_framing(&h.headers),
             None => Ok(None),
@@ -771,6 +802,9 @@ impl HttpSession {
     }
 
     fn is_chunked_encoding(&self) -> bool {
+        if let Some(f) = self.response_framing {
+            return f.chunked;
+        }
         self.resp_header()
             .map(|h| is_chunked_encoding_from_headers(&h.headers))
             .unwrap_or(false)
@@ -2408,6 +2442,44 @@ hello\r\n\
         assert!(http_stream.body_reader.body_complete());
         assert!(http_stream.body_reader.has_bytes_overread());
         assert!(http_stream.reuse().await.is_none());
+    }
+
+    // Floodgate patch: the framing read once when the response is read is
+    // what reading its header again gives (see vendor/README.md).
+    #[tokio::test]
+    async fn framing_read_once_is_framing_read_again() {
+        init_log();
+        let heads: [&[u8]; 10] = [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nServer: x\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n",
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
+        ];
+        for head in heads {
+            let mock_io = Builder::new().read(head).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            http_stream.read_response().await.unwrap();
+            let h = http_stream.resp_header().unwrap().headers.clone();
+            assert!(http_stream.response_framing.is_some());
+            assert_eq!(
+                http_stream.is_chunked_encoding(),
+                is_chunked_encoding_from_headers(&h),
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+            assert_eq!(
+                http_stream.get_content_length().unwrap(),
+                content_length_for_framing(&h).unwrap(),
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+        }
     }
 
     #[tokio::test]

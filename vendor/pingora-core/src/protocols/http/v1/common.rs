@@ -315,6 +315,17 @@ pub(super) fn populate_headers(
 ///
 /// Rejects empty input, any non-digit byte, a leading sign, and values that
 /// overflow `u64`.
+/// `v` without the spaces and tabs at its ends.
+fn trim_ows(mut v: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = v {
+        v = rest;
+    }
+    v
+}
+
 fn from_digits(bytes: &[u8]) -> Option<u64> {
     // cannot use FromStr for u64, since it allows a signed prefix
     const RADIX: u64 = 10;
@@ -366,10 +377,14 @@ fn content_length_parse_values<'a>(
     let mut content_length: Option<u64> = None;
     for value in values {
         // A non-visible-ASCII value can't be a valid Content-Length, so the
-        // framing is ambiguous.
-        let line = value.to_str().ok()?;
-        for v in line.split(',') {
-            let n = from_digits(v.trim().as_bytes())?;
+        // framing is ambiguous. Read as bytes (Floodgate patch; see
+        // vendor/README.md): a byte that is not visible ASCII is not a
+        // digit, a comma, a space or a tab, so it is left in its element
+        // and fails `from_digits`, as `to_str` failed; and a visible-ASCII
+        // value has no whitespace for `str::trim` to take but spaces and
+        // tabs.
+        for v in value.as_bytes().split(|b| *b == b',') {
+            let n = from_digits(trim_ows(v))?;
             match content_length {
                 None => content_length = Some(n),
                 Some(prev) if prev != n => return None,
@@ -475,6 +490,64 @@ mod test {
         StatusCode, Version,
     };
     use rstest::rstest;
+
+    // Floodgate patch: the byte-level reading of Content-Length values
+    // agrees with the `to_str`/`split`/`trim` one it replaced, for every
+    // value of up to five bytes over digits, separators, whitespace, signs
+    // and bytes that are not visible ASCII (a header value holds no control
+    // byte but a tab; see vendor/README.md).
+    #[test]
+    fn bytes_read_as_the_str_reading_did() {
+        fn by_str<'a>(values: impl IntoIterator<Item = &'a http::HeaderValue>) -> Option<u64> {
+            let mut content_length: Option<u64> = None;
+            for value in values {
+                let line = value.to_str().ok()?;
+                for v in line.split(',') {
+                    let n = from_digits(v.trim().as_bytes())?;
+                    match content_length {
+                        None => content_length = Some(n),
+                        Some(prev) if prev != n => return None,
+                        Some(_) => {}
+                    }
+                }
+            }
+            content_length
+        }
+        let alphabet: &[u8] = b"07, \t+-\x80\xa0";
+        let mut values = vec![Vec::new()];
+        for _ in 0..5 {
+            let longer: Vec<Vec<u8>> = values
+                .iter()
+                .filter(|v| v.len() == values.last().map_or(0, Vec::len))
+                .flat_map(|v| {
+                    alphabet.iter().map(move |b| {
+                        let mut w = v.clone();
+                        w.push(*b);
+                        w
+                    })
+                })
+                .collect();
+            values.extend(longer);
+        }
+        let mut checked = 0;
+        for v in &values {
+            let value = http::HeaderValue::from_bytes(v).expect("no control byte");
+            assert_eq!(
+                content_length_parse_values([&value]),
+                by_str([&value]),
+                "{v:?}"
+            );
+            // As a second line beside a `7`.
+            let seven = http::HeaderValue::from_static("7");
+            assert_eq!(
+                content_length_parse_values([&seven, &value]),
+                by_str([&seven, &value]),
+                "7 then {v:?}"
+            );
+            checked += 1;
+        }
+        assert!(checked > 10_000, "{checked}");
+    }
 
     #[test]
     fn test_validate_content_length() {
