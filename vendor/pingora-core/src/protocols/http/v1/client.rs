@@ -74,14 +74,23 @@ pub struct HttpSession {
     response_framing: Option<ResponseFraming>,
 }
 
-/// What frames a response's body, read from its header when it is read.
+/// What frames a response's body and says whether its connection is kept,
+/// read from its header when it is read.
 #[derive(Clone, Copy, Debug)]
 struct ResponseFraming {
     /// Its transfer coding ends in `chunked`.
     chunked: bool,
     /// Its `Content-Length`, when it has a usable one and no transfer coding.
     content_length: Option<usize>,
+    /// `is_all_keepalive` of its `Connection` lines.
+    connection: Option<bool>,
+    /// It has a `Keep-Alive` header.
+    keep_alive: bool,
 }
+
+/// A name already parsed (Floodgate patch: `"Keep-Alive"` was parsed on
+/// every call; see vendor/README.md).
+static KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
 
 /// HTTP 1.x client session
 impl HttpSession {
@@ -337,11 +346,29 @@ impl HttpSession {
                             }
                         }
 
-                        let contains_transfer_encoding = response_header
-                            .headers
-                            .contains_key(header::TRANSFER_ENCODING);
-                        let contains_content_length =
-                            response_header.headers.contains_key(header::CONTENT_LENGTH);
+                        // One pass over the names for what this session
+                        // reads of them (Floodgate patch; see
+                        // vendor/README.md): a look-up for each cost more
+                        // than the pass, and most of them find nothing.
+                        let mut contains_transfer_encoding = false;
+                        let mut contains_content_length = false;
+                        let mut connection = None;
+                        let mut keep_alive = false;
+                        for (name, value) in response_header.headers.iter() {
+                            if name == header::TRANSFER_ENCODING {
+                                contains_transfer_encoding = true;
+                            } else if name == header::CONTENT_LENGTH {
+                                contains_content_length = true;
+                            } else if name == header::CONNECTION {
+                                // `is_all_keepalive`, a line at a time.
+                                match (connection, is_buf_keepalive(Some(value))) {
+                                    (Some(false), _) | (_, None) => {}
+                                    (_, verdict) => connection = verdict,
+                                }
+                            } else if name == KEEP_ALIVE {
+                                keep_alive = true;
+                            }
+                        }
 
                         // Transfer encoding overrides content length, so when
                         // both are present, we MUST remove content length. This is
@@ -363,6 +390,8 @@ impl HttpSession {
                             chunked: contains_transfer_encoding
                                 && is_chunked_encoding_from_headers(&response_header.headers),
                             content_length: content_length.as_ref().ok().copied().flatten(),
+                            connection,
+                            keep_alive,
                         });
                         self.response_header = Some(response_header);
                         if let Err(e) = self.validate_response(content_length) {
@@ -644,6 +673,9 @@ impl HttpSession {
         match request_keepalive {
             // ignore what the server sends if request disables keepalive explicitly
             Some(false) => Some(false),
+            _ if self.response_framing.is_some() => {
+                self.response_framing.and_then(|f| f.connection)
+            }
             _ => self
                 .response_header
                 .as_ref()
@@ -656,9 +688,9 @@ impl HttpSession {
     /// it's behavior is different on different platforms.
     /// https://developer.mozilla.org/en-US/docs/Web/HTTP/Headers/Keep-Alive
     fn get_keepalive_values(&self) -> (Option<u64>, Option<usize>) {
-        // A name already parsed (Floodgate patch: `"Keep-Alive"` was parsed
-        // on every call; see vendor/README.md).
-        static KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
+        if self.response_framing.is_some_and(|f| !f.keep_alive) {
+            return (None, None);
+        }
         let Some(keep_alive_header) = self.get_header(&KEEP_ALIVE) else {
             return (None, None);
         };
@@ -2444,12 +2476,13 @@ hello\r\n\
         assert!(http_stream.reuse().await.is_none());
     }
 
-    // Floodgate patch: the framing read once when the response is read is
+    // Floodgate patch: what is read once when the response is read (its
+    // framing, its `Connection` verdict, whether it has `Keep-Alive`) gives
     // what reading its header again gives (see vendor/README.md).
     #[tokio::test]
     async fn framing_read_once_is_framing_read_again() {
         init_log();
-        let heads: [&[u8]; 10] = [
+        let heads: [&[u8]; 16] = [
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -2460,25 +2493,29 @@ hello\r\n\
             b"HTTP/1.1 200 OK\r\nServer: x\r\n\r\n",
             b"HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n",
             b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nConnection: x-a\r\nConnection: KEEP-ALIVE\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=7, max=9\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nkeep-alive: timeout=3\r\nKeep-Alive: timeout=5\r\n\r\n",
         ];
         for head in heads {
             let mock_io = Builder::new().read(head).build();
             let mut http_stream = HttpSession::new(Box::new(mock_io));
             http_stream.read_response().await.unwrap();
-            let h = http_stream.resp_header().unwrap().headers.clone();
-            assert!(http_stream.response_framing.is_some());
-            assert_eq!(
-                http_stream.is_chunked_encoding(),
-                is_chunked_encoding_from_headers(&h),
-                "{}",
-                String::from_utf8_lossy(head)
-            );
-            assert_eq!(
-                http_stream.get_content_length().unwrap(),
-                content_length_for_framing(&h).unwrap(),
-                "{}",
-                String::from_utf8_lossy(head)
-            );
+            let read = |s: &HttpSession| {
+                (
+                    s.is_chunked_encoding(),
+                    s.get_content_length().unwrap(),
+                    s.is_connection_keepalive(),
+                    s.get_keepalive_values(),
+                )
+            };
+            let kept = read(&http_stream);
+            let facts = http_stream.response_framing.take();
+            assert!(facts.is_some());
+            assert_eq!(kept, read(&http_stream), "{}", String::from_utf8_lossy(head));
         }
     }
 
