@@ -443,6 +443,66 @@ async fn oversized_headers_get_431() {
     assert!(m.contains("outcome=\"headers_too_large\""), "{m}");
 }
 
+/// Found by a hostile-client run: a header block of exactly the largest
+/// `max_header_size` (1 MiB) got Pingora's bare 400 once the guard handed
+/// Pingora the header it read (Pingora refused a prefix over its own read
+/// limit, one byte less, before parsing it). It reaches the upstream whole.
+#[tokio::test]
+async fn a_header_at_the_largest_limit_reaches_the_upstream_whole() {
+    // An upstream that reads one request header a connection and answers
+    // with the length of its `X-Big` value (each connection on its own:
+    // the gateway's health checks connect too).
+    fn answer(mut conn: TcpStream) {
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let end = loop {
+            let from = seen.len().saturating_sub(3);
+            match conn.read(&mut buf) {
+                Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                _ => return,
+            }
+            if let Some(i) = seen[from..].windows(4).position(|w| w == b"\r\n\r\n") {
+                break from + i;
+            }
+        };
+        let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+        let big = head
+            .lines()
+            .find_map(|l| l.strip_prefix("X-Big: "))
+            .map_or(0, |v| v.bytes().filter(|b| *b == b'a').count());
+        let body = big.to_string();
+        let _ = conn.write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || answer(conn));
+        }
+    });
+    let rest = upstream_toml("api", &[up], "") + &route_toml("all", "/", "api");
+    let gw = Gateway::start("max_header_size = \"1MiB\"", &rest);
+    let start = "GET /big HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Big: ";
+    let fill = (1 << 20) - start.len() - 4;
+    let request = format!("{start}{}\r\n\r\n", "a".repeat(fill));
+    assert_eq!(request.len(), 1 << 20);
+    let text = exchange(gw.addr, request.as_bytes());
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "{}",
+        &text[..text.len().min(300)]
+    );
+    assert!(text.ends_with(&format!("\r\n\r\n{fill}")), "{text}");
+}
+
 #[tokio::test]
 async fn slow_headers_are_cut_off_at_the_deadline() {
     let a = Upstream::start("a");

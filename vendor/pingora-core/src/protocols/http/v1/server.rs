@@ -305,7 +305,11 @@ impl HttpSession {
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
         loop {
-            if already_read > MAX_HEADER_SIZE {
+            // Not before a prefix is parsed without a read (Floodgate patch;
+            // see vendor/README.md): a prefix that holds a whole header at
+            // the limit was refused unparsed, where the same bytes read from
+            // the stream were parsed.
+            if !skip_next_read && already_read > MAX_HEADER_SIZE {
                 /* NOTE: this check only blocks second read. The first large read is allowed
                 since the buf is already allocated. The goal is to avoid slowly bloating
                 this buffer */
@@ -4184,6 +4188,40 @@ mod test_pipelining {
             .expect("request must parse from prefix alone");
         assert!(n > 0);
         assert_eq!(s.req_header().uri.path(), "/two");
+    }
+
+    /// Floodgate patch: a prefix larger than `MAX_HEADER_SIZE` that holds a
+    /// whole header is parsed, as the same bytes read from the stream are
+    /// (found by a hostile-client run: Floodgate hands Pingora the header
+    /// its guard read, up to its `max_header_size` of 1 MiB, one byte more
+    /// than this limit, and got Pingora's bare 400); one that does not hold
+    /// a whole header is still refused before the next read.
+    #[tokio::test]
+    async fn read_request_parses_a_whole_header_prefix_over_the_read_limit() {
+        init_log();
+        let start = b"GET /big HTTP/1.1\r\nHost: pingora.org\r\nX-Big: ";
+        let fill = MAX_HEADER_SIZE + 1 - start.len() - 4;
+        let mut prefix = BytesMut::from(&start[..]);
+        prefix.extend_from_slice(&vec![b'a'; fill]);
+        prefix.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(prefix.len(), MAX_HEADER_SIZE + 1);
+        let mock_io = Builder::new().build();
+        let mut s = HttpSession::new(Box::new(mock_io));
+        s.set_pipelined_prefix(prefix);
+        s.read_request()
+            .await
+            .unwrap()
+            .expect("a whole header in the prefix parses");
+        assert_eq!(s.req_header().uri.path(), "/big");
+        assert_eq!(s.get_header("x-big").unwrap().len(), fill);
+
+        // The same bytes without the header's end: refused, no read made.
+        let mut partial = BytesMut::from(&start[..]);
+        partial.extend_from_slice(&vec![b'a'; fill + 4]);
+        let mock_io = Builder::new().build();
+        let mut s = HttpSession::new(Box::new(mock_io));
+        s.set_pipelined_prefix(partial);
+        assert!(s.read_request().await.is_err());
     }
 
     /// When the prefix is only the beginning of a request, read_request()
