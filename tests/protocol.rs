@@ -311,17 +311,27 @@ async fn an_http10_client_gets_no_trailer_line() {
     assert_eq!(body, "hello", "{text}");
 }
 
-/// Found by a hostile-client run: an upstream's `close` on a second
-/// `Connection` line was ignored (Pingora read the first), and the next
-/// request went onto the connection the upstream was closing: a 502. It
-/// goes to a new connection now, through both proxies.
+/// Found by hostile-client runs: an upstream's `close` on a second
+/// `Connection` line was ignored (Pingora read the first), and so was a
+/// `close` beside a token that is not UTF-8 (Pingora read such a value as
+/// empty); the next request went onto the connection the upstream was
+/// closing: a 502. It goes to a new connection now, through both proxies.
 #[tokio::test]
 async fn an_upstream_close_on_a_later_connection_line_is_heeded() {
-    // Answers each connection's first request and closes it a second
+    // Each answers each connection's first request and closes it a second
     // later, reading nothing more from it.
-    let addr = raw_upstream(false, |_| {
-        b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
-    });
+    let answers: [fn(&str) -> &'static [u8]; 2] = [
+        |_| {
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+        },
+        |_| b"HTTP/1.1 200 OK\r\nConnection: close, \xe9t\xe9\r\nContent-Length: 2\r\n\r\nok",
+    ];
+    for answer in answers {
+        upstream_close_is_heeded(raw_upstream(false, answer));
+    }
+}
+
+fn upstream_close_is_heeded(addr: SocketAddr) {
     let (gw, forward) = with_forward(addr);
     for (to, target) in [
         (gw.addr, "/t".to_string()),

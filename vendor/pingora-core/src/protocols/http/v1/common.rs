@@ -97,15 +97,19 @@ fn parse_connection_header(value: &[u8]) -> ConnectionValue {
         // slow path, parse the connection value
         let mut close = false;
         let mut upgrade = false;
-        let value = str::from_utf8(value).unwrap_or("");
-        for token in value
-            .split(',')
-            .map(|s| s.trim())
-            .filter(|&x| !x.is_empty())
-        {
-            if token.eq_ignore_ascii_case(CLOSE) {
+        // A value that is not UTF-8 has its tokens read as bytes (Floodgate
+        // patch; see vendor/README.md): it was read as empty, so `close`
+        // beside a token with a byte above 0x7f was missed and the
+        // connection kept (found by a hostile-client run). A UTF-8 value is
+        // read as before.
+        let tokens: Box<dyn Iterator<Item = &[u8]>> = match str::from_utf8(value) {
+            Ok(value) => Box::new(value.split(',').map(|s| s.trim().as_bytes())),
+            Err(_) => Box::new(value.split(|b| *b == b',').map(<[u8]>::trim_ascii)),
+        };
+        for token in tokens.filter(|x| !x.is_empty()) {
+            if token.eq_ignore_ascii_case(CLOSE.as_bytes()) {
                 close = true;
-            } else if token.eq_ignore_ascii_case(UPGRADE) {
+            } else if token.eq_ignore_ascii_case(UPGRADE.as_bytes()) {
                 upgrade = true;
             }
             if upgrade && close {
@@ -490,6 +494,30 @@ mod test {
         StatusCode, Version,
     };
     use rstest::rstest;
+
+    // Floodgate patch: a `Connection` value that is not UTF-8 has its
+    // tokens read as bytes, so `close` beside such a token is seen (the
+    // value was read as empty); a UTF-8 one is read as before.
+    #[test]
+    fn close_beside_a_non_utf8_token_is_seen() {
+        assert!(parse_connection_header(b"close, \xe9t\xe9").close);
+        assert!(parse_connection_header(b"\xff, Close").close);
+        assert!(parse_connection_header(b"upgrade,\x80, close").upgrade);
+        assert!(!parse_connection_header(b"\xe9, keep-alive").close);
+        // ASCII values read as before.
+        for (v, close, upgrade) in [
+            (&b"close"[..], true, false),
+            (b" x-a , CLOSE ,", true, false),
+            (b"Upgrade, x", false, true),
+            (b"upgrade, close", true, true),
+            (b"closed, upgrades", false, false),
+            (b"\tclose\t", true, false),
+            ("close\u{a0}".as_bytes(), true, false),
+        ] {
+            let c = parse_connection_header(v);
+            assert_eq!((c.close, c.upgrade), (close, upgrade), "{v:?}");
+        }
+    }
 
     // Floodgate patch: the byte-level reading of Content-Length values
     // agrees with the `to_str`/`split`/`trim` one it replaced, for every
