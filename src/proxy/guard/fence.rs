@@ -37,7 +37,7 @@ const READ_SIZE: usize = 8 * 1024;
 const MIN_READ: usize = 1024;
 /// A request's buffer up to this size is kept for the next request; a
 /// larger one (a body read whole) is not kept by an idle connection.
-const REUSE_MAX: usize = 16 * 1024;
+pub(super) const REUSE_MAX: usize = 16 * 1024;
 
 /// One request's view of a connection; see the module documentation.
 pub struct Fence {

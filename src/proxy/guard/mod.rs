@@ -238,6 +238,24 @@ pub async fn refuse(mut stream: Stream, route: &str, r: Refusal, request_id: Opt
     );
 }
 
+/// The buffer the next request is read into, holding the bytes of it read
+/// so far (`buf[end..]`, taken off `buf`). A small buffer's rest: Pingora
+/// keeps this request's header (it parses it in place) until the request
+/// is done, and then the buffer is reclaimed whole for a later request,
+/// with no allocation a request. A large one (a body read whole) is not
+/// shared: a part of it kept for the next request would keep all of it
+/// for as long as the connection stays open.
+fn next_request_buffer(buf: &mut BytesMut, end: usize) -> BytesMut {
+    match buf.capacity() <= fence::REUSE_MAX {
+        true => buf.split_off(end),
+        false => {
+            let next = BytesMut::from(&buf[end..]);
+            buf.truncate(end);
+            next
+        }
+    }
+}
+
 /// What the guard read of a request that Pingora is handed, besides the
 /// body bytes in the fence.
 pub struct ReadAhead {
@@ -344,12 +362,7 @@ pub async fn serve_http1<P: HttpServerApp + Send + Sync + 'static>(
             refuse(stream, route_label, r, None).await;
             return None;
         }
-        // The bytes past this request are the next one's (pipelining),
-        // read into the rest of the same buffer: Pingora keeps this
-        // request's header (it parses it in place) until the request is
-        // done, and the buffer is reclaimed whole for a later request once
-        // nothing holds a part of it (no allocation a request).
-        let next = buf.split_off(end);
+        let next = next_request_buffer(&mut buf, end);
         let body = match (head.json, head.framing, &rest) {
             (true, http1::Framing::Length(n), http1::Rest::Done)
                 if buf.len() >= head.len + n as usize =>
@@ -361,9 +374,8 @@ pub async fn serve_http1<P: HttpServerApp + Send + Sync + 'static>(
             _ => None,
         };
         // The header is Pingora's parse buffer as it stands (no read
-        // through the fence, no copy: ~700 instructions a request under
-        // scripts/callgrind); the fence gives the body bytes read here,
-        // then the rest of the body.
+        // through the fence, no copy); the fence gives the body bytes read
+        // here, then the rest of the body.
         let ahead = match buf.len() > head.len {
             true => buf.split_off(head.len),
             false => BytesMut::new(),
@@ -425,5 +437,36 @@ impl ServerApp for EdgeApp {
 
     async fn cleanup(&self) {
         self.proxy.http_cleanup().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The next request is read into the rest of a small request's buffer
+    /// (no allocation); a large buffer (a body read whole) is not shared
+    /// with it, which would keep all of it for as long as the connection
+    /// stays open (found reading this stop's change over).
+    #[test]
+    fn only_a_small_buffer_is_kept_for_the_next_request() {
+        let mut small = BytesMut::with_capacity(4096);
+        small.extend_from_slice(b"GET / HTTP/1.1\r\n\r\nGET");
+        let next = next_request_buffer(&mut small, 18);
+        assert_eq!(&small[..], b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(&next[..], b"GET");
+        assert!(next.capacity() >= 4096 - 18, "{}", next.capacity());
+
+        let mut large = BytesMut::with_capacity(64 * 1024);
+        large.extend_from_slice(&[b'a'; 40_000]);
+        large.extend_from_slice(b"GET");
+        let next = next_request_buffer(&mut large, 40_000);
+        assert_eq!(large.len(), 40_000);
+        assert_eq!(&next[..], b"GET");
+        assert!(next.capacity() < 1024, "{}", next.capacity());
+        let mut large = BytesMut::with_capacity(64 * 1024);
+        large.extend_from_slice(&[b'a'; 40_000]);
+        let next = next_request_buffer(&mut large, 40_000);
+        assert_eq!(next.capacity(), 0);
     }
 }
