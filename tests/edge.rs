@@ -40,14 +40,6 @@ fn https_client(ca: &TestCa, from: [u8; 4]) -> reqwest::Client {
         .unwrap()
 }
 
-/// An answer's header, lower-cased.
-fn head_of(text: &str) -> String {
-    text.split("\r\n\r\n")
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase()
-}
-
 /// How long until the server closes `s` (reading and discarding).
 fn time_to_close(mut s: TcpStream, limit: Duration) -> Option<Duration> {
     let started = Instant::now();
@@ -434,7 +426,10 @@ async fn a_client_that_stops_reading_is_let_go() {
 fn get_on(s: &mut TcpStream) -> String {
     s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
     let text = read_answer(s);
-    assert!(head_of(&text).contains("\r\ncontent-length:"), "{text}");
+    assert!(
+        answer_parts(&text).0.contains("\r\ncontent-length:"),
+        "{text}"
+    );
     text.split("\r\n\r\n")
         .next()
         .unwrap_or_default()
@@ -494,7 +489,7 @@ async fn an_idle_connection_is_closed_when_draining_starts() {
     assert!(text.ends_with('}'), "the whole answer: {text}");
     assert!(ended, "and then the connection is closed: {text}");
     // The answer in flight says it is the connection's last.
-    let head = head_of(&text);
+    let head = answer_parts(&text).0;
     assert!(head.contains("\r\nconnection: close"), "{text}");
 }
 
@@ -534,7 +529,7 @@ async fn a_refusal_given_while_draining_closes_its_connection() {
     })
     .await
     .unwrap();
-    let head = head_of(&text);
+    let head = answer_parts(&text).0;
     assert!(head.starts_with("http/1.1 503"), "{text}");
     assert!(head.contains("\r\nconnection: close"), "{text}");
     drop(busy);

@@ -588,6 +588,13 @@ pub fn exchange(addr: SocketAddr, raw: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// An HTTP/1 answer's head, lowercased for case-blind checks of its
+/// fields, and its body (empty when the text has no blank line).
+pub fn answer_parts(text: &str) -> (String, &str) {
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+    (head.to_ascii_lowercase(), body)
+}
+
 /// Reads one HTTP/1 answer from `s`: its header, the blank line, and a
 /// body of its `Content-Length` (none without one), as text. Fails if
 /// the connection closes first.
