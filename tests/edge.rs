@@ -436,6 +436,38 @@ fn get_on(s: &mut TcpStream) -> String {
         .to_string()
 }
 
+/// A kept-alive connection is closed `keepalive_timeout` after its last
+/// answer, counted afresh for every request: the guard waits for each
+/// next request on one timer per connection, its deadline moved later
+/// each time. Five requests 600 ms apart keep a connection with a 1 s
+/// timeout open for three seconds; once quiet, it is closed about a
+/// second after its last answer.
+#[tokio::test]
+async fn a_kept_alive_connection_is_closed_after_keepalive_timeout_of_quiet() {
+    let up = Upstream::start("a");
+    let gw = Gateway::start(
+        "keepalive_timeout = \"1s\"",
+        &(upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api")),
+    );
+    let addr = gw.addr;
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        for _ in 0..5 {
+            assert!(get_on(&mut s).starts_with("HTTP/1.1 200"));
+            std::thread::sleep(Duration::from_millis(600));
+        }
+        assert!(get_on(&mut s).starts_with("HTTP/1.1 200"));
+        time_to_close(s, Duration::from_secs(5))
+    })
+    .await
+    .unwrap()
+    .expect("the quiet connection is closed");
+    assert!(
+        closed >= Duration::from_millis(900) && closed < Duration::from_millis(2500),
+        "{closed:?}"
+    );
+}
+
 /// On SIGTERM a keep-alive connection waiting for its next request is
 /// closed at once, as Pingora's own keep-alive loop closes one, not held
 /// until the grace period ends; a connection whose request is in flight

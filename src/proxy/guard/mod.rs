@@ -335,10 +335,18 @@ pub async fn serve_http1<P: HttpServerApp + Send + Sync + 'static>(
     ));
     let mut settings: Option<HttpPersistentSettings> = None;
     let mut first = true;
+    let mut idle = http1::IdleWait::default();
     loop {
         let (limits, write_timeout) = limits(runtime);
         let mut buf = fence.take_next();
-        let request = http1::read(fence.stream_mut(), &mut buf, limits, first, shutdown);
+        let request = http1::read(
+            fence.stream_mut(),
+            &mut buf,
+            limits,
+            first,
+            shutdown,
+            &mut idle,
+        );
         let (head, end, rest) = match request.await {
             Step::Request { head, end, rest } => (head, end, rest),
             Step::Closed => return None,

@@ -534,3 +534,37 @@ async fn an_idle_wait_ends_when_the_server_stops_and_only_then() {
     assert!(matches!(r, Read::Request { .. }), "{r:?}");
     drop(tx);
 }
+
+/// One timer serves a connection's every wait: each wait's deadline is
+/// its own `wait` from when it began to wait, whether the timer's last
+/// deadline was later (moved earlier), earlier (moved later: the cheap
+/// case, every request of a kept-alive connection) or already passed.
+#[tokio::test(start_paused = true)]
+async fn one_idle_timer_keeps_every_wait_to_its_own_deadline() {
+    use tokio::time::{sleep, Instant};
+    let never = std::future::pending::<()>;
+    let mut w = IdleWait::default();
+    let ms = Duration::from_millis;
+    // Done before the deadline.
+    assert_eq!(w.within(ms(100), sleep(ms(60))).await, Some(()));
+    // Begun before the last deadline, which is moved later.
+    let t = Instant::now();
+    assert_eq!(w.within(ms(100), never()).await, None);
+    assert_eq!(t.elapsed(), ms(100));
+    // After the timer fired.
+    assert_eq!(w.within(ms(100), sleep(ms(30))).await, Some(()));
+    let t = Instant::now();
+    assert_eq!(w.within(ms(100), never()).await, None);
+    assert_eq!(t.elapsed(), ms(100));
+    // A shorter wait after a longer one: its deadline moves earlier.
+    assert_eq!(w.within(ms(5000), sleep(ms(10))).await, Some(()));
+    let t = Instant::now();
+    assert_eq!(w.within(ms(100), never()).await, None);
+    assert_eq!(t.elapsed(), ms(100));
+    // Many waits in a row, each shorter than the deadline: none expires.
+    for _ in 0..20 {
+        assert_eq!(w.within(ms(100), sleep(ms(90))).await, Some(()));
+    }
+    // A future ready at once is not timed.
+    assert_eq!(w.within(Duration::ZERO, async { 7 }).await, Some(7));
+}
