@@ -406,9 +406,10 @@ impl IdleWait {
 }
 
 /// `fut`, given up at `deadline`. On Pingora's timer, which rounds
-/// deadlines up to 10 ms and registers one in a fraction of what a tokio
-/// timer costs (the guard waits like this for every request on a kept-alive
-/// connection; its deadlines are seconds long).
+/// deadlines up to 10 ms and registers one in a fraction of what a new
+/// tokio timer costs: for the rest of a header, and a body, that did not
+/// come whole (a kept-alive connection's wait for its next request, the
+/// wait nearly every request has, is on its [`IdleWait`]).
 fn until<F: Future>(deadline: Instant, fut: F) -> impl Future<Output = Result<F::Output, Elapsed>> {
     fast_timeout(deadline.saturating_duration_since(Instant::now()), fut)
 }
