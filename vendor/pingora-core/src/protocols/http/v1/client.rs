@@ -21,6 +21,7 @@ use pingora_error::{Error, ErrorType::*, OrErr, Result, RetryType};
 use pingora_http::{HMap, IntoCaseHeaderName, RequestHeader, ResponseHeader};
 use pingora_timeout::timeout;
 use std::io::ErrorKind;
+use std::mem::MaybeUninit;
 use std::str;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -297,9 +298,12 @@ impl HttpSession {
 
         loop {
             if parse_existing_buffer {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut resp = httparse::Response::new(&mut headers);
-                let parsed = parse_resp_buffer(&mut resp, &self.response_header_read_buf);
+                // Left uninitialized for httparse to fill (Floodgate patch;
+                // see vendor/README.md), as the server's request parse.
+                let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+                let mut resp = httparse::Response::new(&mut []);
+                let parsed =
+                    parse_resp_buffer(&mut resp, &self.response_header_read_buf, &mut headers);
                 match parsed {
                     HeaderParseState::Complete(s) => {
                         let total_read = self.response_header_read_buf.len();
@@ -957,14 +961,15 @@ impl HttpSession {
 }
 
 #[inline]
-fn parse_resp_buffer<'buf>(
-    resp: &mut httparse::Response<'_, 'buf>,
+fn parse_resp_buffer<'h, 'buf>(
+    resp: &mut httparse::Response<'h, 'buf>,
     buf: &'buf [u8],
+    headers: &'h mut [MaybeUninit<httparse::Header<'buf>>],
 ) -> HeaderParseState {
     let mut parser = httparse::ParserConfig::default();
     parser.allow_spaces_after_header_name_in_responses(true);
     parser.allow_obsolete_multiline_headers_in_responses(true);
-    let res = match parser.parse_response(resp, buf) {
+    let res = match parser.parse_response_with_uninit_headers(resp, buf, headers) {
         Ok(s) => s,
         Err(e) => {
             return HeaderParseState::Invalid(e);
@@ -1049,6 +1054,34 @@ mod tests_stream {
         let res = http_stream.read_response().await;
         assert_eq!(input.len(), res.unwrap());
         assert_eq!(0, http_stream.resp_header().unwrap().headers.len());
+    }
+
+    /// The parse's headers are left uninitialized for httparse (Floodgate
+    /// patch): every one of `MAX_HEADERS` headers is read, in order, and
+    /// one more is refused.
+    #[tokio::test]
+    async fn read_every_response_header_up_to_the_limit() {
+        init_log();
+        for n in [1, MAX_HEADERS - 1, MAX_HEADERS, MAX_HEADERS + 1] {
+            let mut input = b"HTTP/1.1 200 OK\r\n".to_vec();
+            for i in 0..n {
+                input.extend_from_slice(format!("X-H{i}: v{i}\r\n").as_bytes());
+            }
+            input.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+            let mock_io = Builder::new().read(&input).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            let res = http_stream.read_response().await;
+            if n + 1 > MAX_HEADERS {
+                assert!(res.is_err(), "{n} headers");
+                continue;
+            }
+            assert_eq!(input.len(), res.unwrap());
+            let headers = &http_stream.resp_header().unwrap().headers;
+            assert_eq!(n + 1, headers.len());
+            for i in 0..n {
+                assert_eq!(headers[format!("x-h{i}").as_str()], format!("v{i}").as_str());
+            }
+        }
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@
 //! HTTP/1.x server session
 
 use bstr::ByteSlice;
+use std::mem::MaybeUninit;
 use bytes::Bytes;
 use bytes::{BufMut, BytesMut};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
@@ -335,9 +336,12 @@ impl HttpSession {
 
             // Use loop as GOTO to retry escaped request buffer, not a real loop
             loop {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut req = httparse::Request::new(&mut headers);
-                let parsed = parse_req_buffer(&mut req, &buf);
+                // Left uninitialized for httparse to fill (Floodgate patch;
+                // see vendor/README.md): `[EMPTY_HEADER; MAX_HEADERS]` wrote
+                // all 256 entries, ~760 instructions, for every request.
+                let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+                let mut req = httparse::Request::new(&mut []);
+                let parsed = parse_req_buffer(&mut req, &buf, &mut headers);
                 match parsed {
                     HeaderParseState::Complete(s) => {
                         self.raw_header = Some(BufRef(0, s));
@@ -1809,23 +1813,42 @@ fn escape_illegal_request_line(buf: &BytesMut) -> Option<BytesMut> {
 }
 
 #[inline]
-fn parse_req_buffer<'buf>(
-    req: &mut httparse::Request<'_, 'buf>,
+fn parse_req_buffer<'h, 'buf>(
+    req: &mut httparse::Request<'h, 'buf>,
     buf: &'buf [u8],
+    headers: &'h mut [MaybeUninit<httparse::Header<'buf>>],
 ) -> HeaderParseState {
     use httparse::Result;
 
     #[cfg(feature = "patched_http1")]
-    fn parse<'buf>(req: &mut httparse::Request<'_, 'buf>, buf: &'buf [u8]) -> Result<usize> {
+    fn parse<'h, 'buf>(
+        req: &mut httparse::Request<'h, 'buf>,
+        buf: &'buf [u8],
+        headers: &'h mut [MaybeUninit<httparse::Header<'buf>>],
+    ) -> Result<usize> {
+        // The patched parser takes initialized headers.
+        for h in headers.iter_mut() {
+            h.write(httparse::EMPTY_HEADER);
+        }
+        // SAFETY: every element was written just above.
+        let headers = unsafe {
+            &mut *(headers as *mut [MaybeUninit<httparse::Header<'buf>>]
+                as *mut [httparse::Header<'buf>])
+        };
+        *req = httparse::Request::new(headers);
         req.parse_unchecked(buf)
     }
 
     #[cfg(not(feature = "patched_http1"))]
-    fn parse<'buf>(req: &mut httparse::Request<'_, 'buf>, buf: &'buf [u8]) -> Result<usize> {
-        req.parse(buf)
+    fn parse<'h, 'buf>(
+        req: &mut httparse::Request<'h, 'buf>,
+        buf: &'buf [u8],
+        headers: &'h mut [MaybeUninit<httparse::Header<'buf>>],
+    ) -> Result<usize> {
+        req.parse_with_uninit_headers(buf, headers)
     }
 
-    let res = match parse(req, buf) {
+    let res = match parse(req, buf, headers) {
         Ok(s) => s,
         Err(e) => {
             return HeaderParseState::Invalid(e);
@@ -1892,6 +1915,34 @@ mod tests_stream {
         let res = http_stream.read_request().await;
         assert_eq!(input.len(), res.unwrap().unwrap());
         assert_eq!(0, http_stream.req_header().headers.len());
+    }
+
+    /// The parse's headers are left uninitialized for httparse (Floodgate
+    /// patch): every one of `MAX_HEADERS` headers is read, in order, and
+    /// one more is refused.
+    #[tokio::test]
+    async fn read_every_header_up_to_the_limit() {
+        init_log();
+        for n in [1, MAX_HEADERS - 1, MAX_HEADERS, MAX_HEADERS + 1] {
+            let mut input = b"GET / HTTP/1.1\r\n".to_vec();
+            for i in 0..n {
+                input.extend_from_slice(format!("X-H{i}: v{i}\r\n").as_bytes());
+            }
+            input.extend_from_slice(b"\r\n");
+            let mock_io = Builder::new().read(&input).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            let res = http_stream.read_request().await;
+            if n > MAX_HEADERS {
+                assert!(res.is_err(), "{n} headers");
+                continue;
+            }
+            assert_eq!(input.len(), res.unwrap().unwrap());
+            let headers = &http_stream.req_header().headers;
+            assert_eq!(n, headers.len());
+            for i in 0..n {
+                assert_eq!(headers[format!("x-h{i}").as_str()], format!("v{i}").as_str());
+            }
+        }
     }
 
     #[cfg(feature = "patched_http1")]
