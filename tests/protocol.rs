@@ -164,6 +164,10 @@ async fn malformed_requests_get_json_400_with_a_request_id() {
         ("GET /a\rb HTTP/1.1\r\nHost: a\r\n".into(), 400),
         ("GET /a\x01b HTTP/1.1\r\nHost: a\r\n".into(), 400),
         ("GET /a\tb HTTP/1.1\r\nHost: a\r\n".into(), 400),
+        // Found by a hostile-client run: a target `http`'s URI does not
+        // take got Pingora's plain-text 400.
+        ("GET /a<b> HTTP/1.1\r\nHost: a\r\n".into(), 400),
+        ("GET /a?q=\"x\" HTTP/1.1\r\nHost: a\r\n".into(), 400),
         // Found by a hostile-client run: a CR alone before the request
         // line got Pingora's plain-text 400.
         ("\r\rGET / HTTP/1.1\r\nHost: a\r\n".into(), 400),

@@ -568,3 +568,66 @@ async fn one_idle_timer_keeps_every_wait_to_its_own_deadline() {
     // A future ready at once is not timed.
     assert_eq!(w.within(Duration::ZERO, async { 7 }).await, Some(7));
 }
+
+/// A target is refused here exactly when Pingora's parse of it would
+/// fail (its bare 400, found by a hostile-client run): every byte from
+/// `!` up, at the start and in the middle of a path and in a query, and
+/// UTF-8 and broken UTF-8 above 0x7f.
+#[test]
+fn a_target_is_refused_exactly_when_pingora_would_refuse_it() {
+    let inspect_target = |t: &[u8]| {
+        let mut req = b"GET ".to_vec();
+        req.extend_from_slice(t);
+        req.extend_from_slice(b" HTTP/1.1\r\nHost: a\r\n\r\n");
+        inspect(&req, req.len())
+    };
+    let mut targets: Vec<Vec<u8>> = vec![
+        "/é".as_bytes().to_vec(),
+        b"/\xc3".to_vec(),
+        b"/\xff\xfe".to_vec(),
+        b"/a#frag".to_vec(),
+        b"*".to_vec(),
+        b"http://a/x<y".to_vec(),
+    ];
+    for b in 0x21..=0xffu8 {
+        if b == 0x7f {
+            continue; // a control character: refused before.
+        }
+        targets.push(vec![b'/', b]);
+        targets.push(vec![b'/', b'a', b, b'b']);
+        targets.push(vec![b'/', b'a', b'?', b'q', b, b'=']);
+    }
+    let mut refused = Vec::new();
+    for t in targets {
+        let pingora = pingora::http::RequestHeader::build_no_case("GET", &t, None).is_ok();
+        match inspect_target(&t) {
+            Ok(_) => assert!(pingora, "{t:?} passed, Pingora refuses it"),
+            Err(r) => {
+                assert!(!pingora, "{t:?} refused: {}", r.message);
+                assert_eq!(r.message, "malformed request target");
+                refused.push(String::from_utf8_lossy(&t).into_owned());
+            }
+        }
+    }
+    // `<`, `>` and a backtick anywhere, `"` in a query (broken UTF-8
+    // is not: Pingora keeps such a target's bytes as they came).
+    for t in [
+        "/<",
+        "/a<b",
+        "/>",
+        "/a?q>=",
+        "/`",
+        "/a?q\"=",
+        "http://a/x<y",
+    ] {
+        assert!(refused.iter().any(|r| r == t), "{t} in {refused:?}");
+    }
+    assert_eq!(
+        refused_bytes(b"GET /a<b> HTTP/1.1\r\nHost: a\r\n\r\n"),
+        "malformed request target"
+    );
+}
+
+fn refused_bytes(req: &[u8]) -> String {
+    inspect(req, req.len()).expect_err("refused").message
+}
