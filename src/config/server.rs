@@ -103,6 +103,9 @@ pub(super) fn validate_server(
         d,
     );
     let tls_handshake_timeout = nonzero(tls_handshake_timeout, "tls_handshake_timeout", d);
+    // "0s" passed, and answers said `Connection: keep-alive` on connections
+    // then closed at once (found by a hostile-client run).
+    let keepalive_timeout = nonzero(keepalive_timeout, "keepalive_timeout", d);
     let body_idle_timeout = duration_or(s.body_idle_timeout, "15s", &p.key("body_idle_timeout"), d);
     let body_idle_timeout = nonzero(body_idle_timeout, "body_idle_timeout", d);
     let body_timeout = duration_or(s.body_timeout, "60s", &p.key("body_timeout"), d);

@@ -251,3 +251,19 @@ fn client_tables_that_cannot_be_had_are_check_errors() {
     let src = format!("{MINIMAL}\n[clients]\nrefund_on_client_abort = \"always\"\n");
     assert!(errors(&src)[0].starts_with("clients.refund_on_client_abort"));
 }
+
+/// Found by a hostile-client run: `keepalive_timeout = "0s"` passed, and
+/// answers said `Connection: keep-alive` on connections then closed at
+/// once. Refused, with its key path, as the other timeouts' zero is.
+#[test]
+fn a_zero_keepalive_timeout_is_refused() {
+    let src = MINIMAL.replace("[server]\n", "[server]\nkeepalive_timeout = \"0s\"\n");
+    let e = errors(&src);
+    assert!(
+        e.iter()
+            .any(|e| e.contains("server.keepalive_timeout") && e.contains("must be more than 0")),
+        "{e:?}"
+    );
+    let src = MINIMAL.replace("[server]\n", "[server]\nkeepalive_timeout = \"1ms\"\n");
+    assert!(check(&src).is_ok());
+}
