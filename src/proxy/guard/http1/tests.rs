@@ -588,6 +588,16 @@ fn a_target_is_refused_exactly_when_pingora_would_refuse_it() {
         b"/a#frag".to_vec(),
         b"*".to_vec(),
         b"http://a/x<y".to_vec(),
+        b"http://a?q<".to_vec(),
+        b"http://a".to_vec(),
+        b"http://a#x<".to_vec(),
+        b"/a#<".to_vec(),
+        b"?q<".to_vec(),
+        b"?q=1".to_vec(),
+        "http://a/é<".as_bytes().to_vec(),
+        b"http://a/\xff".to_vec(),
+        b"foo:bar://host/<".to_vec(),
+        b"https://a/<".to_vec(),
     ];
     for b in 0x21..=0xffu8 {
         if b == 0x7f {
