@@ -153,7 +153,9 @@ impl ProxyHttp for Gateway {
         if let Some(r) = phases::backend_slot(ctx) {
             return respond::refuse(session, ctx, r).await;
         }
-        ctx.body_deadline = Some(std::time::Instant::now() + rt.config.server.body_timeout);
+        // From the request's start, read once (`started`): its header had
+        // just been read.
+        ctx.body_deadline = Some(ctx.started + rt.config.server.body_timeout);
         Ok(false)
     }
 
