@@ -5,6 +5,7 @@
 use std::ops::Range;
 
 use super::lines::{bare_cr, HeadScan, Lines};
+use super::target::{bad, check_target, check_target_authority, valid_host};
 use crate::limits::{Refusal, RejectReason};
 
 /// Header fields a request may carry (Pingora's own limit).
@@ -67,10 +68,6 @@ const PROTECTED: [&[u8]; 4] = [
 ];
 /// Options one request's `Connection` may list (Pingora refuses a tenth).
 const MAX_CONNECTION_OPTIONS: usize = 9;
-
-fn bad(message: impl Into<String>) -> Refusal {
-    Refusal::new(RejectReason::BadRequest, message)
-}
 
 /// Whether `b` may appear in a header field name (an RFC 9110 token).
 pub(super) fn tchar(b: u8) -> bool {
@@ -354,167 +351,6 @@ fn inspect_lines(len: usize, mut lines: Lines<'_>) -> Result<Head, Refusal> {
         expect_continue,
     })
 }
-
-/// A target Pingora's parse of the request would refuse: one `http`'s URI
-/// does not take (`<`, `>` or a backtick anywhere, `"` in a query, ...),
-/// which Pingora answered with its plain-text 400 (found by a
-/// hostile-client run). A target of only the bytes every form takes is
-/// looked at once; any other is read as Pingora's `parse_request_target`
-/// reads it (the bytes reach it as they are: the guard refuses the control
-/// characters and spaces Pingora would escape first): the fragment
-/// dropped, the path and query of an origin-form target, or of an
-/// absolute-form one's (rooted at `/`), parsed as `http`'s
-/// `PathAndQuery`, bytes that are not UTF-8 replaced. (Calling Pingora's
-/// own parse from here made the compiler stop inlining it into Pingora's
-/// request read, which cost ~150 instructions a request.) A test checks
-/// the two agree.
-fn check_target(target: &[u8]) -> Result<(), Refusal> {
-    use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
-    if target.iter().all(|&b| URI_PLAIN[usize::from(b)]) {
-        return Ok(());
-    }
-    let t = target.split(|b| *b == b'#').next().unwrap_or_default();
-    let path_and_query = match t.first() {
-        None | Some(b'/' | b'?') => String::from_utf8_lossy(t),
-        _ if t == b"*" => return Ok(()),
-        _ => match raw_target_authority(t) {
-            RawTargetAuthority::Absolute { path_and_query, .. } => {
-                match String::from_utf8_lossy(path_and_query) {
-                    pq if pq.is_empty() || pq.starts_with('/') => pq,
-                    pq => format!("/{pq}").into(),
-                }
-            }
-            _ => return Ok(()),
-        },
-    };
-    match http::uri::PathAndQuery::try_from(path_and_query.as_ref()) {
-        Ok(_) => Ok(()),
-        Err(_) if path_and_query.is_empty() => Ok(()),
-        Err(_) => Err(bad("malformed request target")),
-    }
-}
-
-/// Bytes `http`'s URI takes anywhere in a path or query:
-/// `[A-Za-z0-9]`, `-._~`, `!$&'()*+,;=`, `:@/?` and `%`.
-const URI_PLAIN: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        t[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'@'
-                    | b'/'
-                    | b'?'
-                    | b'%'
-            );
-        b += 1;
-    }
-    t
-};
-
-/// An absolute-form target's authority must be the `Host` value, byte for
-/// byte, without user info (Pingora's own rule, answered here in JSON).
-fn check_target_authority(target: &[u8], host: Option<&[u8]>) -> Result<(), Refusal> {
-    use pingora::http::authority::{
-        is_http_family_scheme, raw_target_authority, RawTargetAuthority,
-    };
-    match raw_target_authority(target) {
-        RawTargetAuthority::None => Ok(()),
-        RawTargetAuthority::AmbiguousAuthority => {
-            Err(bad("ambiguous absolute-form request target"))
-        }
-        RawTargetAuthority::Absolute {
-            scheme, authority, ..
-        } => {
-            if authority.contains(&b'@') {
-                return Err(bad("user info in the request target"));
-            }
-            if is_http_family_scheme(scheme) && http::uri::Authority::try_from(authority).is_err() {
-                return Err(bad("malformed authority in the request target"));
-            }
-            if host.is_some_and(|h| h != authority) {
-                return Err(bad(
-                    "the Host header differs from the request target's authority",
-                ));
-            }
-            Ok(())
-        }
-    }
-}
-
-/// A `Host` value: `host` or `host:port`, a bracketed IPv6 literal, no
-/// user info, no spaces (empty is allowed: RFC 9112 §3.2).
-fn valid_host(v: &[u8]) -> bool {
-    if v.is_empty() || plain_host(v) {
-        return true;
-    }
-    let Ok(s) = std::str::from_utf8(v) else {
-        return false;
-    };
-    !s.contains(['@', ' ', '/', '\\', '?', '#'])
-        && http::uri::Authority::try_from(s).is_ok()
-        && port_is_digits(s)
-}
-
-/// The port of a host value (after its last `:` outside an IPv6 literal's
-/// brackets) is digits, or empty, as RFC 3986's `port = *DIGIT` has it:
-/// `http`'s authority parse takes `a:-1` or `a:80a` (found by a
-/// hostile-client run).
-fn port_is_digits(s: &str) -> bool {
-    let after = s.rfind(']').map_or(s, |i| &s[i + 1..]);
-    after
-        .rfind(':')
-        .is_none_or(|i| after[i + 1..].bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// The usual `Host`: a name or an IPv4 address of `[A-Za-z0-9.-]`, and a
-/// port of up to five digits. Every such value is a valid authority (a
-/// test checks), so it needs no parse into one, which also copies it.
-pub(super) fn plain_host(v: &[u8]) -> bool {
-    // The name is the bytes up to the first that is none of
-    // `[A-Za-z0-9.-]`, which must be the colon, if any (one look at each
-    // byte of the name, and no search).
-    let i = v
-        .iter()
-        .position(|b| !HOST_NAME[usize::from(*b)])
-        .unwrap_or(v.len());
-    let port = match v.get(i) {
-        None => None,
-        Some(b':') => Some(&v[i + 1..]),
-        Some(_) => return false,
-    };
-    i > 0 && port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.iter().all(u8::is_ascii_digit))
-}
-
-/// `[A-Za-z0-9.-]`, the bytes of a plain host name, as a table (three
-/// range checks a byte cost about twice as much).
-const HOST_NAME: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        t[b] = c.is_ascii_alphanumeric() || c == b'.' || c == b'-';
-        b += 1;
-    }
-    t
-};
 
 pub(super) fn trim(v: &[u8]) -> &[u8] {
     let mut v = v;

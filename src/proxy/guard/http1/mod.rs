@@ -28,6 +28,7 @@ use crate::limits::{Refusal, RejectReason};
 mod chunked;
 mod inspect;
 mod lines;
+mod target;
 
 pub use chunked::ChunkScan;
 pub use inspect::{head_end, inspect, Framing, Head, MAX_HEADERS};
