@@ -76,33 +76,22 @@ pub(super) fn tchar(b: u8) -> bool {
 
 /// [`tchar`] as a table: a name's every byte is looked up (a search of
 /// the punctuation list for each `-` cost more than the rest of the check).
-const TCHAR: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        t[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'!' | b'#'
-                    | b'$'
-                    | b'%'
-                    | b'&'
-                    | b'\''
-                    | b'*'
-                    | b'+'
-                    | b'-'
-                    | b'.'
-                    | b'^'
-                    | b'_'
-                    | b'`'
-                    | b'|'
-                    | b'~'
-            );
-        b += 1;
-    }
-    t
-};
+const TCHAR: [bool; 256] = alphanumeric_and!(
+    b'!' | b'#'
+        | b'$'
+        | b'%'
+        | b'&'
+        | b'\''
+        | b'*'
+        | b'+'
+        | b'-'
+        | b'.'
+        | b'^'
+        | b'_'
+        | b'`'
+        | b'|'
+        | b'~'
+);
 
 /// Looks at the header block `buf[..len]`: the request line, every field
 /// name and value, and the fields that frame the body. Refuses what is

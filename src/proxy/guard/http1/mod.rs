@@ -25,6 +25,21 @@ use tokio::time::Sleep;
 
 use crate::limits::{Refusal, RejectReason};
 
+/// A table of the bytes that are ASCII letters or digits or match
+/// `$pat` (a look-up a byte: the guard's byte classes).
+macro_rules! alphanumeric_and {
+    ($pat:pat) => {{
+        let mut t = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            let c = b as u8;
+            t[b] = c.is_ascii_alphanumeric() || matches!(c, $pat);
+            b += 1;
+        }
+        t
+    }};
+}
+
 mod chunked;
 mod inspect;
 mod lines;

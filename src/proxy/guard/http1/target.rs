@@ -50,38 +50,27 @@ pub(super) fn check_target(target: &[u8]) -> Result<(), Refusal> {
 
 /// Bytes `http`'s URI takes anywhere in a path or query:
 /// `[A-Za-z0-9]`, `-._~`, `!$&'()*+,;=`, `:@/?` and `%`.
-const URI_PLAIN: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        t[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'@'
-                    | b'/'
-                    | b'?'
-                    | b'%'
-            );
-        b += 1;
-    }
-    t
-};
+const URI_PLAIN: [bool; 256] = alphanumeric_and!(
+    b'-' | b'.'
+        | b'_'
+        | b'~'
+        | b'!'
+        | b'$'
+        | b'&'
+        | b'\''
+        | b'('
+        | b')'
+        | b'*'
+        | b'+'
+        | b','
+        | b';'
+        | b'='
+        | b':'
+        | b'@'
+        | b'/'
+        | b'?'
+        | b'%'
+);
 
 /// An absolute-form target's authority must be the `Host` value, byte for
 /// byte, without user info (Pingora's own rule, answered here in JSON).
@@ -159,16 +148,7 @@ pub(super) fn plain_host(v: &[u8]) -> bool {
 
 /// `[A-Za-z0-9.-]`, the bytes of a plain host name, as a table (three
 /// range checks a byte cost about twice as much).
-const HOST_NAME: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        t[b] = c.is_ascii_alphanumeric() || c == b'.' || c == b'-';
-        b += 1;
-    }
-    t
-};
+const HOST_NAME: [bool; 256] = alphanumeric_and!(b'.' | b'-');
 
 #[cfg(test)]
 pub(super) mod tests {
