@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn routes_to(up: &Upstream, extra: &str) -> String {
-    upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api") + extra
+    one_route(up) + extra
 }
 
 async fn served_by(gw: &Gateway) -> String {

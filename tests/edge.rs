@@ -69,7 +69,7 @@ async fn idle_tls_connections_meet_a_deadline_and_a_cap() {
     let (tls, tls_addr) = tls_listener(&ca, dir.path());
     let mut gw = Gateway::start(
         &format!("tls_handshake_timeout = \"3s\"\nmax_connections_per_ip = 20\n{tls}"),
-        &(upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api")),
+        &one_route(&up),
     );
     wait_for_port(tls_addr, &mut gw.proc, "tls listener");
     let flood: Vec<TcpStream> = (0..30)
@@ -186,10 +186,7 @@ async fn an_http2_header_block_must_end_in_time() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path());
     let (tls, tls_addr) = tls_listener(&ca, dir.path());
-    let mut gw = Gateway::start(
-        &format!("header_timeout = \"1s\"\n{tls}"),
-        &(upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api")),
-    );
+    let mut gw = Gateway::start(&format!("header_timeout = \"1s\"\n{tls}"), &one_route(&up));
     wait_for_port(tls_addr, &mut gw.proc, "tls listener");
 
     let mut s = h2_tls(&ca, tls_addr).await;
@@ -445,10 +442,7 @@ fn get_on(s: &mut TcpStream) -> String {
 #[tokio::test]
 async fn a_kept_alive_connection_is_closed_after_keepalive_timeout_of_quiet() {
     let up = Upstream::start("a");
-    let gw = Gateway::start(
-        "keepalive_timeout = \"1s\"",
-        &(upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api")),
-    );
+    let gw = Gateway::start("keepalive_timeout = \"1s\"", &one_route(&up));
     let addr = gw.addr;
     let closed = tokio::task::spawn_blocking(move || {
         let mut s = TcpStream::connect(addr).unwrap();
@@ -475,10 +469,7 @@ async fn a_kept_alive_connection_is_closed_after_keepalive_timeout_of_quiet() {
 #[tokio::test]
 async fn an_idle_connection_is_closed_when_draining_starts() {
     let up = Upstream::start("a");
-    let gw = Gateway::start(
-        "grace_period = \"8s\"",
-        &(upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api")),
-    );
+    let gw = Gateway::start("grace_period = \"8s\"", &one_route(&up));
     let addr = gw.addr;
     let (idle, busy, fresh) = tokio::task::spawn_blocking(move || {
         let mut idle = TcpStream::connect(addr).unwrap();
@@ -572,10 +563,7 @@ async fn a_refusal_given_while_draining_closes_its_connection() {
 #[tokio::test]
 async fn draining_is_visible_on_ready() {
     let up = Upstream::start("a");
-    let gw = Gateway::start(
-        "grace_period = \"3s\"",
-        &(upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api")),
-    );
+    let gw = Gateway::start("grace_period = \"3s\"", &one_route(&up));
     let c = client();
     assert_eq!(
         c.get(gw.admin_url("/ready")).send().await.unwrap().status(),

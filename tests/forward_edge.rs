@@ -104,7 +104,7 @@ async fn every_alias_of_a_denied_address_is_denied() {
 #[tokio::test]
 async fn the_gateway_itself_is_never_a_destination() {
     let up = Upstream::start("a");
-    let rest = upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api");
+    let rest = one_route(&up);
     // No destination policy at all (a loopback forward proxy may be open).
     let (gw, proxy) = forward_gateway("", &rest);
     for target in [

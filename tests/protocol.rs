@@ -564,10 +564,7 @@ async fn hop_by_hop_names_sent_alone_never_reach_the_upstream() {
 #[tokio::test]
 async fn a_request_pipelined_behind_a_streamed_body_waits_its_turn() {
     let up = Upstream::start("a");
-    let gw = Gateway::start(
-        "request_buffer_size = \"0\"",
-        &(upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api")),
-    );
+    let gw = Gateway::start("request_buffer_size = \"0\"", &one_route(&up));
     let mut s = TcpStream::connect(gw.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(b"POST /slow?delay_ms=600 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
@@ -948,10 +945,7 @@ async fn a_request_pipelined_during_an_answer_waits_its_turn() {
 #[tokio::test]
 async fn bodies_over_a_mebibyte_reach_the_upstream_whole() {
     let up = Upstream::start("a");
-    let gw = Gateway::start(
-        "request_buffer_size = \"8MiB\"",
-        &(upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api")),
-    );
+    let gw = Gateway::start("request_buffer_size = \"8MiB\"", &one_route(&up));
     for size in [1024 * 1024, 1024 * 1024 + 1, 7 * 1024 * 1024] {
         let mut raw = format!(
             "POST /len HTTP/1.1\r\nHost: a\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
@@ -991,10 +985,7 @@ async fn bodies_over_a_mebibyte_reach_the_upstream_whole() {
 #[tokio::test]
 async fn expect_connect_and_silence() {
     let up = Upstream::start("a");
-    let gw = Gateway::start(
-        "header_timeout = \"1s\"",
-        &(upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api")),
-    );
+    let gw = Gateway::start("header_timeout = \"1s\"", &one_route(&up));
     let mut s = TcpStream::connect(gw.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(b"PUT /e HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nExpect: 100-continue\r\nContent-Length: 2\r\nConnection: close\r\n\r\n")

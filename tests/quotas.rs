@@ -18,7 +18,7 @@ fn sha(key: &str) -> String {
 }
 
 fn gateway(up: &Upstream, clients: &str) -> Gateway {
-    let rest = upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api") + clients;
+    let rest = one_route(up) + clients;
     start(&rest)
 }
 

@@ -46,7 +46,7 @@ async fn status(c: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> u16
 #[tokio::test]
 async fn the_client_behind_a_trusted_proxy_is_its_own_client() {
     let up = Upstream::start("a");
-    let routes = upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api");
+    let routes = one_route(&up);
     let quota = "[clients]\ndefault = { rpm = 2 }\n";
     let c = client();
     let trusting = Gateway::start(
@@ -177,10 +177,7 @@ async fn what_the_upstream_receives() {
     );
     assert_eq!(h["x-client-id"], serde_json::json!(["acme"]), "{h}");
     // A token that is not a Floodgate key is the upstream's business.
-    let other = Gateway::start(
-        "",
-        &(upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api")),
-    );
+    let other = Gateway::start("", &one_route(&up));
     let h = upstream_saw(
         &c,
         &other.url("/x"),

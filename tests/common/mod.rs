@@ -299,6 +299,12 @@ pub fn upstream_toml(name: &str, backends: &[SocketAddr], extra: &str) -> String
     )
 }
 
+/// One upstream, `api`, at `up`, and one route, `main`, sending
+/// everything to it: the config most tests run.
+pub fn one_route(up: &Upstream) -> String {
+    upstream_toml("api", &[up.addr], "") + &route_toml("main", "/", "api")
+}
+
 pub fn route_toml(name: &str, prefix: &str, upstream: &str) -> String {
     format!(
         "[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"{upstream}\"\n"
