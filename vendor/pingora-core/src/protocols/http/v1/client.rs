@@ -73,6 +73,24 @@ pub struct HttpSession {
     // its body reader each looked `Transfer-Encoding` and `Content-Length`
     // up again and parsed the length again.
     response_framing: Option<ResponseFraming>,
+    // What the session still reads of a response header that
+    // `read_response_task` handed to its caller instead of a copy of it
+    // (Floodgate patch; see vendor/README.md).
+    handed_over: Option<HandedOver>,
+}
+
+/// What the session reads of a response header after it is read: its
+/// status, its version and the two fields the connection's reuse depends
+/// on. `read_response_task` keeps these and gives the header itself to
+/// its caller, where a copy of the whole header was made for it before.
+#[derive(Clone, Debug)]
+struct HandedOver {
+    status: StatusCode,
+    version: Version,
+    /// It has a `Transfer-Encoding`.
+    transfer_encoding: bool,
+    /// Its first `Keep-Alive` value, when it has one.
+    keep_alive: Option<HeaderValue>,
 }
 
 /// What frames a response's body and says whether its connection is kept,
@@ -125,6 +143,7 @@ impl HttpSession {
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
             response_framing: None,
+            handed_over: None,
         }
     }
 
@@ -398,6 +417,7 @@ impl HttpSession {
                             keep_alive,
                         });
                         self.response_header = Some(response_header);
+                        self.handed_over = None;
                         if let Err(e) = self.validate_response(content_length) {
                             return self.fail_response_header_read(e);
                         }
@@ -502,7 +522,41 @@ impl HttpSession {
         Ok(Box::new(self.resp_header().unwrap().clone()))
     }
 
+    /// Read the response header, then give it to the caller and keep only
+    /// what the session itself still needs of it (Floodgate patch; see
+    /// vendor/README.md): [`Self::read_resp_header_parts`] copies the
+    /// whole header for the caller. After this, [`Self::resp_header`] and
+    /// [`Self::get_header`] answer `None` until the next header is read;
+    /// [`Self::get_status`] still answers.
+    async fn take_resp_header_parts(&mut self) -> Result<Box<ResponseHeader>> {
+        self.read_response().await?;
+        let Some(resp) = self.response_header.take() else {
+            return Error::e_explain(InternalError, "no response header after reading one");
+        };
+        let keep_alive = match self.response_framing {
+            Some(f) if !f.keep_alive => None,
+            _ => resp.headers.get(&KEEP_ALIVE).cloned(),
+        };
+        self.handed_over = Some(HandedOver {
+            status: resp.status,
+            version: resp.version,
+            transfer_encoding: resp.headers.contains_key(header::TRANSFER_ENCODING),
+            keep_alive,
+        });
+        Ok(resp)
+    }
+
+    /// The response's version, also once its header is handed over.
+    fn resp_version(&self) -> Option<Version> {
+        match (&self.response_header, &self.handed_over) {
+            (Some(h), _) => Some(h.version),
+            (None, Some(h)) => Some(h.version),
+            (None, None) => None,
+        }
+    }
+
     /// Return a reference of the [`ResponseHeader`] if the response is read
+    /// (and not handed over by [`Self::read_response_task`], Floodgate patch)
     pub fn resp_header(&self) -> Option<&ResponseHeader> {
         self.response_header.as_deref()
     }
@@ -524,7 +578,11 @@ impl HttpSession {
 
     /// Return the status code of the response if read
     pub fn get_status(&self) -> Option<StatusCode> {
-        self.response_header.as_ref().map(|h| h.status)
+        match (&self.response_header, &self.handed_over) {
+            (Some(h), _) => Some(h.status),
+            (None, Some(h)) => Some(h.status),
+            (None, None) => None,
+        }
     }
 
     async fn do_read_body(&mut self) -> Result<Option<BufRef>> {
@@ -634,12 +692,12 @@ impl HttpSession {
 
         // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
         // if Transfer-Encoding is received in HTTP/1.0 response, connection MUST be closed after processing.
-        if self.resp_header().map(|h| h.version) == Some(Version::HTTP_10)
-            && self
-                .resp_header()
-                .and_then(|h| h.headers.get(header::TRANSFER_ENCODING))
-                .is_some()
-        {
+        let transfer_encoding = match (&self.response_header, &self.handed_over) {
+            (Some(h), _) => h.headers.contains_key(header::TRANSFER_ENCODING),
+            (None, Some(h)) => h.transfer_encoding,
+            (None, None) => false,
+        };
+        if self.resp_version() == Some(Version::HTTP_10) && transfer_encoding {
             self.set_keepalive(None);
             return;
         }
@@ -654,7 +712,7 @@ impl HttpSession {
             } else {
                 self.set_keepalive(None);
             }
-        } else if self.resp_header().map(|h| h.version) == Some(Version::HTTP_11) {
+        } else if self.resp_version() == Some(Version::HTTP_11) {
             self.set_keepalive(Some(0)); // on by default for http 1.1
         } else {
             self.set_keepalive(None); // off by default for http 1.0
@@ -695,7 +753,8 @@ impl HttpSession {
         if self.response_framing.is_some_and(|f| !f.keep_alive) {
             return (None, None);
         }
-        let Some(keep_alive_header) = self.get_header(&KEEP_ALIVE) else {
+        let handed_over = self.handed_over.as_ref().and_then(|h| h.keep_alive.as_ref());
+        let Some(keep_alive_header) = self.get_header(&KEEP_ALIVE).or(handed_over) else {
             return (None, None);
         };
 
@@ -888,7 +947,7 @@ impl HttpSession {
 
     pub async fn read_response_task(&mut self) -> Result<HttpTask> {
         if self.should_read_resp_header() {
-            let resp_header = self.read_resp_header_parts().await?;
+            let resp_header = self.take_resp_header_parts().await?;
             let end_of_body = self.is_body_done();
             debug!("Response header: {resp_header:?}");
             trace!(
@@ -2473,6 +2532,60 @@ hello\r\n\
 
         // HTTP/1.1 should allow keepalive by default
         assert!(http_stream.will_keepalive());
+    }
+
+    /// `read_response_task` hands the header itself to its caller (Floodgate
+    /// patch); the session still decides the connection's reuse from it.
+    #[tokio::test]
+    async fn a_header_handed_over_by_read_response_task_still_decides_reuse() {
+        async fn reuse_after_tasks(input: &[u8], headers: &[usize]) -> KeepaliveStatus {
+            let mock_io = Builder::new().read(input).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            let mut seen = vec![];
+            loop {
+                match http_stream.read_response_task().await.unwrap() {
+                    HttpTask::Header(h, _) => {
+                        // The whole header, and the session keeps none of it.
+                        seen.push(h.headers.len());
+                        assert!(http_stream.resp_header().is_none());
+                        assert_eq!(http_stream.get_status(), Some(h.status));
+                    }
+                    HttpTask::Body(_, true) | HttpTask::Done => break,
+                    HttpTask::Body(_, false) => {}
+                    other => panic!("unexpected task {other:?}"),
+                }
+                if http_stream.is_body_done() {
+                    break;
+                }
+            }
+            assert_eq!(seen, headers);
+            http_stream.respect_keepalive();
+            http_stream.keepalive_timeout
+        }
+
+        let keep_alive =
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=7, max=9\r\nContent-Length: 3\r\n\r\nabc";
+        assert_eq!(
+            reuse_after_tasks(keep_alive, &[3]).await,
+            KeepaliveStatus::Timeout(Duration::from_secs(7))
+        );
+        let http11 = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc";
+        assert_eq!(reuse_after_tasks(http11, &[1]).await, KeepaliveStatus::Infinite);
+        let http10 = b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nabc";
+        assert_eq!(reuse_after_tasks(http10, &[1]).await, KeepaliveStatus::Off);
+        let http10_chunked = b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        assert_eq!(reuse_after_tasks(http10_chunked, &[2]).await, KeepaliveStatus::Off);
+        let interim_then_close =
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\nabc";
+        assert_eq!(
+            reuse_after_tasks(interim_then_close, &[1, 2]).await,
+            KeepaliveStatus::Off
+        );
+        let interim_then_keep = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
+        assert_eq!(
+            reuse_after_tasks(interim_then_keep, &[0, 0]).await,
+            KeepaliveStatus::Infinite
+        );
     }
 
     #[tokio::test]
