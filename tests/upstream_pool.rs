@@ -1,0 +1,180 @@
+//! The gateway's pool of idle upstream connections, seen from a real
+//! upstream of raw bytes: a connection is reused while it is idle, closed
+//! at the upstream's `idle_timeout`, and let go as soon as its upstream
+//! closes it, without costing a request.
+
+#![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // tests may block: they are not the gateway
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// What the upstream saw of one connection.
+#[derive(Clone, Debug, Default)]
+struct Seen {
+    requests: usize,
+    /// When it answered last.
+    answered: Option<Instant>,
+    /// When the gateway's end closed (a read of 0 bytes).
+    closed: Option<Instant>,
+}
+
+/// An upstream on a loopback port answering each request `200` with a
+/// small body, keeping the connection; with `close_after`, it closes its
+/// side of a connection that long after an answer (the gateway's end then
+/// closes too, and the upstream notes when).
+fn upstream(close_after: Option<Duration>) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
+    // (The gateway's health checks connect too, and send nothing: the
+    // tests read the connections that carried a request, [`carried`].)
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::<Seen>::new()));
+    let all = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let seen = all.clone();
+            let i = {
+                let mut s = seen.lock().unwrap();
+                s.push(Seen::default());
+                s.len() - 1
+            };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                loop {
+                    let timeout = close_after.unwrap_or(Duration::from_secs(30));
+                    conn.set_read_timeout(Some(timeout)).unwrap();
+                    let answered = seen.lock().unwrap()[i].requests > 0;
+                    match conn.read(&mut buf) {
+                        Ok(0) => {
+                            seen.lock().unwrap()[i].closed = Some(Instant::now());
+                            return;
+                        }
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                        Err(e)
+                            if close_after.is_some()
+                                && answered
+                                && matches!(
+                                    e.kind(),
+                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                ) =>
+                        {
+                            // Quiet for `close_after` after an answer: close
+                            // its side, and note when the gateway closes its.
+                            conn.shutdown(Shutdown::Write).unwrap();
+                            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                                .unwrap();
+                            if let Ok(0) = conn.read(&mut buf) {
+                                seen.lock().unwrap()[i].closed = Some(Instant::now());
+                            }
+                            return;
+                        }
+                        Err(_) => return,
+                    }
+                    while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        head.drain(..end + 4);
+                        conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .unwrap();
+                        let mut s = seen.lock().unwrap();
+                        s[i].requests += 1;
+                        s[i].answered = Some(Instant::now());
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// The connections that carried a request.
+fn carried(seen: &Mutex<Vec<Seen>>) -> Vec<Seen> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.requests > 0)
+        .cloned()
+        .collect()
+}
+
+fn gateway(addr: SocketAddr, upstream_extra: &str) -> Gateway {
+    Gateway::start(
+        "",
+        &(upstream_toml("api", &[addr], upstream_extra) + &route_toml("main", "/", "api")),
+    )
+}
+
+async fn get_ok(gw: &Gateway) {
+    let r = client().get(gw.url("/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "ok");
+}
+
+async fn until(what: &str, limit: Duration, done: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Requests one after another go over one upstream connection, which the
+/// gateway closes once it has been idle for the upstream's `idle_timeout`.
+#[tokio::test]
+async fn an_idle_upstream_connection_is_reused_then_closed_at_its_idle_timeout() {
+    let (addr, seen) = upstream(None);
+    let gw = gateway(addr, "idle_timeout = \"1s\"");
+    for _ in 0..3 {
+        get_ok(&gw).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    until(
+        "the gateway closes its idle connection",
+        Duration::from_secs(5),
+        || carried(&seen).iter().all(|s| s.closed.is_some()),
+    )
+    .await;
+    let s = carried(&seen);
+    assert_eq!(s.len(), 1, "one upstream connection for all three: {s:?}");
+    assert_eq!(s[0].requests, 3);
+    let idle = s[0].closed.unwrap() - s[0].answered.unwrap();
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_millis(2500),
+        "closed {idle:?} after its last answer, for an idle_timeout of 1s"
+    );
+}
+
+/// An upstream that closes a connection while it is idle in the pool: the
+/// gateway closes its end at once (it does not hold it until a request
+/// finds it), and the next request goes over a new connection and passes.
+#[tokio::test]
+async fn an_upstream_closing_an_idle_connection_is_let_go_at_once_and_costs_no_request() {
+    let (addr, seen) = upstream(Some(Duration::from_millis(200)));
+    let gw = gateway(addr, "");
+    for n in 1..=3 {
+        get_ok(&gw).await;
+        until(
+            "the upstream closes the connection",
+            Duration::from_secs(5),
+            || carried(&seen).iter().filter(|s| s.closed.is_some()).count() == n,
+        )
+        .await;
+    }
+    let s = carried(&seen);
+    assert_eq!(s.len(), 3, "a new connection after each close: {s:?}");
+    for c in &s {
+        assert_eq!(c.requests, 1);
+        // 200 ms of quiet, then the upstream's close, then the gateway's.
+        let after = c.closed.unwrap() - c.answered.unwrap();
+        assert!(
+            after < Duration::from_millis(200 + 500),
+            "the gateway closed its end {after:?} after the answer: {s:?}"
+        );
+    }
+}
