@@ -87,6 +87,7 @@ type DownstreamCustomMessageReader =
     Box<dyn futures::Stream<Item = Result<Bytes>> + Unpin + Send + Sync + 'static>;
 
 mod proxy_cache;
+mod task_channel;
 mod proxy_common;
 mod proxy_custom;
 mod proxy_h1;
