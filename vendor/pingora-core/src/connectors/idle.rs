@@ -165,7 +165,10 @@ impl IdleStreams {
         let since = Instant::now();
         let deadline = idle_timeout.and_then(|d| since.checked_add(d));
         let order = self.order.fetch_add(1, Ordering::Relaxed);
-        {
+        // `len` changes under the lock of the shard the stream goes into or
+        // comes out of, so that no look at it counts a stream taken out
+        // before it was counted in.
+        let held = {
             let mut shard = self.shard(key).lock();
             let at = match shard.iter().position(|(k, _)| *k == key) {
                 Some(at) => at,
@@ -183,8 +186,9 @@ impl IdleStreams {
                 since,
                 deadline,
             });
-        }
-        if self.len.fetch_add(1, Ordering::AcqRel) >= self.size {
+            self.len.fetch_add(1, Ordering::AcqRel)
+        };
+        if held >= self.size {
             self.evict();
         }
         if !self.watch.running.load(Ordering::Acquire) {
@@ -203,9 +207,10 @@ impl IdleStreams {
         let idle = {
             let mut shard = self.shard(key).lock();
             let (_, queue) = shard.iter_mut().find(|(k, _)| *k == key)?;
-            queue.pop_back()?
+            let idle = queue.pop_back()?;
+            self.len.fetch_sub(1, Ordering::AcqRel);
+            idle
         };
-        self.len.fetch_sub(1, Ordering::AcqRel);
         Some(idle.stream)
     }
 
@@ -255,6 +260,7 @@ impl IdleStreams {
         let mut closed = vec![];
         for shard in &self.shards {
             let mut shard = shard.lock();
+            let before = closed.len();
             shard.retain_mut(|(_, queue)| {
                 let mut kept = VecDeque::with_capacity(queue.len());
                 for mut idle in queue.drain(..) {
@@ -271,8 +277,8 @@ impl IdleStreams {
                 *queue = kept;
                 !queue.is_empty()
             });
+            self.len.fetch_sub(closed.len() - before, Ordering::AcqRel);
         }
-        self.len.fetch_sub(closed.len(), Ordering::AcqRel);
         drop(closed);
         next
     }
@@ -530,6 +536,45 @@ mod tests {
             assert!(pool.get(k * SHARDS as u64).is_some());
         }
         assert!(pool.get(0).is_some());
+    }
+
+    /// Releases and reuses on several threads at once never count a
+    /// stream out before it was counted in: a count that wrapped below
+    /// zero would read as a full pool and close every idle stream.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn releases_and_reuses_at_once_keep_the_count() {
+        let evicted = Arc::new(AtomicUsize::new(0));
+        let counted = evicted.clone();
+        let callback: PoolCallback = Arc::new(move |_| {
+            counted.fetch_add(1, Ordering::Relaxed);
+        });
+        let pool = Arc::new(IdleStreams::new(64, Arc::new(AtomicU64::new(0)), Some(callback)));
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    let (s, _server) = stream();
+                    let mut s = Some(s);
+                    for _ in 0..20_000 {
+                        pool.put(s.take().unwrap(), 7, None);
+                        // Another worker's stream, maybe: any will do.
+                        s = pool.get(7);
+                        if s.is_none() {
+                            tokio::task::yield_now().await;
+                            s = pool.get(7);
+                        }
+                        if s.is_none() {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.await.unwrap();
+        }
+        assert_eq!(evicted.load(Ordering::Relaxed), 0);
+        assert!(pool.len() <= 4, "{} held", pool.len());
     }
 
     #[tokio::test]
