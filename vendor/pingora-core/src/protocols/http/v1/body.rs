@@ -246,7 +246,17 @@ impl BodyReader {
                 }
             }
             _ => {
-                self.prepare_buf(buf_to_rewind);
+                if buf_to_rewind.len() >= cl {
+                    // The whole body came with the header (Floodgate
+                    // patch; see vendor/README.md): no read goes into the
+                    // buffer, so it is the size of what it holds, not
+                    // `body_buf_size` (64 KiB allocated for every such
+                    // body, most of them small).
+                    self.body_buf = Some(BytesMut::from(buf_to_rewind));
+                    self.rewind_buf_len = buf_to_rewind.len();
+                } else {
+                    self.prepare_buf(buf_to_rewind);
+                }
                 self.body_state = PS::Partial(0, cl);
             }
         }
@@ -2059,6 +2069,40 @@ mod tests {
         let second = body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
         assert_eq!(body_reader.get_body(&second), b"bc");
         assert!(body_reader.body_buf.as_ref().unwrap().capacity() < BODY_BUFFER_SIZE);
+    }
+
+    /// A body that came whole with its header is read from a buffer of
+    /// its size, not of `BODY_BUFFER_SIZE` (Floodgate patch); what came
+    /// after it stays the overread, and a body that did not come whole
+    /// still reads into a buffer of the usual size.
+    #[tokio::test]
+    async fn a_body_that_came_with_its_header_gets_a_buffer_of_its_size() {
+        let mut mock_io = Builder::new().build();
+        let mut body_reader = BodyReader::new(true);
+        body_reader.init_content_length(3, b"abc");
+        assert_eq!(body_reader.body_buf.as_ref().unwrap().capacity(), 3);
+        let res = body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
+        assert_eq!(body_reader.get_body(&res), b"abc");
+        assert_eq!(body_reader.body_state, ParseState::Complete(3));
+        assert_eq!(body_reader.get_body_overread(), None);
+
+        let mut body_reader = BodyReader::new(true);
+        body_reader.init_content_length(3, b"abcHTTP/1.1");
+        assert!(body_reader.body_buf.as_ref().unwrap().capacity() < 64);
+        let res = body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
+        assert_eq!(body_reader.get_body(&res), b"abc");
+        assert_eq!(body_reader.body_state, ParseState::Complete(3));
+        assert_eq!(body_reader.get_body_overread(), Some(&b"HTTP/1.1"[..]));
+
+        let mut mock_io = Builder::new().read(b"c").build();
+        let mut body_reader = BodyReader::new(true);
+        body_reader.init_content_length(3, b"ab");
+        assert_eq!(body_reader.body_buf.as_ref().unwrap().capacity(), BODY_BUFFER_SIZE);
+        let res = body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
+        assert_eq!(body_reader.get_body(&res), b"ab");
+        let res = body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
+        assert_eq!(body_reader.get_body(&res), b"c");
+        assert_eq!(body_reader.body_state, ParseState::Complete(3));
     }
 
     #[tokio::test]
