@@ -73,18 +73,19 @@ pub struct HttpSession {
     // its body reader each looked `Transfer-Encoding` and `Content-Length`
     // up again and parsed the length again.
     response_framing: Option<ResponseFraming>,
-    // What the session still reads of a response header that
-    // `read_response_task` handed to its caller instead of a copy of it
-    // (Floodgate patch; see vendor/README.md).
-    handed_over: Option<HandedOver>,
+    // What the session reads of `response_header` once it is read, kept
+    // apart from it (Floodgate patch; see vendor/README.md), so that
+    // `read_response_task` can hand the header itself to its caller.
+    response_facts: Option<ResponseFacts>,
 }
 
 /// What the session reads of a response header after it is read: its
 /// status, its version and the two fields the connection's reuse depends
-/// on. `read_response_task` keeps these and gives the header itself to
-/// its caller, where a copy of the whole header was made for it before.
+/// on, read when the header is read. `read_response_task` gives the
+/// header itself to its caller (a copy of the whole header was made for
+/// it before); these stay.
 #[derive(Clone, Debug)]
-struct HandedOver {
+struct ResponseFacts {
     status: StatusCode,
     version: Version,
     /// It has a `Transfer-Encoding`.
@@ -103,8 +104,6 @@ struct ResponseFraming {
     content_length: Option<usize>,
     /// `is_all_keepalive` of its `Connection` lines.
     connection: Option<bool>,
-    /// It has a `Keep-Alive` header.
-    keep_alive: bool,
 }
 
 /// A name already parsed (Floodgate patch: `"Keep-Alive"` was parsed on
@@ -143,7 +142,7 @@ impl HttpSession {
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
             response_framing: None,
-            handed_over: None,
+            response_facts: None,
         }
     }
 
@@ -414,10 +413,17 @@ impl HttpSession {
                                 && is_chunked_encoding_from_headers(&response_header.headers),
                             content_length: content_length.as_ref().ok().copied().flatten(),
                             connection,
-                            keep_alive,
+                        });
+                        self.response_facts = Some(ResponseFacts {
+                            status: response_header.status,
+                            version: response_header.version,
+                            transfer_encoding: contains_transfer_encoding,
+                            keep_alive: match keep_alive {
+                                true => response_header.headers.get(&KEEP_ALIVE).cloned(),
+                                false => None,
+                            },
                         });
                         self.response_header = Some(response_header);
-                        self.handed_over = None;
                         if let Err(e) = self.validate_response(content_length) {
                             return self.fail_response_header_read(e);
                         }
@@ -530,29 +536,15 @@ impl HttpSession {
     /// [`Self::get_status`] still answers.
     async fn take_resp_header_parts(&mut self) -> Result<Box<ResponseHeader>> {
         self.read_response().await?;
-        let Some(resp) = self.response_header.take() else {
-            return Error::e_explain(InternalError, "no response header after reading one");
-        };
-        let keep_alive = match self.response_framing {
-            Some(f) if !f.keep_alive => None,
-            _ => resp.headers.get(&KEEP_ALIVE).cloned(),
-        };
-        self.handed_over = Some(HandedOver {
-            status: resp.status,
-            version: resp.version,
-            transfer_encoding: resp.headers.contains_key(header::TRANSFER_ENCODING),
-            keep_alive,
-        });
-        Ok(resp)
+        match self.response_header.take() {
+            Some(resp) => Ok(resp),
+            None => Error::e_explain(InternalError, "no response header after reading one"),
+        }
     }
 
     /// The response's version, also once its header is handed over.
     fn resp_version(&self) -> Option<Version> {
-        match (&self.response_header, &self.handed_over) {
-            (Some(h), _) => Some(h.version),
-            (None, Some(h)) => Some(h.version),
-            (None, None) => None,
-        }
+        self.response_facts.as_ref().map(|f| f.version)
     }
 
     /// Return a reference of the [`ResponseHeader`] if the response is read
@@ -578,11 +570,7 @@ impl HttpSession {
 
     /// Return the status code of the response if read
     pub fn get_status(&self) -> Option<StatusCode> {
-        match (&self.response_header, &self.handed_over) {
-            (Some(h), _) => Some(h.status),
-            (None, Some(h)) => Some(h.status),
-            (None, None) => None,
-        }
+        self.response_facts.as_ref().map(|f| f.status)
     }
 
     async fn do_read_body(&mut self) -> Result<Option<BufRef>> {
@@ -692,11 +680,10 @@ impl HttpSession {
 
         // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
         // if Transfer-Encoding is received in HTTP/1.0 response, connection MUST be closed after processing.
-        let transfer_encoding = match (&self.response_header, &self.handed_over) {
-            (Some(h), _) => h.headers.contains_key(header::TRANSFER_ENCODING),
-            (None, Some(h)) => h.transfer_encoding,
-            (None, None) => false,
-        };
+        let transfer_encoding = self
+            .response_facts
+            .as_ref()
+            .is_some_and(|f| f.transfer_encoding);
         if self.resp_version() == Some(Version::HTTP_10) && transfer_encoding {
             self.set_keepalive(None);
             return;
@@ -750,11 +737,9 @@ impl HttpSession {
     /// it's behavior is different on different platforms.
     /// https://developer.mozilla.org/en-US/docs/Web/HTTP/Headers/Keep-Alive
     fn get_keepalive_values(&self) -> (Option<u64>, Option<usize>) {
-        if self.response_framing.is_some_and(|f| !f.keep_alive) {
-            return (None, None);
-        }
-        let handed_over = self.handed_over.as_ref().and_then(|h| h.keep_alive.as_ref());
-        let Some(keep_alive_header) = self.get_header(&KEEP_ALIVE).or(handed_over) else {
+        // Read with the header (Floodgate patch): `None` without one.
+        let keep_alive = self.response_facts.as_ref().and_then(|f| f.keep_alive.as_ref());
+        let Some(keep_alive_header) = keep_alive else {
             return (None, None);
         };
 
