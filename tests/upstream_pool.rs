@@ -1,7 +1,8 @@
 //! The gateway's pool of idle upstream connections, seen from a real
 //! upstream of raw bytes: a connection is reused while it is idle, closed
 //! at the upstream's `idle_timeout`, and let go as soon as its upstream
-//! closes it, without costing a request.
+//! closes it, without costing a request; a request that meets pooled
+//! connections its upstream is closing is retried on a new one.
 
 #![allow(clippy::unwrap_used)]
 #![allow(clippy::disallowed_methods)] // tests may block: they are not the gateway
@@ -10,6 +11,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,23 +25,39 @@ struct Seen {
     answered: Option<Instant>,
     /// When the gateway's end closed (a read of 0 bytes).
     closed: Option<Instant>,
+    /// A request it closed on, unanswered (see [`Control::stale_below`]).
+    dropped: usize,
+}
+
+/// What a test changes in the upstream while it runs.
+#[derive(Default)]
+struct Control {
+    /// Milliseconds to wait before each answer.
+    delay_ms: AtomicU64,
+    /// The connections accepted before this many close when their next
+    /// request arrives, unanswered: as an upstream whose keep-alive
+    /// timeout ran out just as a request came.
+    stale_below: AtomicUsize,
 }
 
 /// An upstream on a loopback port answering each request `200` with a
 /// small body, keeping the connection; with `close_after`, it closes its
 /// side of a connection that long after an answer (the gateway's end then
 /// closes too, and the upstream notes when).
-fn upstream(close_after: Option<Duration>) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
+fn upstream(close_after: Option<Duration>) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>, Arc<Control>) {
     // (The gateway's health checks connect too, and send nothing: the
     // tests read the connections that carried a request, [`carried`].)
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::<Seen>::new()));
     let all = seen.clone();
+    let control = Arc::new(Control::default());
+    let ctl = control.clone();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { return };
             let seen = all.clone();
+            let ctl = ctl.clone();
             let i = {
                 let mut s = seen.lock().unwrap();
                 s.push(Seen::default());
@@ -80,17 +98,27 @@ fn upstream(close_after: Option<Duration>) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>
                     }
                     while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
                         head.drain(..end + 4);
+                        if i < ctl.stale_below.load(Ordering::SeqCst) {
+                            seen.lock().unwrap()[i].dropped += 1;
+                            return; // closed, unanswered
+                        }
+                        let delay = ctl.delay_ms.load(Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(delay));
+                        // Counted before the answer goes, so that a test
+                        // reading the counts after its answer sees it.
+                        {
+                            let mut s = seen.lock().unwrap();
+                            s[i].requests += 1;
+                            s[i].answered = Some(Instant::now());
+                        }
                         conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                             .unwrap();
-                        let mut s = seen.lock().unwrap();
-                        s[i].requests += 1;
-                        s[i].answered = Some(Instant::now());
                     }
                 }
             });
         }
     });
-    (addr, seen)
+    (addr, seen, control)
 }
 
 /// The connections that carried a request.
@@ -128,7 +156,7 @@ async fn until(what: &str, limit: Duration, done: impl Fn() -> bool) {
 /// gateway closes once it has been idle for the upstream's `idle_timeout`.
 #[tokio::test]
 async fn an_idle_upstream_connection_is_reused_then_closed_at_its_idle_timeout() {
-    let (addr, seen) = upstream(None);
+    let (addr, seen, _) = upstream(None);
     let gw = gateway(addr, "idle_timeout = \"1s\"");
     for _ in 0..3 {
         get_ok(&gw).await;
@@ -155,7 +183,7 @@ async fn an_idle_upstream_connection_is_reused_then_closed_at_its_idle_timeout()
 /// finds it), and the next request goes over a new connection and passes.
 #[tokio::test]
 async fn an_upstream_closing_an_idle_connection_is_let_go_at_once_and_costs_no_request() {
-    let (addr, seen) = upstream(Some(Duration::from_millis(200)));
+    let (addr, seen, _) = upstream(Some(Duration::from_millis(200)));
     let gw = gateway(addr, "");
     for n in 1..=3 {
         get_ok(&gw).await;
@@ -177,4 +205,46 @@ async fn an_upstream_closing_an_idle_connection_is_let_go_at_once_and_costs_no_r
             "the gateway closed its end {after:?} after the answer: {s:?}"
         );
     }
+}
+
+/// An upstream that closes its idle connections as requests arrive on them
+/// (its keep-alive timeout ran out just then: the race every keep-alive
+/// pool meets, and which no check while idle can see). A GET that meets
+/// one is retried, on a new connection, not on another pooled one as old:
+/// with three stale connections pooled, a retry that took the pool's next
+/// one would meet a second closing connection and answer 502.
+#[tokio::test]
+async fn a_request_meeting_stale_pooled_connections_is_retried_on_a_new_one() {
+    let (addr, seen, ctl) = upstream(None);
+    let gw = gateway(addr, "");
+    // Three requests at once, each answered after 300 ms: three upstream
+    // connections, pooled after.
+    ctl.delay_ms.store(300, Ordering::SeqCst);
+    tokio::join!(get_ok(&gw), get_ok(&gw), get_ok(&gw));
+    ctl.delay_ms.store(0, Ordering::SeqCst);
+    assert_eq!(carried(&seen).len(), 3, "{:?}", carried(&seen));
+    // Every connection so far now closes on its next request.
+    let before = seen.lock().unwrap().len();
+    ctl.stale_below.store(before, Ordering::SeqCst);
+    get_ok(&gw).await;
+    let all = seen.lock().unwrap().clone();
+    let dropped: usize = all.iter().map(|s| s.dropped).sum();
+    assert_eq!(
+        dropped, 1,
+        "one stale connection met, then a new one: {all:?}"
+    );
+    let answered_new: usize = all[before..].iter().map(|s| s.requests).sum();
+    assert_eq!(answered_new, 1, "answered over a new connection: {all:?}");
+    // The next request reuses that new connection (the pool gives the
+    // connection released last), and meets no stale one.
+    get_ok(&gw).await;
+    let all = seen.lock().unwrap().clone();
+    assert_eq!(all.iter().map(|s| s.dropped).sum::<usize>(), 1, "{all:?}");
+    let answered_new: usize = all[before..].iter().map(|s| s.requests).sum();
+    assert_eq!(answered_new, 2, "{all:?}");
+    assert_eq!(
+        all[before..].iter().filter(|s| s.requests > 0).count(),
+        1,
+        "both over one new connection: {all:?}"
+    );
 }

@@ -398,22 +398,32 @@ where
         Some(downstream_session)
     }
 
-    // return bool: server_session can be reused, and error if any
+    // return bool: server_session can be reused, and error if any, and
+    // whether the upstream connection tried was a reused one. `fresh`: a
+    // new connection, not a pooled one.
     async fn proxy_to_upstream(
         &self,
         session: &mut Session,
         ctx: &mut SV::CTX,
-    ) -> (bool, Option<Box<Error>>)
+        fresh: bool,
+    ) -> (bool, Option<Box<Error>>, bool)
     where
         SV: ProxyHttp + Send + Sync,
         SV::CTX: Send + Sync,
     {
         let peer = match self.inner.upstream_peer(session, ctx).await {
             Ok(p) => p,
-            Err(e) => return (false, Some(e)),
+            Err(e) => return (false, Some(e), false),
         };
 
-        let client_session = self.client_upstream.get_http_session(&*peer).await;
+        let client_session = if fresh {
+            self.client_upstream
+                .new_http_session(&*peer)
+                .await
+                .map(|s| (s, false))
+        } else {
+            self.client_upstream.get_http_session(&*peer).await
+        };
         match client_session {
             Ok((client_session, client_reused)) => {
                 let (server_reused, error) = match client_session {
@@ -475,12 +485,13 @@ where
                         self.inner
                             .error_while_proxy(&peer, session, e, ctx, client_reused)
                     }),
+                    client_reused,
                 )
             }
             Err(mut e) => {
                 e.as_up();
                 let new_err = self.inner.fail_to_connect(session, &peer, ctx, e);
-                (false, Some(new_err.into_up()))
+                (false, Some(new_err.into_up()), false)
             }
         }
     }
@@ -1277,12 +1288,19 @@ where
 
         let mut server_reuse = false;
         let mut proxy_error: Option<Box<Error>> = None;
+        // After a failure on a reused connection the next try takes a new
+        // one: the other pooled connections to the peer were idle as long,
+        // and an upstream closing its idle connections may be closing them
+        // all (each try would meet another closed one).
+        let mut fresh = false;
 
         while retries < self.max_retries {
             retries += 1;
 
-            let (reuse, e) = self.proxy_to_upstream(&mut session, &mut ctx).await;
+            let (reuse, e, client_reused) =
+                self.proxy_to_upstream(&mut session, &mut ctx, fresh).await;
             server_reuse = reuse;
+            fresh = client_reused;
 
             match e {
                 Some(error) => {
