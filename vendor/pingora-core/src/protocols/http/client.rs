@@ -22,8 +22,12 @@ use super::{custom::client::Session, v1::client::HttpSession as Http1Session};
 use crate::protocols::{Digest, SocketAddr, Stream};
 
 /// A type for Http client session. It can be either an Http1 connection or an Http2 stream.
+///
+/// An HTTP/1 session is boxed (Floodgate patch, see vendor/README.md): it is
+/// about 540 bytes, and a request moved it whole about eleven times on its
+/// way from the connector through the proxy and back to the pool.
 pub enum HttpSession<S = ()> {
-    H1(Http1Session),
+    H1(Box<Http1Session>),
     H2(Http2Session),
     Custom(S),
 }
