@@ -1467,27 +1467,44 @@ impl HttpSession {
     /// returned. If there was an error while draining any remaining request body that error will
     /// be returned.
     pub async fn reuse(mut self) -> Result<Option<ReusableHttpStream>> {
+        Ok(match self.prepare_reuse().await? {
+            true => Some(self.into_reusable()),
+            false => None,
+        })
+    }
+
+    /// The part of [`Self::reuse`] that waits, through a reference:
+    /// whether the connection can carry another request (the request's
+    /// body drained); one that cannot is shut down when keep-alive is off.
+    /// Then [`Self::into_reusable`] takes the stream. (Floodgate patch, see
+    /// vendor/README.md: an `async fn` taking the session by value keeps
+    /// its ~680 bytes in its future, one more copy a request for each.)
+    pub async fn prepare_reuse(&mut self) -> Result<bool> {
         if !self.will_keepalive() {
             debug!("HTTP shutdown connection");
             self.shutdown().await;
-            Ok(None)
+            Ok(false)
         } else {
             self.drain_request_body().await?;
             if self.body_reader.has_bytes_overread() && !self.pipelining_enabled {
                 debug!("bytes overread on request, disallowing reuse");
-                Ok(None)
+                Ok(false)
             } else {
-                let pipelined_prefix = self
-                    .pipelining_enabled
-                    .then(|| self.take_body_overread())
-                    .flatten()
-                    .filter(|prefix| !prefix.is_empty());
-                Ok(Some(ReusableHttpStream::new(
-                    self.underlying_stream,
-                    pipelined_prefix,
-                )))
+                Ok(true)
             }
         }
+    }
+
+    /// The stream, for the connection's next request, once
+    /// [`Self::prepare_reuse`] said it can carry one.
+    #[inline]
+    pub fn into_reusable(mut self) -> ReusableHttpStream {
+        let pipelined_prefix = self
+            .pipelining_enabled
+            .then(|| self.take_body_overread())
+            .flatten()
+            .filter(|prefix| !prefix.is_empty());
+        ReusableHttpStream::new(self.underlying_stream, pipelined_prefix)
     }
 
     /// Write a `100 Continue` response to the client.
