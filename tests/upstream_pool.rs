@@ -27,6 +27,8 @@ struct Seen {
     closed: Option<Instant>,
     /// A request it closed on, unanswered (see [`Control::stale_below`]).
     dropped: usize,
+    /// The length of each request body it read whole.
+    bodies: Vec<usize>,
 }
 
 /// What a test changes in the upstream while it runs.
@@ -97,10 +99,23 @@ fn upstream(close_after: Option<Duration>) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>
                         Err(_) => return,
                     }
                     while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-                        head.drain(..end + 4);
                         if i < ctl.stale_below.load(Ordering::SeqCst) {
                             seen.lock().unwrap()[i].dropped += 1;
-                            return; // closed, unanswered
+                            // Reset, unanswered, as soon as the header has
+                            // come (a body may still be on its way).
+                            socket2::SockRef::from(&conn)
+                                .set_linger(Some(Duration::ZERO))
+                                .unwrap();
+                            return;
+                        }
+                        // A body of `Content-Length` bytes, read whole.
+                        let length = content_length(&head[..end]);
+                        if head.len() < end + 4 + length {
+                            break; // the rest of the body is still to come
+                        }
+                        head.drain(..end + 4 + length);
+                        if length > 0 {
+                            seen.lock().unwrap()[i].bodies.push(length);
                         }
                         let delay = ctl.delay_ms.load(Ordering::SeqCst);
                         std::thread::sleep(Duration::from_millis(delay));
@@ -119,6 +134,16 @@ fn upstream(close_after: Option<Duration>) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>
         }
     });
     (addr, seen, control)
+}
+
+/// A request header's `Content-Length`, 0 when it has none.
+fn content_length(header: &[u8]) -> usize {
+    String::from_utf8_lossy(header)
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// The connections that carried a request.
@@ -247,4 +272,41 @@ async fn a_request_meeting_stale_pooled_connections_is_retried_on_a_new_one() {
         1,
         "both over one new connection: {all:?}"
     );
+}
+
+/// A request with a body that meets a pooled connection its upstream
+/// resets as the request arrives: the gateway's write of the body can fail
+/// before its read of the answer does, and that write error, not the
+/// failed read, decided whether to retry (it never retries: 1 to 19% of
+/// such requests ended in a 502 in a hostile run). Now the request is
+/// retried as any that failed before its answer on a reused connection,
+/// over a new connection that receives the whole body. (Which error comes
+/// first is a race; here the reset comes before the body is written, and
+/// without the fix about nine in ten of the 60 requests got a 502.)
+#[tokio::test]
+async fn a_request_whose_body_meets_a_reset_pooled_connection_is_retried() {
+    let (addr, seen, ctl) = upstream(None);
+    let gw = gateway(addr, "");
+    let body = vec![b'x'; 10_000];
+    let mut statuses = Vec::new();
+    for _ in 0..60 {
+        ctl.stale_below.store(0, Ordering::SeqCst);
+        get_ok(&gw).await; // a connection, pooled after
+        ctl.stale_below
+            .store(seen.lock().unwrap().len(), Ordering::SeqCst);
+        let r = client()
+            .put(gw.url("/x"))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    let all = seen.lock().unwrap().clone();
+    let refused = statuses.iter().filter(|s| **s != 200).count();
+    assert_eq!(refused, 0, "{statuses:?}");
+    let dropped: usize = all.iter().map(|s| s.dropped).sum();
+    assert_eq!(dropped, 60, "each PUT met one reset connection first");
+    let bodies: Vec<usize> = all.iter().flat_map(|s| s.bodies.clone()).collect();
+    assert_eq!(bodies, vec![10_000; 60], "each body arrived whole, once");
 }

@@ -1300,7 +1300,9 @@ where
             let (reuse, e, client_reused) =
                 self.proxy_to_upstream(&mut session, &mut ctx, fresh).await;
             server_reuse = reuse;
-            fresh = client_reused;
+            // Once a try met a stale connection, the tries after it take new
+            // ones, also on another backend after a refused connect.
+            fresh |= client_reused;
 
             match e {
                 Some(error) => {

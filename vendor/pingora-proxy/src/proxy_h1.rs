@@ -314,9 +314,21 @@ where
                             }
                         },
                         Err(e) => {
+                            // The body's send error is reported as the cause, unless
+                            // the response's header could not be read on a reused
+                            // connection (`ReusedOnly`): then the upstream closed the
+                            // connection as the request came, the write failed for the
+                            // same reason, and the request may be retried as any failed
+                            // header read on a reused connection is (Floodgate patch,
+                            // see vendor/README.md: the send error made such a request
+                            // end in a 502 whenever the write failed first).
+                            let e = match send_error {
+                                Some(s) if !matches!(e.retry, pingora_error::RetryType::ReusedOnly) => s,
+                                _ => e,
+                            };
                             // Push the error to downstream and then quit
                             // Don't care if send fails: downstream already gone
-                            let _ = tx.send(HttpTask::Failed(send_error.unwrap_or(e).into_up())).await;
+                            let _ = tx.send(HttpTask::Failed(e.into_up())).await;
                             // A response read error means the HTTP/1 message boundary was not
                             // established successfully, so the connection cannot be reused.
                             return Ok(false)
