@@ -282,8 +282,9 @@ pub async fn hand_to_pingora<P: HttpServerApp + Send + Sync + 'static>(
     shutdown: &ShutdownWatch,
 ) -> Option<(Box<Fence>, Option<HttpPersistentSettings>)> {
     // The fence's box is Pingora's stream (no new allocation), and comes
-    // back as it went.
-    let mut session = ServerSession::new_http1(fence);
+    // back as it went. The session is boxed here, where Pingora would box
+    // it (it keeps it boxed), so that it is not copied on the way in.
+    let mut session = Box::new(ServerSession::new_http1(fence));
     match settings {
         Some(s) => s.apply_to_session(&mut session),
         None => session.set_keepalive(Some(limits.idle.as_secs().max(1))),

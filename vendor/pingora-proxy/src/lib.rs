@@ -1583,24 +1583,23 @@ where
         session: HttpSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        self.process_new_http_unboxed(session, shutdown).await
+        self.process_new_http_unboxed(Box::new(session), shutdown).await
     }
 
     // The request's whole future, unboxed: the HTTP/1 keep-alive loop
     // builds it in place instead of moving it into a new box per request.
     fn process_new_http_unboxed<'a>(
         self: &'a Arc<Self>,
-        mut session: HttpSession,
+        mut session: Box<HttpSession>,
         shutdown: &'a ShutdownWatch,
     ) -> impl std::future::Future<Output = Option<ReusedHttpStream>> + Send + 'a
     where
         Self: Sized + Sync,
     {
         async move {
-            // Extract user context from the previous request before the session is moved into the Box
+            // Extract user context from the previous request (the session
+            // comes boxed: see `HttpServerApp::process_new_http_unboxed`)
             let prev_user_ctx = session.take_connection_user_context();
-
-            let session = Box::new(session);
 
             // TODO: keepalive pool, use stack
             let mut session = match self.handle_new_request(session).await {

@@ -239,15 +239,18 @@ pub trait HttpServerApp {
     /// method to return it directly, so that it is built inside the
     /// caller's own future (allocated once per connection). By default it
     /// is `process_new_http`'s boxed future.
+    ///
+    /// The session comes boxed: the proxy keeps it boxed, and a session
+    /// (~680 bytes) passed by value is one more copy into the future.
     fn process_new_http_unboxed<'a>(
         self: &'a Arc<Self>,
-        session: ServerSession,
+        session: Box<ServerSession>,
         shutdown: &'a ShutdownWatch,
     ) -> impl std::future::Future<Output = Option<ReusedHttpStream>> + Send + 'a
     where
         Self: Sized + Sync,
     {
-        self.process_new_http(session, shutdown)
+        self.process_new_http(*session, shutdown)
     }
 
     /// Provide options on how HTTP/2 connection should be established. This function will be called
@@ -378,9 +381,9 @@ where
                     .and_then(|opts| opts.keepalive_request_limit),
             );
 
-            let mut result = self.process_new_http_unboxed(session, shutdown).await;
+            let mut result = self.process_new_http_unboxed(Box::new(session), shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
-                let mut session = ServerSession::new_http1(stream);
+                let mut session = Box::new(ServerSession::new_http1(stream));
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }
@@ -422,7 +425,7 @@ mod tests {
         let (_tx, shutdown) = tokio::sync::watch::channel(false);
         let session = ServerSession::new_http1(Box::new(Builder::new().build()));
         assert!(app
-            .process_new_http_unboxed(session, &shutdown)
+            .process_new_http_unboxed(Box::new(session), &shutdown)
             .await
             .is_none());
         assert_eq!(app.0.load(Ordering::SeqCst), 1);
