@@ -36,9 +36,9 @@ struct Seen {
 struct Control {
     /// Milliseconds to wait before each answer.
     delay_ms: AtomicU64,
-    /// The connections accepted before this many close when their next
-    /// request arrives, unanswered: as an upstream whose keep-alive
-    /// timeout ran out just as a request came.
+    /// The connections accepted before this many are reset when their
+    /// next request's header arrives, unanswered: as an upstream whose
+    /// keep-alive timeout ran out just as a request came.
     stale_below: AtomicUsize,
 }
 
