@@ -266,44 +266,40 @@ impl Session {
     /// For H2, always return None because H2 stream is not reusable.
     /// For subrequests, there is no true underlying stream to return.
     pub async fn finish(self) -> Result<Option<ReusableHttpStream>> {
-        match self {
-            Self::H1(mut s) => {
-                // need to flush body due to buffering
-                s.finish_body().await?;
-                s.reuse().await
-            }
-            Self::H2(mut s) => {
-                s.finish()?;
-                Ok(None)
-            }
-            Self::Subrequest(mut s) => {
-                s.finish().await?;
-                Ok(None)
-            }
-            Self::Custom(mut s) => {
-                s.finish().await?;
-                Ok(None)
-            }
-        }
+        Box::new(self).finish_boxed().await
     }
 
-    /// [`Self::finish`] of a boxed session: an HTTP/1 session is finished
-    /// through a reference and only its stream moves out of the box, where
-    /// `finish` moved the whole session (~680 bytes) four times a request
-    /// (Floodgate patch, see vendor/README.md).
+    /// [`Self::finish`] of a boxed session: it is finished through a
+    /// reference and only an HTTP/1 session's stream moves out of the box,
+    /// where `finish` moved the whole session (~680 bytes) four times a
+    /// request (Floodgate patch, see vendor/README.md: pingora-proxy keeps
+    /// its session boxed; an unboxed one is boxed by `finish`).
     pub async fn finish_boxed(mut self: Box<Self>) -> Result<Option<ReusableHttpStream>> {
-        if let Self::H1(s) = &mut *self {
-            // need to flush body due to buffering
-            s.finish_body().await?;
-            if !s.prepare_reuse().await? {
+        match &mut *self {
+            Self::H1(s) => {
+                // need to flush body due to buffering
+                s.finish_body().await?;
+                if !s.prepare_reuse().await? {
+                    return Ok(None);
+                }
+            }
+            Self::H2(s) => {
+                s.finish()?;
                 return Ok(None);
             }
-            return Ok(match *self {
-                Self::H1(s) => Some(s.into_reusable()),
-                _ => None,
-            });
+            Self::Subrequest(s) => {
+                s.finish().await?;
+                return Ok(None);
+            }
+            Self::Custom(s) => {
+                s.finish().await?;
+                return Ok(None);
+            }
         }
-        (*self).finish().await
+        Ok(match *self {
+            Self::H1(s) => Some(s.into_reusable()),
+            _ => None,
+        })
     }
 
     /// Callback for cleanup logic on downstream specifically when we fail to proxy the session

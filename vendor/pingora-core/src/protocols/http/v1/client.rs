@@ -773,35 +773,26 @@ impl HttpSession {
     /// server is being contacted. A new client session can be created via [`Self::new()`].
     /// If the connection cannot be reused, the underlying stream will be closed and `None` will be
     /// returned.
-    pub async fn reuse(mut self) -> Option<Stream> {
-        if self.keeps_stream() {
-            Some(self.underlying_stream)
-        } else {
-            debug!("HTTP shutdown connection");
-            self.shutdown().await;
-            None
-        }
+    pub async fn reuse(self) -> Option<Stream> {
+        Box::new(self).reuse_boxed().await
     }
 
     /// [`Self::reuse`] of a boxed session, which moves no more than the
-    /// stream out of its box (Floodgate patch, see vendor/README.md).
+    /// stream out of its box (Floodgate patch, see vendor/README.md: the
+    /// connector keeps its sessions boxed; an unboxed one is boxed by
+    /// `reuse`).
     pub async fn reuse_boxed(mut self: Box<Self>) -> Option<Stream> {
-        if self.keeps_stream() {
-            Some(self.underlying_stream)
-        } else {
-            debug!("HTTP shutdown connection");
-            self.shutdown().await;
-            None
-        }
-    }
-
-    /// Whether the connection can be kept for another request: its
-    /// response read whole, nothing read past it, keep-alive on.
-    fn keeps_stream(&mut self) -> bool {
         if !self.body_reader.body_complete() || self.body_reader.has_bytes_overread() {
             self.set_keepalive(None);
         }
-        !matches!(self.keepalive_timeout, KeepaliveStatus::Off)
+        match self.keepalive_timeout {
+            KeepaliveStatus::Off => {
+                debug!("HTTP shutdown connection");
+                self.shutdown().await;
+                None
+            }
+            _ => Some(self.underlying_stream),
+        }
     }
 
     fn init_body_reader(&mut self) {
