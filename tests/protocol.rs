@@ -630,6 +630,102 @@ async fn an_upstream_that_switches_protocols_unasked_fails() {
     assert!(text.ends_with("RAW-TUNNEL-BYTES"), "{text}");
 }
 
+/// Found by a hostile-client run: a request pipelined behind an upgrade
+/// request that the upstream declined (a 200, not a 101) was taken for
+/// data sent after the first request, and the client got a JSON 400 and
+/// a closed connection for it. Both are answered, in order, and both
+/// reach the upstream.
+#[tokio::test]
+async fn a_request_pipelined_behind_a_declined_upgrade_is_served() {
+    let up = Upstream::start("a");
+    let gw = gateway(&up);
+    let text = exchange(
+        gw.addr,
+        b"GET /up HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n\
+          GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    let paths: Vec<_> = bodies(&text).iter().map(|b| b["path"].clone()).collect();
+    assert_eq!(paths, vec!["/up", "/after"], "{text}");
+    let stats = json_at(&client(), &format!("http://{}/__stats", up.addr)).await;
+    assert_eq!(stats["requests"], 2);
+}
+
+/// Found by a hostile-client run: bytes of the new protocol a client sent
+/// right behind its upgrade request, before the 101, failed the request
+/// (a JSON 400). They wait for the answer, then reach the upstream first,
+/// in order, before what the client sends after the switch.
+#[tokio::test]
+async fn bytes_sent_before_the_101_reach_the_upstream_after_it() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (got_tx, got) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // The request's connection: the first that brings a header (the
+        // gateway's health checks connect and close).
+        let mut buf = [0u8; 1024];
+        let (mut conn, mut seen, end) = loop {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut seen = Vec::new();
+            while let Ok(n @ 1..) = conn.read(&mut buf) {
+                seen.extend_from_slice(&buf[..n]);
+                if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                break (conn, seen, end + 4);
+            }
+        };
+        // The early bytes have long reached the gateway when it answers.
+        std::thread::sleep(Duration::from_millis(300));
+        conn.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .unwrap();
+        let mut after = seen.split_off(end);
+        while after.len() < b"EARLY-LATE".len() {
+            match conn.read(&mut buf) {
+                Ok(n) if n > 0 => after.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+        conn.write_all(&[b"ECHO:", &after[..]].concat()).unwrap();
+        got_tx.send(after).unwrap();
+    });
+    let gw = gateway_to(addr);
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nEARLY-",
+    )
+    .unwrap();
+    let mut text = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !text.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&text));
+        text.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        text.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&text)
+    );
+    s.write_all(b"LATE").unwrap();
+    while !text.ends_with(b"ECHO:EARLY-LATE") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&text));
+        text.extend_from_slice(&buf[..n]);
+    }
+    let after = got.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        after, b"EARLY-LATE",
+        "what the upstream read after the header"
+    );
+}
+
 /// Found by a hostile-client run: an upstream's `Transfer-Encoding` (or
 /// `Content-Length`) on a 204 reached an HTTP/1.1 client, which a 204 may
 /// not carry. Both are gone, the connection stays usable, and a 304 keeps

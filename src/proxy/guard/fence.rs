@@ -15,6 +15,12 @@
 //!
 //! An end of stream or an error is passed on at any time, so Pingora still
 //! sees a client that leaves while it waits for the upstream.
+//!
+//! A request that asks for an upgrade (WebSocket) is fenced the same way
+//! until its answer's status goes out through the fence: a `101` opens the
+//! tunnel, and the bytes kept past the request (the new protocol's, sent
+//! before the switch) and all that follow are Pingora's to read; any other
+//! final status leaves them the next request's (RFC 9110 §7.8).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -52,7 +58,27 @@ pub struct Fence {
     ended: bool,
     /// `ahead` is small enough to keep for the next request.
     reusable: bool,
+    /// How far the answer to an upgrade request has been written.
+    upgrade: Upgrade,
 }
+
+/// Where the fence is in the answer to a request that asked for an
+/// upgrade: only its final status line decides what the bytes past the
+/// request are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upgrade {
+    /// No upgrade asked, or the answer's final status is known.
+    Off,
+    /// `n` bytes of an answer's status line written (`HTTP/1.1 101`: the
+    /// code is bytes 9 to 11); the code's digits so far.
+    Status { n: u8, code: [u8; 3] },
+    /// In an interim (1xx) answer's header: `matched` bytes of the blank
+    /// line that ends it; the final answer follows.
+    Interim { matched: u8 },
+}
+
+/// Bytes of a status line up to the end of its code (`HTTP/1.1 101`).
+const STATUS_CODE_END: u8 = 12;
 
 impl std::fmt::Debug for Fence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -73,6 +99,7 @@ impl Fence {
             next: BytesMut::new(),
             ended: false,
             reusable: false,
+            upgrade: Upgrade::Off,
         };
         f.set_request(ahead, rest, next);
         f
@@ -111,6 +138,56 @@ impl Fence {
         self.rest = rest;
         self.next = next;
         self.ended = false;
+        self.upgrade = Upgrade::Off;
+    }
+
+    /// The request set asked for an upgrade: the bytes past it wait for
+    /// the answer's status (see the module documentation).
+    pub fn await_upgrade(&mut self) {
+        self.upgrade = Upgrade::Status { n: 0, code: [0; 3] };
+    }
+
+    /// Follows the answer to an upgrade request through `written`, the
+    /// bytes the connection took, and opens the tunnel on a `101`.
+    fn watch(&mut self, written: &[u8]) {
+        for &b in written {
+            self.upgrade = match self.upgrade {
+                Upgrade::Off => return,
+                Upgrade::Status { n, mut code } => {
+                    if let Some(digit) = code.get_mut(usize::from(n).wrapping_sub(9)) {
+                        *digit = b;
+                    }
+                    match (n + 1, code) {
+                        (STATUS_CODE_END, [b'1', b'0', b'1']) => {
+                            self.open();
+                            Upgrade::Off
+                        }
+                        (STATUS_CODE_END, [b'1', ..]) => Upgrade::Interim { matched: 0 },
+                        (STATUS_CODE_END, _) => Upgrade::Off,
+                        (n, code) => Upgrade::Status { n, code },
+                    }
+                }
+                Upgrade::Interim { matched } => match (matched, b) {
+                    (3, b'\n') => Upgrade::Status { n: 0, code: [0; 3] },
+                    (0 | 2, b'\r') | (1, b'\n') => Upgrade::Interim {
+                        matched: matched + 1,
+                    },
+                    (_, b'\r') => Upgrade::Interim { matched: 1 },
+                    _ => Upgrade::Interim { matched: 0 },
+                },
+            };
+        }
+    }
+
+    /// The upgrade was accepted: every byte from here on is the new
+    /// protocol's, those kept past the request first.
+    fn open(&mut self) {
+        let next = std::mem::take(&mut self.next);
+        match self.ahead.is_empty() {
+            true => self.ahead = next,
+            false => self.ahead.extend_from_slice(&next),
+        }
+        self.rest = Rest::Passthrough;
     }
 
     /// Moves the request's buffer to `next` once Pingora has read it all,
@@ -228,7 +305,12 @@ impl AsyncWrite for Fence {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let (Poll::Ready(Ok(n)), false) = (&written, this.upgrade == Upgrade::Off) {
+            this.watch(&buf[..*n]);
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -244,6 +326,14 @@ impl AsyncWrite for Fence {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        // While an upgrade's answer is watched, one slice at a time.
+        if self.upgrade != Upgrade::Off {
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
+            return self.poll_write(cx, first);
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -353,5 +443,53 @@ mod tests {
         let mut buf = [0u8; 8];
         assert_eq!(f.read(&mut buf).await.unwrap(), 0, "the client left");
         assert_eq!(&f.into_parts().1[..], b"GET /2");
+    }
+
+    /// An upgrade request's fence, its answer written as `writes`, and
+    /// what Pingora then reads past the request.
+    async fn after_answer(writes: &[&[u8]]) -> (Fence, Vec<u8>) {
+        let (mut f, mut c) = fence(Rest::Done, b"GET /ws HTTP/1.1\r\n\r\n", b"FRAME1").await;
+        f.await_upgrade();
+        assert_eq!(seen(&mut f).await, b"GET /ws HTTP/1.1\r\n\r\n");
+        for w in writes {
+            f.write_all(w).await.unwrap();
+        }
+        c.write_all(b"FRAME2").await.unwrap();
+        let mut out = vec![0u8; 256];
+        let n = c.read(&mut out).await.unwrap();
+        assert_eq!(
+            out[..n],
+            writes.concat()[..],
+            "the client gets the answer as written"
+        );
+        let read = seen(&mut f).await;
+        (f, read)
+    }
+
+    /// Found by a hostile-client run: the bytes after an upgrade request
+    /// were all Pingora's, so a request pipelined behind one the upstream
+    /// did not switch (a 200) failed as data sent after the body, and so
+    /// did WebSocket frames sent before the 101.
+    #[tokio::test]
+    async fn an_upgrade_s_next_bytes_wait_for_its_answer() {
+        // Not switched: they are the next request's.
+        let (f, read) = after_answer(&[b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"]).await;
+        assert_eq!(read, b"");
+        assert_eq!(&f.into_parts().1[..], b"FRAME1FRAME2");
+        // Switched, the status line in pieces: the new protocol's, in order.
+        let (_, read) = after_answer(&[b"HTTP/1.1 1", b"01 Switching Protocols\r\n\r\n"]).await;
+        assert_eq!(read, b"FRAME1FRAME2");
+        // An interim answer first: the final one decides.
+        let (_, read) = after_answer(&[
+            b"HTTP/1.1 100 Continue\r\n\r",
+            b"\nHTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+        ])
+        .await;
+        assert_eq!(read, b"FRAME1FRAME2");
+        let (f, read) =
+            after_answer(&[b"HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\nHTTP/1.1 426 U\r\n\r\n"])
+                .await;
+        assert_eq!(read, b"");
+        assert_eq!(&f.into_parts().1[..], b"FRAME1FRAME2");
     }
 }

@@ -11,7 +11,9 @@
 //!             a body up to request_buffer_size read in full,
 //!             no pause over body_idle_timeout, all in body_timeout   → 408
 //!             then Pingora reads that one request through a fence;
-//!             the bytes of the next one (pipelining) wait for the guard
+//!             the bytes of the next one (pipelining) wait for the guard,
+//!             or after an upgrade request for its answer: a 101 opens
+//!             the tunnel to them
 //! ```
 //!
 //! Pingora applies its read timeout to each read, so a client trickling one
@@ -390,6 +392,9 @@ pub async fn serve_http1<P: HttpServerApp + Send + Sync + 'static>(
             false => BytesMut::new(),
         };
         fence.set_request(ahead, rest, next);
+        if head.upgrade {
+            fence.await_upgrade();
+        }
         let (f, st) = hand_to_pingora(
             proxy,
             fence,

@@ -99,7 +99,8 @@ pub enum Rest {
     Length(u64),
     /// The rest of a chunked body; the scan finds its end.
     Chunked(ChunkScan),
-    /// Everything (an upgrade: the bytes are the new protocol's).
+    /// Everything: a malformed chunked body (Pingora's to refuse), or an
+    /// upgrade once answered `101` (the bytes are the new protocol's).
     Passthrough,
 }
 
@@ -242,9 +243,8 @@ where
     }
     let len = head.len;
     let (end, rest) = match head.framing {
-        // An upgrade (WebSocket): after the gateway's answer the bytes are
-        // the new protocol's, all of them Pingora's.
-        Framing::None if head.upgrade => (buf.len(), Rest::Passthrough),
+        // An upgrade (WebSocket) too: the bytes past it wait for the
+        // answer (the fence lets them through on a `101`).
         Framing::None => (len, Rest::Done),
         Framing::Length(n) if n <= limits.buffer_size as u64 => {
             let end = len + n as usize;
