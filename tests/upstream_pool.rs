@@ -40,6 +40,9 @@ struct Control {
     /// next request's header arrives, unanswered: as an upstream whose
     /// keep-alive timeout ran out just as a request came.
     stale_below: AtomicUsize,
+    /// Seconds each answer says the upstream keeps the connection idle
+    /// (`Keep-Alive: timeout=N`; 0: no such field).
+    announce_s: AtomicU64,
 }
 
 /// An upstream on a loopback port answering each request `200` with a
@@ -126,8 +129,15 @@ fn upstream(close_after: Option<Duration>) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>
                             s[i].requests += 1;
                             s[i].answered = Some(Instant::now());
                         }
-                        conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                            .unwrap();
+                        let announce = match ctl.announce_s.load(Ordering::SeqCst) {
+                            0 => String::new(),
+                            n => format!("Keep-Alive: timeout={n}\r\n"),
+                        };
+                        conn.write_all(
+                            format!("HTTP/1.1 200 OK\r\n{announce}Content-Length: 2\r\n\r\nok")
+                                .as_bytes(),
+                        )
+                        .unwrap();
                     }
                 }
             });
@@ -200,6 +210,38 @@ async fn an_idle_upstream_connection_is_reused_then_closed_at_its_idle_timeout()
     assert!(
         idle >= Duration::from_millis(900) && idle < Duration::from_millis(2500),
         "closed {idle:?} after its last answer, for an idle_timeout of 1s"
+    );
+}
+
+/// An upstream that says how long it keeps an idle connection
+/// (`Keep-Alive: timeout=1`; Node.js says 5): the gateway lets the
+/// connection go before then, half a second after the answer, not at its
+/// own `idle_timeout` (60 s), so no request goes out on a connection the
+/// upstream is closing; the next request opens a new one.
+#[tokio::test]
+async fn a_connection_is_let_go_before_the_upstream_s_announced_keep_alive_timeout() {
+    let (addr, seen, control) = upstream(None);
+    control.announce_s.store(1, Ordering::SeqCst);
+    let gw = gateway(addr, "");
+    get_ok(&gw).await;
+    until(
+        "the gateway closes its idle connection",
+        Duration::from_secs(5),
+        || carried(&seen).iter().all(|s| s.closed.is_some()),
+    )
+    .await;
+    let s = carried(&seen);
+    let idle = s[0].closed.unwrap() - s[0].answered.unwrap();
+    assert!(
+        idle >= Duration::from_millis(400) && idle < Duration::from_millis(1000),
+        "closed {idle:?} after its answer, for an announced timeout of 1s"
+    );
+    get_ok(&gw).await;
+    let s = carried(&seen);
+    assert_eq!(
+        s.len(),
+        2,
+        "the next request opened a new connection: {s:?}"
     );
 }
 

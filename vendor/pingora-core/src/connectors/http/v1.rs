@@ -66,6 +66,16 @@ impl Connector {
         idle_timeout: Option<Duration>,
     ) {
         session.respect_keepalive();
+        // Pooled no longer than the server said it keeps the connection
+        // (Floodgate patch, see vendor/README.md): past that, a request
+        // taking it would meet the server's close.
+        let idle_timeout = match session.announced_keepalive_timeout() {
+            Some(announced) => {
+                let ours = within_announced(announced);
+                Some(idle_timeout.map_or(ours, |t| t.min(ours)))
+            }
+            None => idle_timeout,
+        };
         if let Some(stream) = session.reuse_boxed().await {
             self.transport
                 .release_stream(stream, peer.reuse_hash(), idle_timeout);
@@ -82,6 +92,16 @@ impl Connector {
     pub fn unexpected_data_connection_counter(&self) -> Arc<AtomicU64> {
         self.transport.unexpected_data_connection_counter()
     }
+}
+
+/// How long a connection whose server announced `Keep-Alive: timeout=N`
+/// stays pooled: a second less than that, or half of it when that is
+/// less, so that the gateway lets it go before the server closes it (the
+/// server's clock starts when its answer went, a little before ours).
+fn within_announced(announced: Duration) -> Duration {
+    announced
+        .saturating_sub(Duration::from_secs(1))
+        .max(announced / 2)
 }
 
 #[cfg(test)]
@@ -103,6 +123,14 @@ mod tests {
 
         assert_eq!(http.get_status().unwrap(), expected_status);
         while http.read_body_bytes().await.unwrap().is_some() {}
+    }
+
+    #[test]
+    fn a_connection_is_pooled_less_long_than_its_server_keeps_it() {
+        let s = Duration::from_secs;
+        assert_eq!(within_announced(s(5)), s(4));
+        assert_eq!(within_announced(s(60)), s(59));
+        assert_eq!(within_announced(s(1)), Duration::from_millis(500));
     }
 
     #[tokio::test]

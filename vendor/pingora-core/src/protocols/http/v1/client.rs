@@ -700,7 +700,11 @@ impl HttpSession {
                 self.set_keepalive(None);
             }
         } else if self.resp_version() == Some(Version::HTTP_11) {
-            self.set_keepalive(Some(0)); // on by default for http 1.1
+            // on by default for http 1.1, for as long as a `Keep-Alive`
+            // field says (Floodgate patch: it was read only beside a
+            // `Connection: keep-alive`, see vendor/README.md)
+            let (timeout, _max_use) = self.get_keepalive_values();
+            self.set_keepalive(Some(timeout.unwrap_or(0)));
         } else {
             self.set_keepalive(None); // off by default for http 1.0
         }
@@ -709,6 +713,16 @@ impl HttpSession {
     // Whether this session will be kept alive
     pub fn will_keepalive(&self) -> bool {
         !matches!(self.keepalive_timeout, KeepaliveStatus::Off)
+    }
+
+    /// How long the server said it keeps the connection idle
+    /// (`Keep-Alive: timeout=N`), once [`Self::respect_keepalive`] has read
+    /// its response (Floodgate patch, see vendor/README.md).
+    pub fn announced_keepalive_timeout(&self) -> Option<Duration> {
+        match self.keepalive_timeout {
+            KeepaliveStatus::Timeout(d) => Some(d),
+            _ => None,
+        }
     }
 
     fn is_connection_keepalive(&self) -> Option<bool> {
@@ -2421,6 +2435,27 @@ mod tests_stream {
                 .keepalive_timeout,
             KeepaliveStatus::Off
         );
+
+        // The server's announced timeout, with or without a `Connection`
+        // field (Floodgate patch: it counted only beside one).
+        for (conn, announced) in [
+            ("", Some(5)),
+            ("Connection: keep-alive\r\n", Some(5)),
+            ("Connection: close\r\n", None),
+        ] {
+            let input = format!(
+                "HTTP/1.1 200 OK\r\n{conn}Keep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n"
+            );
+            let mock_io = Builder::new().read(input.as_bytes()).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            http_stream.read_response().await.unwrap();
+            http_stream.respect_keepalive();
+            assert_eq!(
+                http_stream.announced_keepalive_timeout(),
+                announced.map(Duration::from_secs),
+                "{conn:?}"
+            );
+        }
 
         async fn build_resp_with_keepalive_values(keep_alive: &str) -> HttpSession {
             let input = format!("HTTP/1.1 200 OK\r\nKeep-Alive: {keep_alive}\r\n\r\n");
