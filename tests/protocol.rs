@@ -630,6 +630,30 @@ async fn an_upstream_that_switches_protocols_unasked_fails() {
     assert!(text.ends_with("RAW-TUNNEL-BYTES"), "{text}");
 }
 
+/// Found by a hostile-client run: an upstream's `HTTP/1.0 101` (HTTP/1.0
+/// has no 101) reached the client as a 101, but Pingora opened no tunnel:
+/// it waited for a final answer, and the client met silence until the
+/// read timeout. The client gets a 502 at once.
+#[tokio::test]
+async fn an_http_1_0_switch_of_protocols_fails() {
+    let addr = raw_upstream(true, |_| {
+        b"HTTP/1.0 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+    });
+    let gw = gateway_to(addr);
+    let start = std::time::Instant::now();
+    let text = exchange(
+        gw.addr,
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    );
+    assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+    assert_eq!(bodies(&text)[0]["error"], "upstream_error", "{text}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
 /// Found by a hostile-client run: a request pipelined behind an upgrade
 /// request that the upstream declined (a 200, not a 101) was taken for
 /// data sent after the first request, and the client got a JSON 400 and
