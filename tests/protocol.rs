@@ -630,6 +630,26 @@ async fn an_upstream_that_switches_protocols_unasked_fails() {
     assert!(text.ends_with("RAW-TUNNEL-BYTES"), "{text}");
 }
 
+/// Found by a hostile-client run: an upstream that sent an interim answer
+/// (a 103) and then failed left the client with the 103 and a closed
+/// connection, no final answer. The final answer follows the 103: a JSON
+/// 502.
+#[tokio::test]
+async fn an_upstream_failing_after_an_interim_answer_gets_a_502_after_it() {
+    let addr = raw_upstream(false, |_| {
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+    });
+    let gw = gateway_to(addr);
+    let text = exchange(
+        gw.addr,
+        b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert!(text.starts_with("HTTP/1.1 103"), "{text}");
+    let last = &text[text.rfind("HTTP/1.1 ").unwrap()..];
+    assert!(last.starts_with("HTTP/1.1 502"), "{text}");
+    assert_eq!(bodies(last)[0]["error"], "upstream_error", "{text}");
+}
+
 /// Found by a hostile-client run: an upstream's `HTTP/1.0 101` (HTTP/1.0
 /// has no 101) reached the client as a 101, but Pingora opened no tunnel:
 /// it waited for a final answer, and the client met silence until the

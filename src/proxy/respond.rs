@@ -129,8 +129,16 @@ pub async fn fail_to_proxy(session: &mut Session, ctx: &mut RequestCtx, e: &Erro
         // The client: left, or sent what could not be read.
         (None, ErrorSource::Downstream) => settle_leftovers(ctx),
     }
+    // Nothing of the answer has gone, or only an interim one (100, 103): a
+    // final answer may still follow it (found by a hostile-upstream run:
+    // an upstream that sent a 103 and then failed left the client with the
+    // 103 and a closed connection). A 101 is no interim answer: the
+    // connection has left HTTP.
+    let answerable = session.response_written().is_none_or(|r| {
+        r.status.is_informational() && r.status != http::StatusCode::SWITCHING_PROTOCOLS
+    });
     let code = match reason {
-        Some(r) if session.response_written().is_none() => {
+        Some(r) if answerable => {
             let msg = match r {
                 RejectReason::ConnectionLimit => "every other backend is at its connection cap",
                 RejectReason::BodyTooLarge => "the request body is over this route's limit",
