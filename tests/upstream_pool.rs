@@ -1,6 +1,7 @@
 //! The gateway's pool of idle upstream connections, seen from a real
 //! upstream of raw bytes: a connection is reused while it is idle, closed
-//! at the upstream's `idle_timeout`, and let go as soon as its upstream
+//! at the upstream's `idle_timeout` (or before the `Keep-Alive: timeout`
+//! its upstream announced), and let go as soon as its upstream
 //! closes it, without costing a request; a request that meets pooled
 //! connections its upstream is closing is retried on a new one.
 
