@@ -766,9 +766,11 @@ impl HttpSession {
 
         for param in header_value.split(',') {
             let parts = param.split_once('=').map(|(k, v)| (k.trim(), v));
+            // Parameter names in any case (Floodgate patch, see
+            // vendor/README.md: `Timeout=5` was not read).
             match parts {
-                Some(("timeout", timeout_value)) => timeout = timeout_value.trim().parse().ok(),
-                Some(("max", max_value)) => max = max_value.trim().parse().ok(),
+                Some((k, v)) if k.eq_ignore_ascii_case("timeout") => timeout = v.trim().parse().ok(),
+                Some((k, v)) if k.eq_ignore_ascii_case("max") => max = v.trim().parse().ok(),
                 _ => {}
             }
         }
@@ -2493,6 +2495,13 @@ mod tests_stream {
                 .await
                 .get_keepalive_values(),
             (Some(5), None)
+        );
+
+        assert_eq!(
+            build_resp_with_keepalive_values("Timeout=5, MAX=1000")
+                .await
+                .get_keepalive_values(),
+            (Some(5), Some(1000))
         );
 
         assert_eq!(
