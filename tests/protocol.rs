@@ -98,6 +98,16 @@ fn raw_upstream(keep_alive: bool, answer: fn(&str) -> &'static [u8]) -> SocketAd
     addr
 }
 
+/// `text` answers the requests for `paths` with a 200 each, in order, and
+/// the demo upstream `up` received exactly those.
+async fn served_in_order(up: &Upstream, text: &str, paths: &[&str]) {
+    assert_eq!(text.matches("HTTP/1.1 200").count(), paths.len(), "{text}");
+    let seen: Vec<_> = bodies(text).iter().map(|b| b["path"].clone()).collect();
+    assert_eq!(seen, paths, "{text}");
+    let stats = json_at(&client(), &format!("http://{}/__stats", up.addr)).await;
+    assert_eq!(stats["requests"], paths.len());
+}
+
 /// Finding 7: two GETs in one write are both answered, in order, and both
 /// reach the upstream.
 #[tokio::test]
@@ -108,11 +118,7 @@ async fn pipelined_requests_are_served_in_order() {
         gw.addr,
         b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nGET /second HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
     );
-    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
-    let paths: Vec<_> = bodies(&text).iter().map(|b| b["path"].clone()).collect();
-    assert_eq!(paths, vec!["/first", "/second"], "{text}");
-    let stats = json_at(&client(), &format!("http://{}/__stats", up.addr)).await;
-    assert_eq!(stats["requests"], 2);
+    served_in_order(&up, &text, &["/first", "/second"]).await;
 }
 
 /// Found by a hostile-client run: `close` on a second `Connection` line
@@ -688,11 +694,7 @@ async fn a_request_pipelined_behind_a_declined_upgrade_is_served() {
         b"GET /up HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n\
           GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
     );
-    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
-    let paths: Vec<_> = bodies(&text).iter().map(|b| b["path"].clone()).collect();
-    assert_eq!(paths, vec!["/up", "/after"], "{text}");
-    let stats = json_at(&client(), &format!("http://{}/__stats", up.addr)).await;
-    assert_eq!(stats["requests"], 2);
+    served_in_order(&up, &text, &["/up", "/after"]).await;
 }
 
 /// Found by a hostile-client run: bytes of the new protocol a client sent

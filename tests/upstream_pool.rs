@@ -188,6 +188,21 @@ async fn until(what: &str, limit: Duration, done: impl Fn() -> bool) {
     }
 }
 
+/// Once the gateway has closed every connection that carried a request:
+/// those connections, and how long the first stayed idle after its last
+/// answer before the gateway closed it.
+async fn closed_idle(seen: &Mutex<Vec<Seen>>) -> (Vec<Seen>, Duration) {
+    until(
+        "the gateway closes its idle connection",
+        Duration::from_secs(5),
+        || carried(seen).iter().all(|s| s.closed.is_some()),
+    )
+    .await;
+    let s = carried(seen);
+    let idle = s[0].closed.unwrap() - s[0].answered.unwrap();
+    (s, idle)
+}
+
 /// Requests one after another go over one upstream connection, which the
 /// gateway closes once it has been idle for the upstream's `idle_timeout`.
 #[tokio::test]
@@ -198,16 +213,9 @@ async fn an_idle_upstream_connection_is_reused_then_closed_at_its_idle_timeout()
         get_ok(&gw).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    until(
-        "the gateway closes its idle connection",
-        Duration::from_secs(5),
-        || carried(&seen).iter().all(|s| s.closed.is_some()),
-    )
-    .await;
-    let s = carried(&seen);
+    let (s, idle) = closed_idle(&seen).await;
     assert_eq!(s.len(), 1, "one upstream connection for all three: {s:?}");
     assert_eq!(s[0].requests, 3);
-    let idle = s[0].closed.unwrap() - s[0].answered.unwrap();
     assert!(
         idle >= Duration::from_millis(900) && idle < Duration::from_millis(2500),
         "closed {idle:?} after its last answer, for an idle_timeout of 1s"
@@ -225,14 +233,7 @@ async fn a_connection_is_let_go_before_the_upstream_s_announced_keep_alive_timeo
     control.announce_s.store(1, Ordering::SeqCst);
     let gw = gateway(addr, "");
     get_ok(&gw).await;
-    until(
-        "the gateway closes its idle connection",
-        Duration::from_secs(5),
-        || carried(&seen).iter().all(|s| s.closed.is_some()),
-    )
-    .await;
-    let s = carried(&seen);
-    let idle = s[0].closed.unwrap() - s[0].answered.unwrap();
+    let (_, idle) = closed_idle(&seen).await;
     assert!(
         idle >= Duration::from_millis(400) && idle < Duration::from_millis(1000),
         "closed {idle:?} after its answer, for an announced timeout of 1s"
