@@ -8,6 +8,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
+# The linker wrapper that packs the hot functions (scripts/ordered-cc).
+COPY .cargo ./.cargo
+COPY scripts/ordered-cc ./scripts/ordered-cc
 COPY vendor ./vendor
 COPY proto ./proto
 COPY src ./src
