@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Two builds of the gateway against each other, in alternated runs on the
+# same origin: throughput and p99 of each run, then each build's median.
+# One worker, the cost bench's "all limits on, admitting" config, 1 000
+# clients (every eighth request to the capped upstream), nginx `return 200`
+# as the origin. Needs nginx and wrk (scripts/setup --bench).
+#
+#   benches/ab.sh BIN_A BIN_B [ROUNDS] [SECONDS]     (default: 6 rounds of 5 s)
+#
+# e.g. the code layout of scripts/ordered-cc against a plain link:
+#   cargo build --release --bin floodgate && cp target/release/floodgate /tmp/ordered
+#   touch src/main.rs && FLOODGATE_LINK_ORDER=off cargo build --release --bin floodgate
+#   benches/ab.sh target/release/floodgate /tmp/ordered
+set -euo pipefail
+a=${1:?usage: benches/ab.sh BIN_A BIN_B [ROUNDS] [SECONDS]}
+b=${2:?usage: benches/ab.sh BIN_A BIN_B [ROUNDS] [SECONDS]}
+rounds=${3:-6}
+secs=${4:-5}
+command -v nginx > /dev/null || { echo "needs nginx (Debian package nginx)" >&2; exit 1; }
+command -v wrk > /dev/null || { echo "needs wrk (Debian package wrk)" >&2; exit 1; }
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -KILL -- "-$p" 2> /dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 100); do (exec 3<> "/dev/tcp/127.0.0.1/$1") 2> /dev/null && return 0; sleep 0.1; done; echo "nothing on port $1" >&2; exit 1; }
+origin=$(port); gw=$(port); admin=$(port)
+cat > "$work/origin.conf" <<NGINX
+worker_processes 1; daemon off; master_process off; pid $work/nginx.pid; error_log $work/error.log error;
+events { worker_connections 4096; }
+http { access_log off; default_type application/json;
+  server { listen 127.0.0.1:$origin; keepalive_requests 100000; location / { return 200 '{"ok":true,"from":"origin"}'; } } }
+NGINX
+cat > "$work/floodgate.toml" <<TOML
+[server]
+listen = ["127.0.0.1:$gw"]
+admin_listen = "127.0.0.1:$admin"
+threads = 1
+access_log = false
+watch_config = false
+
+[[upstreams]]
+name = "origin"
+backends = ["127.0.0.1:$origin"]
+
+[[upstreams]]
+name = "capped"
+backends = ["127.0.0.1:$origin"]
+max_connections = 100000
+
+[[routes]]
+name = "capped"
+path_prefix = "/capped"
+upstream = "capped"
+
+[[routes]]
+name = "main"
+path_prefix = "/"
+upstream = "origin"
+
+[clients]
+window = "60s"
+default = { rpm = 4000000, tpm = 100000000 }
+
+[backpressure]
+enabled = true
+min_window = 1000
+max_window = 1000
+TOML
+cat > "$work/ids.lua" <<'LUA'
+counter = 0
+request = function()
+  counter = counter + 1
+  local path = "/"
+  if counter % 8 == 0 then path = "/capped" end
+  return wrk.format("GET", path, {["X-Client-ID"] = "c" .. (counter % 1000)})
+end
+LUA
+setsid nginx -c "$work/origin.conf" -p "$work" & pids+=($!)
+disown
+wait_port "$origin"
+
+# One run of one build: a fresh process, 1 s of warm-up, then SECONDS.
+run() {
+  setsid "$1" --conf "$work/floodgate.toml" > "$work/gateway.log" 2>&1 &
+  local pid=$!
+  wait_port "$gw"
+  wrk -t1 -c64 -d1s -s "$work/ids.lua" "http://127.0.0.1:$gw/" > /dev/null
+  wrk -t1 -c64 -d"${secs}s" --latency -s "$work/ids.lua" "http://127.0.0.1:$gw/" > "$work/wrk.txt"
+  kill -TERM -- "-$pid" 2> /dev/null || true
+  wait "$pid" 2> /dev/null || true
+  local rps p99
+  rps=$(awk '/^Requests\/sec/ { print $2 }' "$work/wrk.txt")
+  p99=$(awk '$1 == "99%" { print $2 }' "$work/wrk.txt")
+  echo "$2 $rps $p99"
+}
+for _ in $(seq 1 "$rounds"); do
+  run "$a" A | tee -a "$work/runs"
+  run "$b" B | tee -a "$work/runs"
+done
+median() { awk -v w="$1" '$1 == w { print $2 }' "$work/runs" | sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+ma=$(median A); mb=$(median B)
+echo "A $a: median $ma req/s"
+echo "B $b: median $mb req/s"
+awk -v a="$ma" -v b="$mb" 'BEGIN { printf "B / A: %.3f\n", b / a }'
