@@ -6,6 +6,11 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto = "proto/floodgate/admin/v1/admin.proto";
     println!("cargo:rerun-if-changed={proto}");
+    // scripts/ordered-cc links the binary again with these: a change to
+    // either links it again.
+    println!("cargo:rerun-if-changed=benches/hot-functions.txt");
+    println!("cargo:rerun-if-changed=scripts/ordered-cc");
+    println!("cargo:rerun-if-env-changed=FLOODGATE_LINK_ORDER");
     let fds = protox::compile([proto], ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     #[allow(clippy::disallowed_methods)] // a build script: blocking is fine
