@@ -6,8 +6,8 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto = "proto/floodgate/admin/v1/admin.proto";
     println!("cargo:rerun-if-changed={proto}");
-    // scripts/ordered-cc links the binary again with these: a change to
-    // either links it again.
+    // scripts/ordered-cc's inputs (the hot list, the script, its switch):
+    // a change to any of them links the binary again.
     println!("cargo:rerun-if-changed=benches/hot-functions.txt");
     println!("cargo:rerun-if-changed=scripts/ordered-cc");
     println!("cargo:rerun-if-env-changed=FLOODGATE_LINK_ORDER");
