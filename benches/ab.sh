@@ -12,6 +12,7 @@
 #   touch src/main.rs && FLOODGATE_LINK_ORDER=off cargo build --release --bin floodgate
 #   benches/ab.sh target/release/floodgate /tmp/ordered
 set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
 a=${1:?usage: benches/ab.sh BIN_A BIN_B [ROUNDS] [SECONDS]}
 b=${2:?usage: benches/ab.sh BIN_A BIN_B [ROUNDS] [SECONDS]}
 rounds=${3:-6}
@@ -29,57 +30,8 @@ trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 100); do (exec 3<> "/dev/tcp/127.0.0.1/$1") 2> /dev/null && return 0; sleep 0.1; done; echo "nothing on port $1" >&2; exit 1; }
 origin=$(port); gw=$(port); admin=$(port)
-cat > "$work/origin.conf" <<NGINX
-worker_processes 1; daemon off; master_process off; pid $work/nginx.pid; error_log $work/error.log error;
-events { worker_connections 4096; }
-http { access_log off; default_type application/json;
-  server { listen 127.0.0.1:$origin; keepalive_requests 100000; location / { return 200 '{"ok":true,"from":"origin"}'; } } }
-NGINX
-cat > "$work/floodgate.toml" <<TOML
-[server]
-listen = ["127.0.0.1:$gw"]
-admin_listen = "127.0.0.1:$admin"
-threads = 1
-access_log = false
-watch_config = false
-
-[[upstreams]]
-name = "origin"
-backends = ["127.0.0.1:$origin"]
-
-[[upstreams]]
-name = "capped"
-backends = ["127.0.0.1:$origin"]
-max_connections = 100000
-
-[[routes]]
-name = "capped"
-path_prefix = "/capped"
-upstream = "capped"
-
-[[routes]]
-name = "main"
-path_prefix = "/"
-upstream = "origin"
-
-[clients]
-window = "60s"
-default = { rpm = 4000000, tpm = 100000000 }
-
-[backpressure]
-enabled = true
-min_window = 1000
-max_window = 1000
-TOML
-cat > "$work/ids.lua" <<'LUA'
-counter = 0
-request = function()
-  counter = counter + 1
-  local path = "/"
-  if counter % 8 == 0 then path = "/capped" end
-  return wrk.format("GET", path, {["X-Client-ID"] = "c" .. (counter % 1000)})
-end
-LUA
+. "$here/shared/configs.sh"
+cost_configs "$work" "$origin" "$gw" "$admin" on
 setsid nginx -c "$work/origin.conf" -p "$work" & pids+=($!)
 disown
 wait_port "$origin"
@@ -89,8 +41,8 @@ run() {
   setsid "$1" --conf "$work/floodgate.toml" > "$work/gateway.log" 2>&1 &
   local pid=$!
   wait_port "$gw"
-  wrk -t1 -c64 -d1s -s "$work/ids.lua" "http://127.0.0.1:$gw/" > /dev/null
-  wrk -t1 -c64 -d"${secs}s" --latency -s "$work/ids.lua" "http://127.0.0.1:$gw/" > "$work/wrk.txt"
+  wrk -t1 -c64 -d1s -s "$here/clients.lua" "http://127.0.0.1:$gw/" > /dev/null
+  wrk -t1 -c64 -d"${secs}s" --latency -s "$here/clients.lua" "http://127.0.0.1:$gw/" > "$work/wrk.txt"
   kill -TERM -- "-$pid" 2> /dev/null || true
   wait "$pid" 2> /dev/null || true
   local rps p99

@@ -18,14 +18,10 @@ local function tenth()
 end
 
 local path = os.getenv("TIMELINE") or "timeline.txt"
-local counter, current, responses, out = 0, nil, 0, nil
+local current, responses, out = nil, 0, nil
 
-request = function()
-  counter = counter + 1
-  local target = "/"
-  if counter % 8 == 0 then target = "/capped" end
-  return wrk.format("GET", target, { ["X-Client-ID"] = "c" .. (counter % 1000) })
-end
+-- The requests: benches/clients.lua, beside this script.
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "clients.lua")
 
 response = function(status, headers, body)
   local t = tenth()
