@@ -6,11 +6,13 @@
 //!
 //! An open-addressing table keyed by 64-bit fingerprints, with a count-min
 //! sketch for the clients that find no place. Its memory comes zeroed from
-//! the allocator, so untouched pages cost no RSS, and a table serves one
+//! the allocator, so untouched pages cost no RSS (pages of 4 KiB; the
+//! gateway's allocator asks for transparent huge pages, which make it
+//! 2 MiB a touched page: docs/limits.md), and a table serves one
 //! window only: the background rotation allocates the next window's table,
 //! sized from the distinct clients the windows before it saw, and the old
 //! one's memory goes back when it is dropped. A gateway with a hundred
-//! clients keeps a few pages; one with two million distinct clients a
+//! clients keeps a hundred pages at most; one with two million distinct clients a
 //! minute stays exact, within `max_client_table_memory`.
 
 use std::sync::atomic::{fence, AtomicU64, Ordering};
