@@ -6,14 +6,14 @@
 //!
 //! An open-addressing table keyed by 64-bit fingerprints, with a count-min
 //! sketch for the clients that find no place. Its memory comes zeroed from
-//! the allocator, so untouched pages cost no RSS (pages of 4 KiB; the
-//! gateway's allocator asks for transparent huge pages, which make it
-//! 2 MiB a touched page: docs/limits.md), and a table serves one
-//! window only: the background rotation allocates the next window's table,
-//! sized from the distinct clients the windows before it saw, and the old
-//! one's memory goes back when it is dropped. A gateway with a hundred
-//! clients keeps a hundred pages at most; one with two million distinct clients a
-//! minute stays exact, within `max_client_table_memory`.
+//! the allocator, so untouched pages cost no RSS (a touched page is 4 KiB,
+//! or 2 MiB under the transparent huge pages the gateway's allocator asks
+//! for: docs/limits.md), and a table serves one window only: the
+//! background rotation allocates the next window's table, sized from the
+//! distinct clients the windows before it saw, and the old one's memory
+//! goes back when it is dropped. A gateway with a hundred clients touches
+//! at most a hundred pages of a table; one with two million distinct
+//! clients a minute stays exact, within `max_client_table_memory`.
 
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 
