@@ -327,13 +327,12 @@ impl ProxyHttp for Gateway {
         if !absent {
             upstream_response.reserve_headers(6);
         }
-        let id = ctx.request_id.as_bytes();
-        headers::add_response(upstream_response, &headers::H_X_REQUEST_ID, id, absent)?;
-        if let Some(state) = &ctx.quota_state {
-            headers::rate_limit_headers(state, None, |k, v| {
-                headers::add_response(upstream_response, k, v, absent)
-            })?;
-        }
+        headers::add_gateway_response_headers(
+            upstream_response,
+            Some(ctx.request_id.as_bytes()),
+            ctx.quota_state.as_ref().map(|s| (s, None)),
+            absent,
+        )?;
         if headers::is_interim(upstream_response) {
             return Ok(());
         }

@@ -12,7 +12,7 @@ use pingora::proxy::{FailToProxy, Session};
 
 use super::admission::Outcome;
 use super::context::RequestCtx;
-use super::headers::{rate_limit_headers, H_X_REQUEST_ID};
+use super::headers::add_gateway_response_headers;
 use crate::limits::{Refusal, RejectReason};
 
 /// Answers the request with `r` and ends its processing: records the
@@ -60,19 +60,12 @@ async fn write(session: &mut Session, ctx: &RequestCtx, r: &Refusal) -> Result<(
     if let Some(secs) = r.retry_after_header() {
         h.insert_header(http::header::RETRY_AFTER, secs)?;
     }
-    if !ctx.request_id.is_empty() {
-        let id = ctx.request_id.as_bytes();
-        super::headers::add_response(&mut h, &H_X_REQUEST_ID, id, true)?;
-    }
+    let id = Some(ctx.request_id.as_bytes()).filter(|id| !id.is_empty());
     let quota = match r.quota {
         Some((state, exceeded)) => Some((state, Some(exceeded))),
         None => ctx.quota_state.map(|s| (s, None)),
     };
-    if let Some((state, exceeded)) = quota {
-        rate_limit_headers(&state, exceeded, |k, v| {
-            super::headers::add_response(&mut h, k, v, true)
-        })?;
-    }
+    add_gateway_response_headers(&mut h, id, quota.as_ref().map(|(s, e)| (s, *e)), true)?;
     // After a malformed request the connection's state is suspect; an
     // answer given once the server has begun to stop is the connection's
     // last, and says so (a refusal of a request queued when SIGTERM came

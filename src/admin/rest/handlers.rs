@@ -193,7 +193,7 @@ pub(super) async fn check(
     if let Some(q) = &c.state {
         let Ok(()) = crate::proxy::headers::rate_limit_headers(q, c.exceeded, |k, v| {
             if let Ok(v) = HeaderValue::from_bytes(v) {
-                headers.insert(k.0.clone(), v);
+                headers.insert(k.name().clone(), v);
             }
             Ok::<(), std::convert::Infallible>(())
         });

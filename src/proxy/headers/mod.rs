@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::{RequestHeader, ResponseHeader, WireLines, WireName};
 use pingora::prelude::*;
 
 mod ratelimit;
@@ -27,30 +27,23 @@ pub const X_REQUEST_ID: &str = "x-request-id";
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 
-/// A header name the gateway writes: parsed once, with its wire spelling
-/// (so that setting it costs no parse and no allocation; see
-/// `vendor/README.md`).
-pub struct Name(pub HeaderName, pub &'static str);
+// A header name the gateway writes is a `WireName`: parsed once, with its
+// wire spelling and its line's start ready to copy (so that setting it
+// costs no parse and no allocation; see `vendor/README.md`).
 
-impl Name {
-    pub const fn new(name: &'static str) -> Name {
-        Name(HeaderName::from_static(name), name)
-    }
-}
-
-pub const H_X_REQUEST_ID: Name = Name::new(X_REQUEST_ID);
-const H_X_FORWARDED_FOR: Name = Name::new(X_FORWARDED_FOR);
-const H_X_FORWARDED_PROTO: Name = Name::new(X_FORWARDED_PROTO);
-const H_X_REAL_IP: Name = Name::new(X_REAL_IP);
+pub static H_X_REQUEST_ID: WireName = WireName::new(X_REQUEST_ID);
+static H_X_FORWARDED_FOR: WireName = WireName::new(X_FORWARDED_FOR);
+static H_X_FORWARDED_PROTO: WireName = WireName::new(X_FORWARDED_PROTO);
+static H_X_REAL_IP: WireName = WireName::new(X_REAL_IP);
 
 /// Sets `name` to `value` on a request header, replacing any value.
-fn set_request(req: &mut RequestHeader, name: &Name, value: HeaderValue) {
-    req.insert_header_name(&name.0, name.1, value);
+fn set_request(req: &mut RequestHeader, name: &WireName, value: HeaderValue) {
+    req.insert_header_name(name.name(), name.spelling(), value);
 }
 
 /// Sets `name` to `value` on a response header, replacing any value.
-fn set_response(resp: &mut ResponseHeader, name: &Name, value: HeaderValue) {
-    resp.insert_header_name(&name.0, name.1, value);
+fn set_response(resp: &mut ResponseHeader, name: &WireName, value: HeaderValue) {
+    resp.insert_header_name(name.name(), name.spelling(), value);
 }
 
 /// Adds a header the gateway sets on a request going upstream. When the
@@ -60,9 +53,9 @@ fn set_response(resp: &mut ResponseHeader, name: &Name, value: HeaderValue) {
 /// request's own. An error: `value` is not a header value. See
 /// `vendor/README.md`.
 #[inline]
-fn add_request(req: &mut RequestHeader, name: &Name, value: &[u8], absent: bool) -> Result<()> {
+fn add_request(req: &mut RequestHeader, name: &WireName, value: &[u8], absent: bool) -> Result<()> {
     match absent {
-        true => req.append_wire_header(&name.0, name.1, value),
+        true => req.append_wire_header(name.name(), name.spelling(), value),
         false => {
             set_request(req, name, value_of(value)?);
             Ok(())
@@ -76,12 +69,12 @@ fn add_request(req: &mut RequestHeader, name: &Name, value: &[u8], absent: bool)
 #[inline]
 pub fn add_response(
     resp: &mut ResponseHeader,
-    name: &Name,
+    name: &WireName,
     value: &[u8],
     absent: bool,
 ) -> Result<()> {
     match absent {
-        true => resp.append_wire_header(&name.0, name.1, value),
+        true => resp.append_wire_header(name.name(), name.spelling(), value),
         false => {
             set_response(resp, name, value_of(value)?);
             Ok(())
@@ -178,7 +171,7 @@ impl Origin {
         if peer_trusted {
             let entries = req
                 .headers
-                .get_all(&H_X_FORWARDED_FOR.0)
+                .get_all(H_X_FORWARDED_FOR.name())
                 .iter()
                 .rev()
                 .filter_map(|v| v.to_str().ok())
@@ -278,7 +271,7 @@ pub fn prepare_upstream(
             // The list's elements, empty ones dropped, on one line.
             let prev: Vec<&str> = req
                 .headers
-                .get_all(&H_X_FORWARDED_FOR.0)
+                .get_all(H_X_FORWARDED_FOR.name())
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|v| v.split(','))
@@ -297,7 +290,7 @@ pub fn prepare_upstream(
         None => peer.as_ref().map(AsRef::as_ref),
     };
     if xff.is_none() && seen.forwarded_for {
-        req.remove_header(&H_X_FORWARDED_FOR.0);
+        req.remove_header(H_X_FORWARDED_FOR.name());
     }
     if !origin.trusted && seen.forwarding {
         for h in &FORWARDING {
@@ -305,7 +298,7 @@ pub fn prepare_upstream(
         }
     }
     if origin.client.is_none() && seen.real_ip {
-        req.remove_header(&H_X_REAL_IP.0);
+        req.remove_header(H_X_REAL_IP.name());
     }
     if !seen.host {
         // HTTP/2's `:authority`; else (an HTTP/1.0 request may have no
@@ -327,13 +320,22 @@ pub fn prepare_upstream(
     }
     // The gateway's own headers last, after every removal: one the client
     // did not send is written after the others, outside the header maps
-    // (see `add_request`).
+    // (see `add_request`), rendered together on the stack and added in
+    // one copy (a line past the room of the lines, e.g. of a trusted
+    // proxy's long `X-Forwarded-For` chain, is added by itself).
+    let mut lines = WireLines::new();
+    let mut put = |req: &mut RequestHeader, name: &WireName, v: &[u8], absent: bool| match absent
+        && lines.add(name, v).is_ok()
+    {
+        true => Ok(()),
+        false => add_request(req, name, v, absent),
+    };
     if let Some(v) = xff {
-        add_request(req, &H_X_FORWARDED_FOR, v, !seen.forwarded_for)?;
+        put(req, &H_X_FORWARDED_FOR, v, !seen.forwarded_for)?;
     }
     if !(origin.trusted && seen.forwarded_proto) {
         let proto: &[u8] = if origin.tls { b"https" } else { b"http" };
-        add_request(req, &H_X_FORWARDED_PROTO, proto, !seen.forwarded_proto)?;
+        put(req, &H_X_FORWARDED_PROTO, proto, !seen.forwarded_proto)?;
     }
     if let Some(ip) = origin.client {
         // The peer's text again when the client is the peer.
@@ -345,14 +347,53 @@ pub fn prepare_upstream(
                 own.as_ref()
             }
         };
-        add_request(req, &H_X_REAL_IP, text, !seen.real_ip)?;
+        put(req, &H_X_REAL_IP, text, !seen.real_ip)?;
     }
-    add_request(
+    put(
         req,
         &H_X_REQUEST_ID,
         request_id.as_bytes(),
         !seen.request_id,
     )?;
+    if !lines.is_empty() {
+        req.append_wire_lines(&lines);
+    }
+    Ok(())
+}
+
+/// The gateway's headers on a response: its request id (when it has one)
+/// and, for a client under a quota, the rate-limit headers. When the
+/// response carries none of them (`absent`: [`ResponseNames::gateway`]),
+/// they are written after the upstream's, outside the header maps,
+/// rendered together on the stack and added in one copy; else each
+/// replaces the response's own.
+pub fn add_gateway_response_headers(
+    resp: &mut ResponseHeader,
+    id: Option<&[u8]>,
+    quota: Option<(
+        &crate::limits::rate::QuotaState,
+        Option<crate::limits::rate::Exceeded>,
+    )>,
+    absent: bool,
+) -> Result<()> {
+    let mut lines = WireLines::new();
+    // A line past the room of the lines is added by itself; one whose
+    // value is refused is refused again there, as an error.
+    let mut put = |resp: &mut ResponseHeader, name: &WireName, v: &[u8]| match absent
+        && lines.add(name, v).is_ok()
+    {
+        true => Ok(()),
+        false => add_response(resp, name, v, absent),
+    };
+    if let Some(id) = id {
+        put(resp, &H_X_REQUEST_ID, id)?;
+    }
+    if let Some((state, refused)) = quota {
+        rate_limit_headers(state, refused, |k, v| put(resp, k, v))?;
+    }
+    if !lines.is_empty() {
+        resp.append_wire_lines(&lines);
+    }
     Ok(())
 }
 
@@ -427,10 +468,10 @@ pub fn kept_upstream(name: &HeaderName) -> bool {
         &http::header::COOKIE,
         &http::header::CONTENT_LENGTH,
         &http::header::AUTHORIZATION,
-        &H_X_FORWARDED_FOR.0,
-        &H_X_FORWARDED_PROTO.0,
-        &H_X_REAL_IP.0,
-        &H_X_REQUEST_ID.0,
+        H_X_FORWARDED_FOR.name(),
+        H_X_FORWARDED_PROTO.name(),
+        H_X_REAL_IP.name(),
+        H_X_REQUEST_ID.name(),
     ];
     !(rewritten.contains(&name)
         || HOP_BY_HOP.contains(name)

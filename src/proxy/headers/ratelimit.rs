@@ -1,8 +1,8 @@
 //! The rate-limit headers of a response: the legacy `X-RateLimit-*` trio
 //! and the IETF draft `RateLimit-Policy` / `RateLimit`.
 
-use super::Name;
 use crate::limits::rate::{Exceeded, QuotaState};
+use pingora::http::WireName;
 
 /// The names as text (lower case, as a `HeaderName` holds them; usable
 /// in patterns).
@@ -13,11 +13,11 @@ pub mod names {
     pub const POLICY: &str = "ratelimit-policy";
     pub const STATE: &str = "ratelimit";
 }
-pub const X_RATELIMIT_LIMIT: Name = Name::new(names::LIMIT);
-pub const X_RATELIMIT_REMAINING: Name = Name::new(names::REMAINING);
-pub const X_RATELIMIT_RESET: Name = Name::new(names::RESET);
-pub const RATELIMIT_POLICY: Name = Name::new(names::POLICY);
-pub const RATELIMIT: Name = Name::new(names::STATE);
+pub static X_RATELIMIT_LIMIT: WireName = WireName::new(names::LIMIT);
+pub static X_RATELIMIT_REMAINING: WireName = WireName::new(names::REMAINING);
+pub static X_RATELIMIT_RESET: WireName = WireName::new(names::RESET);
+pub static RATELIMIT_POLICY: WireName = WireName::new(names::POLICY);
+pub static RATELIMIT: WireName = WireName::new(names::STATE);
 
 /// The rate-limit headers of a response to a limited client, each given to
 /// `put` as its name and value:
@@ -30,7 +30,7 @@ pub const RATELIMIT: Name = Name::new(names::STATE);
 pub fn rate_limit_headers<E>(
     state: &QuotaState,
     refused: Option<Exceeded>,
-    mut put: impl FnMut(&Name, &[u8]) -> Result<(), E>,
+    mut put: impl FnMut(&WireName, &[u8]) -> Result<(), E>,
 ) -> Result<(), E> {
     let w = state.window_ms.div_ceil(1000).max(1);
     let mut reset = itoa::Buffer::new();
@@ -142,7 +142,7 @@ mod tests {
     fn collect(state: &QuotaState, refused: Option<Exceeded>) -> HashMap<&'static str, String> {
         let mut h = HashMap::new();
         let Ok(()) = rate_limit_headers(state, refused, |k, v| {
-            h.insert(k.1, String::from_utf8(v.to_vec()).unwrap());
+            h.insert(k.spelling(), String::from_utf8(v.to_vec()).unwrap());
             Ok::<(), std::convert::Infallible>(())
         });
         h

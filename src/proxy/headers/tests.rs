@@ -440,3 +440,77 @@ fn a_response_s_hop_by_hop_fields_are_removed() {
         assert!(ResponseNames::of(&one).gateway, "{name}");
     }
 }
+
+/// The header lines an HTTP/1 client is sent.
+fn response_wire(r: &ResponseHeader) -> String {
+    let mut buf: Vec<u8> = vec![];
+    r.header_to_h1_wire(&mut buf);
+    String::from_utf8(buf).unwrap()
+}
+
+#[test]
+fn the_gateway_s_response_lines_are_each_header_once_however_long() {
+    use crate::limits::rate::{Quota, QuotaState, Usage};
+    // The longest values that can come (a client's 128-character request
+    // id, the largest quotas, a window of u64::MAX ms) take 461 bytes of
+    // the 512 the gateway renders its lines in; a longer id than any
+    // client can send takes the way of a line past them (by itself).
+    let long_id = "i".repeat(180);
+    for (id, window_ms) in [("a".repeat(32), 60_000), (long_id, u64::MAX)] {
+        let state = QuotaState {
+            quota: Quota {
+                rpm: Some(crate::limits::rate::MAX_RPM),
+                tpm: Some(crate::limits::rate::MAX_TPM),
+            },
+            used: Usage {
+                requests: 1,
+                tokens: 10,
+            },
+            reset_ms: window_ms,
+            window_ms,
+        };
+        let mut expected = vec![format!("x-request-id: {id}")];
+        let Ok(()) = rate_limit_headers(&state, None, |k, v| {
+            expected.push(format!(
+                "{}: {}",
+                k.spelling(),
+                std::str::from_utf8(v).unwrap()
+            ));
+            Ok::<(), std::convert::Infallible>(())
+        });
+        assert_eq!(expected.len(), 6);
+        // Upstream sent none of them: written after its own, in lines.
+        let mut r = ResponseHeader::build(200, None).unwrap();
+        r.append_header("Server", "origin").unwrap();
+        let q = Some((&state, None));
+        add_gateway_response_headers(&mut r, Some(id.as_bytes()), q, true).unwrap();
+        let wire = response_wire(&r);
+        let mut lines: Vec<&str> = wire.split("\r\n").filter(|l| !l.is_empty()).collect();
+        assert_eq!(lines.remove(0), "Server: origin", "{wire}");
+        lines.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(lines, expected, "window {window_ms}");
+        if window_ms == u64::MAX {
+            assert!(wire.len() > 512, "{}", wire.len());
+        }
+        // Upstream sent one of them: each replaces the upstream's own.
+        let mut r = ResponseHeader::build(200, None).unwrap();
+        r.append_header("X-RateLimit-Limit", "upstream's").unwrap();
+        add_gateway_response_headers(&mut r, Some(id.as_bytes()), q, false).unwrap();
+        let wire = response_wire(&r);
+        assert!(!wire.contains("upstream's"), "{wire}");
+        let mut lines: Vec<String> = wire
+            .split("\r\n")
+            .filter(|l| !l.is_empty())
+            .map(|l| l.to_ascii_lowercase())
+            .collect();
+        lines.sort_unstable();
+        let lower: Vec<String> = expected.iter().map(|l| l.to_ascii_lowercase()).collect();
+        assert_eq!(lines, lower);
+    }
+    // A value that is not a header value is an error, whichever way.
+    for absent in [true, false] {
+        let mut r = ResponseHeader::build(200, None).unwrap();
+        assert!(add_gateway_response_headers(&mut r, Some(b"a\r\nb"), None, absent).is_err());
+    }
+}

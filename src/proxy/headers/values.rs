@@ -156,7 +156,7 @@ pub fn request_id(req: &RequestHeader, sent: bool) -> RequestId {
     let sent = match sent {
         true => req
             .headers
-            .get_all(&H_X_REQUEST_ID.0)
+            .get_all(H_X_REQUEST_ID.name())
             .iter()
             .find(|v| valid_request_id(v.as_bytes())),
         false => None,

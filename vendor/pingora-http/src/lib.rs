@@ -91,13 +91,152 @@ struct Appended {
 /// A name's bit in [`Appended::names`], the same for every spelling of it
 /// (its length and its next-to-last byte, case folded).
 #[inline]
-fn name_bit(name: &[u8]) -> u64 {
+const fn name_bit(name: &[u8]) -> u64 {
     let n = name.len();
     let b = match n {
         0 | 1 => 0,
-        _ => usize::from(name[n - 2] | 0x20),
+        _ => (name[n - 2] | 0x20) as usize,
     };
     1 << ((n + 3 * b) % 64)
+}
+
+/// Bytes of a [`WireName`]'s line start, `name: `, as kept (padded).
+const WIRE_PREFIX: usize = 32;
+/// Bytes a [`WireLines`] holds.
+const WIRE_LINES: usize = 512;
+
+/// A header name prepared once for [`WireLines`] (Floodgate patch; see
+/// vendor/README.md): the parsed name, and the start of its line,
+/// `name: `, kept in a fixed-size array so that a line is begun with a
+/// copy of known length (no call to `memcpy`).
+#[derive(Debug)]
+pub struct WireName {
+    name: HeaderName,
+    spelling: &'static str,
+    prefix: [u8; WIRE_PREFIX],
+    prefix_len: usize,
+    bit: u64,
+}
+
+impl WireName {
+    /// `name` in lower case, as `HeaderName::from_static` takes it (it
+    /// panics otherwise, when compiled in a `const` or `static`), of at
+    /// most 30 bytes; it is spelled so on the wire.
+    pub const fn new(name: &'static str) -> WireName {
+        let b = name.as_bytes();
+        assert!(b.len() + 2 <= WIRE_PREFIX, "a WireName is at most 30 bytes");
+        let mut prefix = [0u8; WIRE_PREFIX];
+        let mut i = 0;
+        while i < b.len() {
+            prefix[i] = b[i];
+            i += 1;
+        }
+        prefix[i] = b':';
+        prefix[i + 1] = b' ';
+        WireName {
+            name: HeaderName::from_static(name),
+            spelling: name,
+            prefix,
+            prefix_len: b.len() + 2,
+            bit: name_bit(b),
+        }
+    }
+
+    /// The parsed name.
+    #[inline]
+    pub fn name(&self) -> &HeaderName {
+        &self.name
+    }
+
+    /// The name as written on the wire.
+    #[inline]
+    pub fn spelling(&self) -> &'static str {
+        self.spelling
+    }
+}
+
+/// Header lines rendered on the stack, `name: value\r\n` each with a valid
+/// value, that a message takes at once with `append_wire_lines`
+/// (Floodgate patch; see vendor/README.md): one copy into the message for
+/// all of them, where `append_wire_header` copies each name and each
+/// value. At most 512 bytes.
+#[derive(Debug)]
+pub struct WireLines {
+    buf: [u8; WIRE_LINES],
+    len: usize,
+    /// The [`name_bit`]s of the names held.
+    names: u64,
+}
+
+impl Default for WireLines {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WireLines {
+    pub const fn new() -> WireLines {
+        WireLines {
+            buf: [0; WIRE_LINES],
+            len: 0,
+            names: 0,
+        }
+    }
+
+    /// Adds the line `name: value`. An error, and nothing added, when
+    /// `value` is not a valid header value (as `append_wire_header`
+    /// checks it) or the lines would pass 512 bytes. A name added twice
+    /// is sent twice (as `append_header` would).
+    #[inline]
+    pub fn add(&mut self, name: &WireName, value: &[u8]) -> Result<()> {
+        if !valid_value(value) {
+            return Error::e_explain(InvalidHTTPHeader, "invalid value while append");
+        }
+        let at = self.len;
+        let from = at + name.prefix_len;
+        let end = from + value.len() + 2;
+        if end > WIRE_LINES {
+            return Error::e_explain(InvalidHTTPHeader, "too many bytes of wire lines");
+        }
+        // The prefix is copied whole (a copy of known length), then
+        // overwritten past its own length by the value; near the end, only
+        // its own length.
+        match self.buf.get_mut(at..at + WIRE_PREFIX) {
+            Some(to) => to.copy_from_slice(&name.prefix),
+            None => self.buf[at..from].copy_from_slice(&name.prefix[..name.prefix_len]),
+        }
+        self.buf[from..end - 2].copy_from_slice(value);
+        self.buf[end - 2..end].copy_from_slice(b"\r\n");
+        self.len = end;
+        self.names |= name.bit;
+        Ok(())
+    }
+
+    /// The lines, as they go on the wire.
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Each line of `wire` (lines of [`Appended`] or [`WireLines`]): its name
+/// as spelled, and where its value is.
+fn lines_of(wire: &[u8]) -> impl Iterator<Item = (&[u8], std::ops::Range<usize>)> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let rest = wire.get(at..).filter(|r| !r.is_empty())?;
+        let colon = rest.iter().position(|&b| b == b':')?;
+        let cr = rest.iter().position(|&b| b == b'\r')?;
+        let value = at + colon + 2..at + cr;
+        let name = &wire[at..at + colon];
+        at += cr + 2;
+        Some((name, value))
+    })
 }
 
 /// Whether `v` may be a header value: no control character but HTAB, no
@@ -209,27 +348,18 @@ impl Appended {
 
     /// Each header held: its name as spelled, and where its value is.
     fn lines(&self) -> impl Iterator<Item = (&[u8], std::ops::Range<usize>)> + '_ {
-        let mut at = 0;
-        std::iter::from_fn(move || {
-            let rest = self.wire.get(at..).filter(|r| !r.is_empty())?;
-            let colon = rest.iter().position(|&b| b == b':')?;
-            let cr = rest.iter().position(|&b| b == b'\r')?;
-            let value = at + colon + 2..at + cr;
-            let name = &self.wire[at..at + colon];
-            at += cr + 2;
-            Some((name, value))
-        })
+        lines_of(&self.wire)
     }
 
     /// Adds a header, or replaces the value of one of that name held here.
     /// Room for 512 bytes at the first (about ten gateway headers).
     #[inline]
-    fn push(&mut self, wire: &'static str, value: &[u8]) {
-        let bit = name_bit(wire.as_bytes());
+    fn push(&mut self, wire: &[u8], value: &[u8]) {
+        let bit = name_bit(wire);
         if self.names & bit != 0 {
             let held = self
                 .lines()
-                .find(|(n, _)| n.eq_ignore_ascii_case(wire.as_bytes()))
+                .find(|(n, _)| n.eq_ignore_ascii_case(wire))
                 .map(|(_, v)| v);
             if let Some(v) = held {
                 self.wire.splice(v, value.iter().copied());
@@ -239,11 +369,30 @@ impl Appended {
         if self.wire.capacity() == 0 {
             self.wire.reserve_exact(512);
         }
-        self.wire.extend_from_slice(wire.as_bytes());
+        self.wire.extend_from_slice(wire);
         self.wire.extend_from_slice(b": ");
         self.wire.extend_from_slice(value);
         self.wire.extend_from_slice(b"\r\n");
         self.names |= bit;
+    }
+
+    /// Adds `lines` as [`Self::push`] would add each of them: in one copy
+    /// when none of their names may be held here already, else one at a
+    /// time (a line of a name held replaces it).
+    #[inline]
+    fn push_lines(&mut self, lines: &WireLines) {
+        if self.names & lines.names != 0 {
+            let wire = lines.as_bytes();
+            for (name, value) in lines_of(wire) {
+                self.push(name, &wire[value]);
+            }
+            return;
+        }
+        if self.wire.capacity() == 0 {
+            self.wire.reserve_exact(512);
+        }
+        self.wire.extend_from_slice(lines.as_bytes());
+        self.names |= lines.names;
     }
 
     /// Whether a header of this name (any case) is held here.
@@ -534,8 +683,20 @@ impl RequestHeader {
         if !valid_value(value) {
             return Error::e_explain(InvalidHTTPHeader, "invalid value while append");
         }
-        self.appended.push(wire, value);
+        self.appended.push(wire.as_bytes(), value);
         Ok(())
+    }
+
+    /// Adds every line of `lines` as [`Self::append_wire_header`] adds one
+    /// header, in one copy (Floodgate patch; see vendor/README.md). The
+    /// same rules hold: only for names the maps do not hold.
+    #[inline]
+    pub fn append_wire_lines(&mut self, lines: &WireLines) {
+        debug_assert!(lines_of(lines.as_bytes()).all(|(n, _)| {
+            let n = std::str::from_utf8(n).unwrap_or_default();
+            !self.base.headers.contains_key(n)
+        }));
+        self.appended.push_lines(lines);
     }
 
     /// Whether any header was added with [`Self::append_wire_header`] and
@@ -979,8 +1140,20 @@ impl ResponseHeader {
         if !valid_value(value) {
             return Error::e_explain(InvalidHTTPHeader, "invalid value while append");
         }
-        self.appended.push(wire, value);
+        self.appended.push(wire.as_bytes(), value);
         Ok(())
+    }
+
+    /// Adds every line of `lines` as [`Self::append_wire_header`] adds one
+    /// header, in one copy (Floodgate patch; see vendor/README.md). The
+    /// same rules hold: only for names the maps do not hold.
+    #[inline]
+    pub fn append_wire_lines(&mut self, lines: &WireLines) {
+        debug_assert!(lines_of(lines.as_bytes()).all(|(n, _)| {
+            let n = std::str::from_utf8(n).unwrap_or_default();
+            !self.base.headers.contains_key(n)
+        }));
+        self.appended.push_lines(lines);
     }
 
     /// Remove all headers under the name
@@ -1576,6 +1749,73 @@ mod tests {
                 }
             }
         }
+    }
+
+    static W_ID: WireName = WireName::new("x-id");
+    static W_IF: WireName = WireName::new("x-if");
+    static W_OTHER: WireName = WireName::new("x-other");
+
+    #[test]
+    fn wire_lines_are_added_as_each_header_would_be() {
+        // The same headers, one at a time and as lines: the same bytes.
+        let mut one = ResponseHeader::build(200, None).unwrap();
+        one.append_wire_header(&X_ID, "x-id", b"1").unwrap();
+        one.append_wire_header(W_OTHER.name(), "x-other", b"a b").unwrap();
+        let mut lines = WireLines::new();
+        lines.add(&W_ID, b"1").unwrap();
+        lines.add(&W_OTHER, b"a b").unwrap();
+        assert_eq!(lines.as_bytes(), b"x-id: 1\r\nx-other: a b\r\n");
+        let mut all = ResponseHeader::build(200, None).unwrap();
+        all.append_wire_lines(&lines);
+        assert_eq!(wire(&all), wire(&one));
+        assert_eq!(all.appended.names, one.appended.names);
+        // Kept out of the maps, and moved into them as any wire header
+        // (by any removal).
+        assert!(all.headers.get("x-id").is_none());
+        assert!(all.remove_header("x-none").is_none());
+        assert_eq!(all.headers.get("x-id").unwrap(), "1");
+        assert_eq!(all.headers.get("x-other").unwrap(), "a b");
+        // On a request too.
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_wire_lines(&lines);
+        let mut buf: Vec<u8> = vec![];
+        req.header_to_h1_wire(&mut buf);
+        assert_eq!(buf, b"x-id: 1\r\nx-other: a b\r\n");
+    }
+
+    #[test]
+    fn wire_lines_refuse_what_a_wire_header_refuses() {
+        let mut lines = WireLines::new();
+        for bad in [&b"a\r\nx: b"[..], b"\x7f", b"\0", b"a\nb"] {
+            assert!(lines.add(&W_ID, bad).is_err());
+        }
+        assert!(lines.is_empty());
+        lines.add(&W_ID, b"a\tb\xff").unwrap();
+        // Past 512 bytes: refused, and what was added stays as it was.
+        let long = [b'v'; 600];
+        assert!(lines.add(&W_OTHER, &long).is_err());
+        assert_eq!(lines.as_bytes(), b"x-id: a\tb\xff\r\n");
+        lines.add(&W_OTHER, &long[..300]).unwrap();
+        // Up to the last byte (where a whole prefix no longer fits).
+        lines.add(&W_OTHER, &long[..156]).unwrap();
+        assert_eq!(lines.as_bytes().len(), 490);
+        lines.add(&W_IF, &long[..13]).unwrap();
+        assert_eq!(lines.as_bytes().len(), 511);
+        assert!(lines.add(&W_ID, b"").is_err());
+        assert!(lines.as_bytes().ends_with(b"\r\nx-if: vvvvvvvvvvvvv\r\n"));
+    }
+
+    #[test]
+    fn a_wire_line_of_a_name_held_replaces_it() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.append_wire_header(&X_ID, "x-id", b"old").unwrap();
+        resp.append_wire_header(W_OTHER.name(), "x-other", b"o").unwrap();
+        let mut lines = WireLines::new();
+        // `x-if` shares `x-id`'s filter bit: it must not replace it.
+        lines.add(&W_IF, b"f").unwrap();
+        lines.add(&W_ID, b"new").unwrap();
+        resp.append_wire_lines(&lines);
+        assert_eq!(wire(&resp), "x-id: new\r\nx-other: o\r\nx-if: f\r\n");
     }
 
     #[test]
