@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Two builds of the gateway against each other, in alternated runs on the
-# same origin: throughput and p99 of each run, then each build's median.
+# same origin: throughput, p99 and resident memory at the end of each run,
+# then each build's median throughput. A build may be a script that sets
+# the environment and `exec`s the gateway (its process is the one measured).
 # One worker, the cost bench's "all limits on, admitting" config, 1 000
 # clients (every eighth request to the capped upstream), nginx `return 200`
 # as the origin. Needs nginx and wrk (scripts/setup --bench).
@@ -43,12 +45,15 @@ run() {
   wait_port "$gw"
   wrk -t1 -c64 -d1s -s "$here/clients.lua" "http://127.0.0.1:$gw/" > /dev/null
   wrk -t1 -c64 -d"${secs}s" --latency -s "$here/clients.lua" "http://127.0.0.1:$gw/" > "$work/wrk.txt"
+  # Resident memory at the end of the run (MiB).
+  local rss
+  rss=$(awk '/^VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$pid/status" 2> /dev/null || echo "?")
   kill -TERM -- "-$pid" 2> /dev/null || true
   wait "$pid" 2> /dev/null || true
   local rps p99
   rps=$(awk '/^Requests\/sec/ { print $2 }' "$work/wrk.txt")
   p99=$(awk '$1 == "99%" { print $2 }' "$work/wrk.txt")
-  echo "$2 $rps $p99"
+  echo "$2 $rps $p99 ${rss}MiB"
 }
 for _ in $(seq 1 "$rounds"); do
   run "$a" A | tee -a "$work/runs"

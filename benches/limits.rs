@@ -32,11 +32,11 @@ use floodgate::limits::rate::{
     OverflowKind, Quota, RateLimiter, TableKind, TablePlan, MAX_RPM, MAX_TPM,
 };
 
-/// The gateway's allocator (src/main.rs), so that a table is laid out in
-/// memory as in the gateway: mimalloc asks the kernel for transparent huge
-/// pages for its large allocations (`madvise`), which the system allocator
-/// does not, and that changes what a read at random in a table of 2 M
-/// clients costs (benches/README.md).
+/// The gateway's allocator (src/main.rs), built as the gateway's is, so
+/// that a table is laid out in memory as in the gateway: whether the
+/// allocator asks the kernel for transparent huge pages (the gateway's does
+/// not: its `no_thp` feature) changes what a read at random in a table of
+/// 2 M clients costs (benches/README.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

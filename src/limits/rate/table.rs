@@ -6,9 +6,10 @@
 //!
 //! An open-addressing table keyed by 64-bit fingerprints, with a count-min
 //! sketch for the clients that find no place. Its memory comes zeroed from
-//! the allocator, so untouched pages cost no RSS (a touched page is 4 KiB,
-//! or 2 MiB under the transparent huge pages the gateway's allocator asks
-//! for: docs/limits.md), and a table serves one window only: the
+//! the allocator, so untouched pages cost no RSS (a touched page is 4 KiB:
+//! the gateway's allocator does not ask for transparent huge pages, which
+//! would make it 2 MiB; docs/limits.md), and a table serves one window
+//! only: the
 //! background rotation allocates the next window's table, sized from the
 //! distinct clients the windows before it saw, and the old one's memory
 //! goes back when it is dropped. A gateway with a hundred clients touches
