@@ -289,3 +289,55 @@ async fn log_lines_cannot_be_forged() {
     assert!(outside.contains(" route=main"), "{line}");
     assert!(!outside.contains("status=999"), "{line}");
 }
+
+/// An IPv4 client on an IPv6 listener arrives as `::ffff:a.b.c.d`: it is
+/// its IPv4 address all the same, for trust (a trusted proxy's
+/// `X-Forwarded-For` is kept and extended), for its address quota, and
+/// in what the upstream is told. A trusted network written in the mapped
+/// form means the same addresses. (Before, such a proxy was never trusted:
+/// its chain was replaced by `::ffff:127.0.0.1`, found by a hostile run.)
+#[tokio::test]
+async fn an_ipv4_mapped_peer_is_its_ipv4_address() {
+    let up = Upstream::start("a");
+    let routes = one_route(&up);
+    let quota = "[clients]\ndefault = { rpm = 1 }\n";
+    let c = client();
+    for trusted in ["127.0.0.1/32", "::ffff:127.0.0.1/128"] {
+        let addr: std::net::SocketAddr = format!("[::ffff:127.0.0.1]:{}", free_port())
+            .parse()
+            .unwrap();
+        let gw = Gateway::start_at(
+            addr,
+            &format!("trusted_proxies = [\"{trusted}\"]"),
+            &(routes.clone() + quota),
+            &[],
+            &[],
+        );
+        let v = upstream_saw(
+            &c,
+            &gw.url("/echo"),
+            &[
+                ("x-forwarded-for", "203.0.113.5"),
+                ("x-forwarded-proto", "https"),
+            ],
+        )
+        .await;
+        assert_eq!(
+            v["x-forwarded-for"],
+            serde_json::json!(["203.0.113.5, 127.0.0.1"]),
+            "{trusted}: {v}"
+        );
+        assert_eq!(v["x-forwarded-proto"], serde_json::json!(["https"]), "{v}");
+        assert_eq!(v["x-real-ip"], serde_json::json!(["203.0.113.5"]), "{v}");
+        // Without a chain, the peer itself is the client: one quota for
+        // 127.0.0.1 however it arrived, named in its IPv4 form.
+        let v = upstream_saw(&c, &gw.url("/echo"), &[]).await;
+        assert_eq!(
+            v["x-forwarded-for"],
+            serde_json::json!(["127.0.0.1"]),
+            "{v}"
+        );
+        assert_eq!(v["x-real-ip"], serde_json::json!(["127.0.0.1"]), "{v}");
+        assert_eq!(status(&c, &gw.url("/x"), &[]).await, 429);
+    }
+}

@@ -27,10 +27,8 @@ pub fn request_done(session: &Session, error: Option<&Error>, ctx: &RequestCtx) 
     }
     let req = session.req_header();
     let status = session.response_written().map_or(0, |h| h.status.as_u16());
-    let peer = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip().to_string())
+    let peer = super::peer_ip(session)
+        .map(|ip| ip.to_string())
         .unwrap_or_default();
     let client = ctx.client_id.as_deref().unwrap_or(peer.as_str());
     let client_addr = ctx.origin.client.map(|a| a.to_string()).unwrap_or_default();

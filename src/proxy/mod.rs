@@ -65,11 +65,14 @@ impl Gateway {
     }
 }
 
-fn peer_ip(session: &Session) -> Option<std::net::IpAddr> {
+/// The client's address, an IPv4 client on an IPv6 listener (as
+/// `::ffff:a.b.c.d`) as its IPv4 address: one client, one address, for
+/// trust, identity, the logs and `X-Forwarded-For`.
+pub(crate) fn peer_ip(session: &Session) -> Option<std::net::IpAddr> {
     session
         .client_addr()
         .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
+        .map(|a| a.ip().to_canonical())
 }
 
 fn downstream_tls(session: &Session) -> bool {

@@ -143,8 +143,10 @@ impl Runtime {
         out
     }
 
-    /// Whether `ip` is a configured trusted proxy.
+    /// Whether `ip` is a configured trusted proxy (`::ffff:a.b.c.d` as
+    /// `a.b.c.d`).
     pub fn is_trusted_proxy(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
         self.trusted_proxies.iter().any(|n| n.contains(&ip))
     }
 }

@@ -207,8 +207,21 @@ impl Gateway {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Gateway {
-        let dir = tempfile::tempdir().expect("tempdir");
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        Self::start_at(addr, server_extra, rest, args, env)
+    }
+
+    /// [`Self::start_full`], its proxy listening on `addr` (e.g. an
+    /// IPv4-mapped IPv6 address, where IPv4 clients arrive as
+    /// `::ffff:a.b.c.d`).
+    pub fn start_at(
+        addr: SocketAddr,
+        server_extra: &str,
+        rest: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
         let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let conf = dir.path().join("floodgate.toml");
         let mut gw = Gateway {

@@ -133,10 +133,7 @@ impl ProxyHttp for ForwardGateway {
         if let Some(a) = authority {
             req.insert_header(http::header::HOST, a)?;
         }
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+        let peer = crate::proxy::peer_ip(session);
         let origin = match &ctx.runtime {
             Some(rt) => headers::Origin::of(req, peer, false, |ip| rt.is_trusted_proxy(ip)),
             None => headers::Origin::default(),

@@ -106,7 +106,9 @@ impl Listeners {
             .and_then(|d| d.local_addr().and_then(|a| a.as_inet().copied()));
         let peer = digest
             .as_ref()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().map(|a| a.ip())));
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().map(|a| a.ip())))
+            // An IPv4 client on an IPv6 listener is its IPv4 address.
+            .map(|ip| ip.to_canonical());
         let (caps, handshake, trusted) = {
             let rt = runtime.load();
             let s = &rt.config.server;
@@ -121,7 +123,7 @@ impl Listeners {
             )
         };
         let gate = Self::find(&self.gates, local)?;
-        let permit = match gate.admit(peer.map(|ip| ip.to_canonical()), caps, trusted) {
+        let permit = match gate.admit(peer, caps, trusted) {
             Ok(p) => p,
             Err(full) => {
                 let reason = match full {
