@@ -267,3 +267,43 @@ fn a_zero_keepalive_timeout_is_refused() {
     let src = MINIMAL.replace("[server]\n", "[server]\nkeepalive_timeout = \"1ms\"\n");
     assert!(check(&src).is_ok());
 }
+
+#[test]
+fn a_duration_past_366_days_is_refused_at_its_key() {
+    // "500000000years" once passed `--check` and overflowed the window
+    // arithmetic at start (found by a hostile run).
+    let src =
+        format!("{MINIMAL}\n[clients]\nwindow = \"500000000years\"\ndefault = {{ rpm = 1 }}\n");
+    let e = errors(&src);
+    assert!(
+        e.iter()
+            .any(|x| x.starts_with("clients.window") && x.contains("at most 366d")),
+        "{e:#?}"
+    );
+    let e = errors(&MINIMAL.replace("listen = [", "header_timeout = \"367d\"\nlisten = ["));
+    assert!(
+        e.iter().any(|x| x.contains("server.header_timeout")),
+        "{e:#?}"
+    );
+    let ok = check(&format!("{MINIMAL}\n[clients]\nwindow = \"366d\"\n")).unwrap();
+    assert_eq!(
+        ok.clients.policy.window,
+        Duration::from_secs(366 * 24 * 3600)
+    );
+}
+
+#[test]
+fn a_trusted_network_in_ipv4_mapped_form_is_its_ipv4_network() {
+    let src = MINIMAL.replace(
+        "listen = [",
+        "trusted_proxies = [\"::ffff:10.0.0.0/104\", \"::ffff:192.0.2.1\", \"::1\"]\nlisten = [",
+    );
+    let c = check(&src).unwrap();
+    let nets: Vec<String> = c
+        .server
+        .trusted_proxies
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(nets, ["10.0.0.0/8", "192.0.2.1/32", "::1/128"]);
+}

@@ -57,13 +57,28 @@ pub(super) fn socket_addr(a: &str, p: &KeyPath, d: &mut Diagnostics<'_>) -> Opti
 
 pub(super) fn ip_net(s: &str, p: &KeyPath, d: &mut Diagnostics<'_>) -> Option<ipnet::IpNet> {
     if let Ok(n) = s.parse::<ipnet::IpNet>() {
-        return Some(n);
+        return Some(canonical_net(n));
     }
     if let Ok(ip) = s.parse::<IpAddr>() {
-        return Some(ipnet::IpNet::from(ip));
+        return Some(ipnet::IpNet::from(ip.to_canonical()));
     }
     d.error(p, format!("{s:?} is not an IP address or CIDR network"));
     None
+}
+
+/// A network of IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d/n`, n ≥ 96)
+/// as the IPv4 network it maps: the gateway sees a client's address in
+/// its IPv4 form whichever listener it came in on.
+fn canonical_net(n: ipnet::IpNet) -> ipnet::IpNet {
+    match n {
+        ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(ipnet::IpNet::V4)
+                .unwrap_or(n),
+            None => n,
+        },
+        _ => n,
+    }
 }
 
 /// Parses a duration string with a unit: `"250ms"`, `"5s"`, `"1m"`.
@@ -77,6 +92,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(t).map_err(|e| format!("{s:?} is not a duration: {e}"))
 }
 
+/// The longest duration any key takes.
+const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
 pub(super) fn duration_or(
     v: Option<String>,
     default: &str,
@@ -85,6 +103,13 @@ pub(super) fn duration_or(
 ) -> Option<Duration> {
     let s = v.as_deref().unwrap_or(default);
     match parse_duration(s) {
+        // Longer is never meant, and the gateway's arithmetic on windows
+        // and deadlines (milliseconds in a u64, times a few) must not
+        // overflow for any value accepted here.
+        Ok(x) if x > MAX_DURATION => {
+            d.error(p, format!("{s:?}: must be at most 366d"));
+            None
+        }
         Ok(x) => Some(x),
         Err(e) => {
             d.error(p, e);
