@@ -321,8 +321,10 @@ pub fn prepare_upstream(
     // The gateway's own headers last, after every removal: one the client
     // did not send is written after the others, outside the header maps
     // (see `add_request`), rendered together on the stack and added in
-    // one copy (a line past the room of the lines, e.g. of a trusted
-    // proxy's long `X-Forwarded-For` chain, is added by itself).
+    // one copy (a line past the room of the lines would be added by
+    // itself; these four take at most ~280 of its 512 bytes). A header
+    // the client sent is replaced in the maps instead, as is a trusted
+    // proxy's chain, whatever its length.
     let mut lines = WireLines::new();
     let mut put = |req: &mut RequestHeader, name: &WireName, v: &[u8], absent: bool| match absent
         && lines.add(name, v).is_ok()
