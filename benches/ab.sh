@@ -19,24 +19,8 @@ a=${1:?usage: benches/ab.sh BIN_A BIN_B [ROUNDS] [SECONDS]}
 b=${2:?usage: benches/ab.sh BIN_A BIN_B [ROUNDS] [SECONDS]}
 rounds=${3:-6}
 secs=${4:-5}
-command -v nginx > /dev/null || { echo "needs nginx (Debian package nginx)" >&2; exit 1; }
 command -v wrk > /dev/null || { echo "needs wrk (Debian package wrk)" >&2; exit 1; }
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -KILL -- "-$p" 2> /dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 100); do (exec 3<> "/dev/tcp/127.0.0.1/$1") 2> /dev/null && return 0; sleep 0.1; done; echo "nothing on port $1" >&2; exit 1; }
-origin=$(port); gw=$(port); admin=$(port)
-. "$here/shared/configs.sh"
-cost_configs "$work" "$origin" "$gw" "$admin" on
-setsid nginx -c "$work/origin.conf" -p "$work" & pids+=($!)
-disown
-wait_port "$origin"
+. "$here/shared/origin.sh"
 
 # One run of one build: a fresh process, 1 s of warm-up, then SECONDS.
 run() {

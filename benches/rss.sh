@@ -13,22 +13,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${1:?usage: benches/rss.sh BIN [N]}
 n=${2:-1000}
-command -v nginx > /dev/null || { echo "needs nginx (Debian package nginx)" >&2; exit 1; }
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -KILL -- "-$p" 2> /dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 100); do (exec 3<> "/dev/tcp/127.0.0.1/$1") 2> /dev/null && return 0; sleep 0.1; done; echo "nothing on port $1" >&2; exit 1; }
-origin=$(port); gw=$(port); admin=$(port)
-. "$here/shared/configs.sh"
-cost_configs "$work" "$origin" "$gw" "$admin" on
-setsid nginx -c "$work/origin.conf" -p "$work" & pids+=($!)
-disown
-wait_port "$origin"
+. "$here/shared/origin.sh"
 setsid "$bin" --conf "$work/floodgate.toml" > "$work/gateway.log" 2>&1 & pids+=($!)
 disown
 gp=${pids[1]}

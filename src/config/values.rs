@@ -57,28 +57,13 @@ pub(super) fn socket_addr(a: &str, p: &KeyPath, d: &mut Diagnostics<'_>) -> Opti
 
 pub(super) fn ip_net(s: &str, p: &KeyPath, d: &mut Diagnostics<'_>) -> Option<ipnet::IpNet> {
     if let Ok(n) = s.parse::<ipnet::IpNet>() {
-        return Some(canonical_net(n));
+        return Some(crate::limits::destinations::canonical_net(n));
     }
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Some(ipnet::IpNet::from(ip.to_canonical()));
     }
     d.error(p, format!("{s:?} is not an IP address or CIDR network"));
     None
-}
-
-/// A network of IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d/n`, n ≥ 96)
-/// as the IPv4 network it maps: the gateway sees a client's address in
-/// its IPv4 form whichever listener it came in on.
-fn canonical_net(n: ipnet::IpNet) -> ipnet::IpNet {
-    match n {
-        ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
-            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
-                .map(ipnet::IpNet::V4)
-                .unwrap_or(n),
-            None => n,
-        },
-        _ => n,
-    }
 }
 
 /// Parses a duration string with a unit: `"250ms"`, `"5s"`, `"1m"`.

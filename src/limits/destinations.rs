@@ -79,8 +79,9 @@ impl HostRule {
     }
 }
 
-/// An IPv4-mapped IPv6 network is the IPv4 network it maps.
-fn canonical_net(n: ipnet::IpNet) -> ipnet::IpNet {
+/// An IPv4-mapped IPv6 network is the IPv4 network it maps (the gateway
+/// sees such a peer or destination in its IPv4 form).
+pub fn canonical_net(n: ipnet::IpNet) -> ipnet::IpNet {
     match n {
         ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
             Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
