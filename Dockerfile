@@ -8,9 +8,12 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
-# The linker wrapper that packs the hot functions (scripts/ordered-cc).
+# The linker wrapper that packs the hot functions (scripts/ordered-cc),
+# and the rustc wrapper that builds with the profile in pgo/
+# (scripts/rustc-pgo: profile-guided optimization).
 COPY .cargo ./.cargo
-COPY scripts/ordered-cc ./scripts/ordered-cc
+COPY scripts/ordered-cc scripts/rustc-pgo ./scripts/
+COPY pgo ./pgo
 COPY vendor ./vendor
 COPY proto ./proto
 COPY src ./src

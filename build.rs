@@ -11,6 +11,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=benches/hot-functions.txt");
     println!("cargo:rerun-if-changed=scripts/ordered-cc");
     println!("cargo:rerun-if-env-changed=FLOODGATE_LINK_ORDER");
+    // scripts/rustc-pgo's inputs (the profile, the script, its switch):
+    // a change to any of them builds the gateway's crate again (the other
+    // crates keep what they were built with: `cargo clean --release`).
+    println!("cargo:rerun-if-changed=pgo/floodgate.profdata");
+    println!("cargo:rerun-if-changed=scripts/rustc-pgo");
+    println!("cargo:rerun-if-env-changed=FLOODGATE_PGO");
     let fds = protox::compile([proto], ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     #[allow(clippy::disallowed_methods)] // a build script: blocking is fine
