@@ -161,8 +161,10 @@ fn gateway(rest: &str) -> Gw {
         format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\nadmin_listen = \"127.0.0.1:{admin}\"\nthreads = 1\naccess_log = false\nwatch_config = false\n{rest}\n"),
     )
     .expect("config");
+    // The gateway as it ships (built with its profile: see
+    // `cost::gateway_bin`), not the bench's own build of it.
     let proc = spawn(
-        Path::new(BIN),
+        &cost::gateway_bin(),
         &["--conf".into(), conf.display().to_string()],
     );
     wait_port(admin);

@@ -91,16 +91,17 @@ fn wait_port(port: u16, what: &str) {
     }
 }
 
-/// The bare-Pingora example, built (or found up to date) by cargo at
-/// every run: a copy left from an earlier build would measure the Pingora
-/// of that build, not of this one (a run once measured a floor built
-/// before the vendored Pingora changed).
-fn floor_bin() -> PathBuf {
-    let p = Path::new(BIN)
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("floor");
+/// A binary as it ships, built (or found up to date) by cargo at every
+/// run with the command that builds it for use (`cargo build --release
+/// --bin floodgate`, `--example floor`): a copy left from an earlier
+/// build would measure the code of that build, not of this one (a run
+/// once measured a floor built before the vendored Pingora changed); and
+/// the bench's own build of the gateway (`CARGO_BIN_EXE_floodgate`) is
+/// compiled under the bench profile with the dev-dependencies' features,
+/// so its functions have other symbol names than the shipped binary's and
+/// the profile in pgo/floodgate.profdata (scripts/rustc-pgo) fits none of
+/// them: it would measure a build nobody runs.
+fn shipped(what: &[&str], path: PathBuf) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let profile = if BIN.contains("/release/") {
         "--release"
@@ -108,15 +109,38 @@ fn floor_bin() -> PathBuf {
         "--profile=dev"
     };
     let ok = Command::new(cargo)
-        .args(["build", profile, "--example", "floor"])
+        .arg("build")
+        .arg(profile)
+        .args(what)
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
     assert!(
-        ok && p.is_file(),
-        "cannot build the floor example: `cargo build --release --example floor`"
+        ok && path.is_file(),
+        "cannot build {}: `cargo build --release {}`",
+        path.display(),
+        what.join(" ")
     );
-    p
+    path
+}
+
+/// The bare-Pingora example, as `cargo build --release --example floor`
+/// builds it.
+fn floor_bin() -> PathBuf {
+    let dir = Path::new(BIN).parent().unwrap();
+    shipped(&["--example", "floor"], dir.join("examples").join("floor"))
+}
+
+/// The gateway, as `cargo build --release --bin floodgate` builds it
+/// (built once a run).
+pub fn gateway_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = Path::new(BIN).parent().unwrap();
+            shipped(&["--bin", "floodgate"], dir.join("floodgate"))
+        })
+        .clone()
 }
 
 fn nginx_conf(dir: &Path, name: &str, port: u16, body: &str) -> PathBuf {
@@ -424,7 +448,7 @@ fn floodgate(dir: &Path, name: &'static str, origin: u16, cap: u64, rest: &str) 
     .unwrap();
     Target {
         name,
-        cmd: PathBuf::from(BIN),
+        cmd: gateway_bin(),
         args: vec!["--conf".into(), conf.display().to_string()],
         env: Vec::new(),
         port,
