@@ -2,7 +2,9 @@
 # build needs), run on a slim image as a non-root user.
 #   docker build -t floodgate .
 #   docker run -v $PWD/conf/docker.toml:/etc/floodgate/floodgate.toml:ro -p 8080:8080 floodgate
-FROM rust:1-bookworm AS build
+# The rustc that wrote pgo/floodgate.profdata (pgo/rustc-version): the
+# profile fits only its builds (scripts/rustc-pgo).
+FROM rust:1.95.0-bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake \
  && rm -rf /var/lib/apt/lists/*
