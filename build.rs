@@ -56,6 +56,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=pgo");
     println!("cargo:rerun-if-changed=scripts/rustc-pgo");
     println!("cargo:rerun-if-env-changed=FLOODGATE_PGO");
+    // What the warning below reads: a wrapper set (or unset) later runs
+    // it again.
+    println!("cargo:rerun-if-env-changed=RUSTC_WRAPPER");
     if let Some(why) = built_without_profile() {
         println!("cargo:warning=built without pgo/floodgate.profdata (profile-guided optimization): {why}");
     }
