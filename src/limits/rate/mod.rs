@@ -51,7 +51,7 @@ use std::sync::Arc;
 
 use super::clock::Clock;
 pub use cell::{Usage, MAX_RPM, MAX_TPM};
-pub use quota::{Exceeded, OverQuota, Quota, QuotaState, Reservation};
+pub use quota::{Dimensions, Exceeded, OverQuota, Quota, QuotaState, Reservation};
 use ring::WindowRing;
 pub use sketch::Sketch;
 pub use table::{ClientTable, CountTable, OverflowKind, TableKind, TablePlan};

@@ -12,8 +12,8 @@ mod response;
 mod seen;
 mod values;
 pub use ratelimit::{
-    rate_limit_headers, RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
-    X_RATELIMIT_RESET,
+    add_rate_limit_lines, rate_limit_headers, RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT,
+    X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
 };
 pub use response::{
     no_framing_on_204, own_version, refuse_unasked_switch, strip_response_hop_by_hop,
@@ -381,17 +381,21 @@ pub fn add_gateway_response_headers(
     let mut lines = WireLines::new();
     // A line past the room of the lines is added by itself; one whose
     // value is refused is refused again there, as an error.
-    let mut put = |resp: &mut ResponseHeader, name: &WireName, v: &[u8]| match absent
-        && lines.add(name, v).is_ok()
-    {
-        true => Ok(()),
-        false => add_response(resp, name, v, absent),
-    };
+    let put =
+        |lines: &mut WireLines, resp: &mut ResponseHeader, name: &WireName, v: &[u8]| match absent
+            && lines.add(name, v).is_ok()
+        {
+            true => Ok(()),
+            false => add_response(resp, name, v, absent),
+        };
     if let Some(id) = id {
-        put(resp, &H_X_REQUEST_ID, id)?;
+        put(&mut lines, resp, &H_X_REQUEST_ID, id)?;
     }
     if let Some((state, refused)) = quota {
-        rate_limit_headers(state, refused, |k, v| put(resp, k, v))?;
+        // In one piece when they fit beside the id.
+        if !(absent && add_rate_limit_lines(state, refused, &mut lines).is_ok()) {
+            rate_limit_headers(state, refused, |k, v| put(&mut lines, resp, k, v))?;
+        }
     }
     if !lines.is_empty() {
         resp.append_wire_lines(&lines);

@@ -212,6 +212,41 @@ impl WireLines {
         Ok(())
     }
 
+    /// Adds lines the caller writes itself, `name: value\r\n` each, into
+    /// the room left (`render` gets it, and returns how many bytes it
+    /// wrote, or `None` when they did not fit: then nothing is added, and
+    /// so is an error). For lines of which only a few numbers change from
+    /// one message to the next: the rest is copied as rendered before, and
+    /// no value is checked again. The caller owes what [`Self::add`]
+    /// checks: each line's name is one of `names`, spelled as that
+    /// [`WireName`] is, and each value is valid (debug builds check both).
+    #[inline]
+    pub fn add_rendered(
+        &mut self,
+        names: &[&WireName],
+        render: impl FnOnce(&mut [u8]) -> Option<usize>,
+    ) -> Result<()> {
+        let at = self.len;
+        let Some(n) = render(&mut self.buf[at..]) else {
+            return Error::e_explain(InvalidHTTPHeader, "too many bytes of wire lines");
+        };
+        let end = at + n.min(WIRE_LINES - at);
+        debug_assert!({
+            let wire = &self.buf[at..end];
+            (wire.is_empty() || wire.ends_with(b"\r\n"))
+                && lines_of(wire).all(|(name, value)| {
+                    names.iter().any(|w| w.prefix[..w.prefix_len - 2] == *name)
+                        && wire.get(value.end..value.end + 2) == Some(&b"\r\n"[..])
+                        && valid_value(&wire[value])
+                })
+        });
+        self.len = end;
+        for name in names {
+            self.names |= name.bit;
+        }
+        Ok(())
+    }
+
     /// The lines, as they go on the wire.
     #[inline]
     pub fn as_bytes(&self) -> &[u8] {
@@ -1803,6 +1838,34 @@ mod tests {
         assert_eq!(lines.as_bytes().len(), 511);
         assert!(lines.add(&W_ID, b"").is_err());
         assert!(lines.as_bytes().ends_with(b"\r\nx-if: vvvvvvvvvvvvv\r\n"));
+    }
+
+    #[test]
+    fn rendered_wire_lines_are_lines_added_one_by_one() {
+        let mut one = WireLines::new();
+        one.add(&W_ID, b"1").unwrap();
+        one.add(&W_OTHER, b"a b").unwrap();
+        let mut rendered = WireLines::new();
+        rendered.add(&W_ID, b"1").unwrap();
+        rendered
+            .add_rendered(&[&W_OTHER], |room| {
+                room[..14].copy_from_slice(b"x-other: a b\r\n");
+                Some(14)
+            })
+            .unwrap();
+        assert_eq!(rendered.as_bytes(), one.as_bytes());
+        assert_eq!(rendered.names, one.names);
+        // A rendered line of a name held replaces it, as an added one does.
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.append_wire_header(W_OTHER.name(), "x-other", b"old")
+            .unwrap();
+        resp.append_wire_lines(&rendered);
+        assert_eq!(wire(&resp), "x-other: a b\r\nx-id: 1\r\n");
+        // Lines that do not fit: an error, and nothing added.
+        let before = rendered.as_bytes().to_vec();
+        assert!(rendered.add_rendered(&[&W_IF], |_| None).is_err());
+        assert_eq!(rendered.as_bytes(), &before[..]);
+        assert_eq!(rendered.names, one.names);
     }
 
     #[test]
