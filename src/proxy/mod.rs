@@ -374,7 +374,10 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
     ) -> Result<Option<std::time::Duration>> {
         if let (Some(scanner), Some(b)) = (ctx.usage.as_mut(), body.as_ref()) {
-            scanner.feed(b);
+            match end_of_stream {
+                true => scanner.feed_last(b),
+                false => scanner.feed(b),
+            }
         }
         if end_of_stream {
             if let Some(s) = ctx.usage.as_mut() {

@@ -82,6 +82,36 @@ impl Key {
     }
 }
 
+/// Whether `chunk` may hold a key the scanner keeps: a string that ends
+/// as one does (every usage key ends in `tokens` or `Count`; the text
+/// keys are `content`, `text` and `delta`), or an escape (which could
+/// spell one). One look at each byte; the endings are compared only
+/// before a quote that follows an `s`, a `t` or an `a`.
+fn may_hold_key(chunk: &[u8]) -> bool {
+    fn ends<const N: usize>(before: &[u8], with: &[u8; N]) -> bool {
+        before
+            .len()
+            .checked_sub(N)
+            .and_then(|at| before.get(at..))
+            .is_some_and(|end| end == with)
+    }
+    chunk.iter().enumerate().any(|(i, &b)| match b {
+        b'\\' => true,
+        b'"' => {
+            let before = chunk.get(..i).unwrap_or_default();
+            match before.last() {
+                Some(b's') => ends(before, b"tokens"),
+                Some(b't') => {
+                    ends(before, b"Count") || ends(before, b"content") || ends(before, b"text")
+                }
+                Some(b'a') => ends(before, b"delta"),
+                _ => false,
+            }
+        }
+        _ => false,
+    })
+}
+
 /// The scanner; feed it every chunk of a response body in order. It
 /// allocates nothing but the output text it collects: a key is read into
 /// room of its own and known by what it is, usage by its key's place (a
@@ -223,6 +253,20 @@ impl UsageScanner {
                 }
             }
         }
+    }
+
+    /// Scans the last chunk of the body, as [`Self::feed`] does, but skips
+    /// one where it could find nothing: nothing read before it leads into
+    /// it (between values, no key it keeps waiting for its value), and it
+    /// holds no key it keeps (see [`may_hold_key`]). Most answers that
+    /// are not an LLM API's are one chunk of this kind.
+    pub fn feed_last(&mut self, chunk: &[u8]) {
+        let kept = |k: Option<Key>| matches!(k, Some(Key::Usage(_) | Key::Text));
+        let waiting = kept(self.pending) || kept(self.last_string);
+        if self.lex == Lex::Between && !waiting && !may_hold_key(chunk) {
+            return;
+        }
+        self.feed(chunk);
     }
 
     /// Plain bytes of a string, as [`Self::push`] takes them one by one.
@@ -475,6 +519,65 @@ data: {"type":"message_delta","usage":{"output_tokens":15}}
         s.finish();
         assert_eq!(s.get("total_tokens"), Some(7));
         assert_eq!(s.text(), (&b""[..], 0));
+    }
+
+    /// A last chunk a scan skips is one where it would have found
+    /// nothing: the same usage and text as reading it, for bodies with and
+    /// without them, cut anywhere (in a key, after it, after its colon, in
+    /// its value), with keys spelled with escapes; usage-only scans too.
+    #[test]
+    fn a_skipped_last_chunk_held_nothing_kept() {
+        let bodies: &[&[u8]] = &[
+            br#"{"ok":true,"from":"origin"}"#,
+            br#"{"usage":{"total_tokens":1234,"prompt_tokens":5}}"#,
+            br#"{"usageMetadata":{"totalTokenCount":77}}"#,
+            br#"{"candidates":[{"content":{"parts":[{"text":"hi"}]}}]}"#,
+            br#"{"a":"k","b":"oke","total_tokens" : 9 }"#,
+            br#"{"total\_tokens":12,"x":"\"total_tokens\":5"}"#,
+            br#"{"total_to\kens":3,"te\xt":"hidden"}"#,
+            br#"{"output_tokens":4"#,
+            br#"{"type":"content_block_delta","delta":{"text":"a\"b"}}"#,
+            br#"{"content" : "x", "mytext":"y", "Count":"z"}"#,
+            b"data: {\"usage\":{\"output_tokens\":15}}\n\ndata: [DONE]\n",
+            br#"{"ok":1,"k":2}"#,
+        ];
+        for body in bodies {
+            for cut in 0..=body.len() {
+                let (first, last) = body.split_at(cut);
+                for new in [UsageScanner::new, UsageScanner::usage_only] {
+                    let mut read = new();
+                    read.feed(first);
+                    read.feed(last);
+                    read.finish();
+                    let mut skipped = new();
+                    skipped.feed(first);
+                    skipped.feed_last(last);
+                    skipped.finish();
+                    assert_eq!(
+                        found(&skipped),
+                        found(&read),
+                        "{} cut {cut}",
+                        String::from_utf8_lossy(body)
+                    );
+                }
+            }
+        }
+        // It does skip: a chunk that ends in a string is not read.
+        for mut s in [UsageScanner::new(), UsageScanner::usage_only()] {
+            s.feed_last(br#"{"ok":true,"from":"ori"#);
+            assert_eq!(s.lex, Lex::Between);
+        }
+    }
+
+    /// The skip relies on it.
+    #[test]
+    fn every_kept_key_ends_as_the_skip_looks_for() {
+        for k in USAGE_KEYS.iter().chain(TEXT_KEYS) {
+            assert!(may_hold_key(format!("\"{k}\"").as_bytes()), "{k}");
+            assert!(may_hold_key(format!("x{k}\"").as_bytes()), "{k}");
+        }
+        assert!(!may_hold_key(br#"{"ok":"toke","k":1,"s":"a","tokens ":2}"#));
+        assert!(may_hold_key(b"\\"));
     }
 
     #[test]
