@@ -91,7 +91,13 @@ pub fn client_id(
                 format!("{} {e}", cfg.id_header),
             ));
         }
-        let id = String::from_utf8_lossy(raw).into_owned();
+        // (`check_claimed_id` took UTF-8 only: the lossy conversion is
+        // never the one taken, and validates at length where this does
+        // not.)
+        let id = match std::str::from_utf8(raw) {
+            Ok(id) => id.to_owned(),
+            Err(_) => String::from_utf8_lossy(raw).into_owned(),
+        };
         if policies.configured(&id).is_some_and(|c| c.requires_key) {
             return Err(Refusal::new(
                 RejectReason::InvalidApiKey,
