@@ -215,7 +215,7 @@ impl WireLines {
     /// Adds lines the caller writes itself, `name: value\r\n` each, into
     /// the room left (`render` gets it, and returns how many bytes it
     /// wrote, or `None` when they did not fit: then nothing is added, and
-    /// so is an error). For lines of which only a few numbers change from
+    /// so is an error; a count past the room is an error too). For lines of which only a few numbers change from
     /// one message to the next: the rest is copied as rendered before, and
     /// no value is checked again. The caller owes what [`Self::add`]
     /// checks: each line's name is one of `names`, spelled as that
@@ -227,10 +227,13 @@ impl WireLines {
         render: impl FnOnce(&mut [u8]) -> Option<usize>,
     ) -> Result<()> {
         let at = self.len;
-        let Some(n) = render(&mut self.buf[at..]) else {
+        // More than the room is a renderer's mistake: refused, not cut.
+        let Some(end) = render(&mut self.buf[at..])
+            .filter(|&n| n <= WIRE_LINES - at)
+            .map(|n| at + n)
+        else {
             return Error::e_explain(InvalidHTTPHeader, "too many bytes of wire lines");
         };
-        let end = at + n.min(WIRE_LINES - at);
         debug_assert!({
             let wire = &self.buf[at..end];
             (wire.is_empty() || wire.ends_with(b"\r\n"))
@@ -1864,6 +1867,11 @@ mod tests {
         // Lines that do not fit: an error, and nothing added.
         let before = rendered.as_bytes().to_vec();
         assert!(rendered.add_rendered(&[&W_IF], |_| None).is_err());
+        assert_eq!(rendered.as_bytes(), &before[..]);
+        // A count past the room is refused too, not cut to it.
+        assert!(rendered
+            .add_rendered(&[&W_IF], |room| Some(room.len() + 1))
+            .is_err());
         assert_eq!(rendered.as_bytes(), &before[..]);
         assert_eq!(rendered.names, one.names);
     }
