@@ -215,11 +215,12 @@ impl WireLines {
     /// Adds lines the caller writes itself, `name: value\r\n` each, into
     /// the room left (`render` gets it, and returns how many bytes it
     /// wrote, or `None` when they did not fit: then nothing is added, and
-    /// so is an error; a count past the room is an error too). For lines of which only a few numbers change from
-    /// one message to the next: the rest is copied as rendered before, and
-    /// no value is checked again. The caller owes what [`Self::add`]
-    /// checks: each line's name is one of `names`, spelled as that
-    /// [`WireName`] is, and each value is valid (debug builds check both).
+    /// so is an error; a count past the room is an error too). For lines
+    /// of which only a few numbers change from one message to the next:
+    /// the rest is copied as rendered before, and no value is checked
+    /// again. The caller owes what [`Self::add`] checks: each line's name
+    /// is one of `names`, spelled as that [`WireName`] is, and each value
+    /// is valid (debug builds check both).
     #[inline]
     pub fn add_rendered(
         &mut self,
