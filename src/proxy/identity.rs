@@ -91,9 +91,9 @@ pub fn client_id(
                 format!("{} {e}", cfg.id_header),
             ));
         }
-        // (`check_claimed_id` took UTF-8 only: the lossy conversion is
-        // never the one taken, and validates at length where this does
-        // not.)
+        // (`check_claimed_id` took UTF-8 only, so the lossy conversion is
+        // a fallback that never runs; `from_utf8` checks a short ASCII id
+        // for less than its chunked scan.)
         let id = match std::str::from_utf8(raw) {
             Ok(id) => id.to_owned(),
             Err(_) => String::from_utf8_lossy(raw).into_owned(),
