@@ -30,26 +30,11 @@ http { access_log off; client_body_temp_path $work/px; proxy_temp_path $work/px;
   server { listen 127.0.0.1:$px; keepalive_requests 100000;
     location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header X-Forwarded-For \$remote_addr; } } }
 NGINX
-# One run: NAME PORT COMMAND...; prints NAME req/s p99.
-one() {
-  local name=$1 p=$2
-  shift 2
-  setsid "$@" > "$work/$name.log" 2>&1 &
-  local pid=$!
-  wait_port "$p"
-  wrk -t1 -c64 -d1s -s "$here/clients.lua" "http://127.0.0.1:$p/" > /dev/null
-  wrk -t1 -c64 -d"${secs}s" --latency -s "$here/clients.lua" "http://127.0.0.1:$p/" > "$work/wrk.txt"
-  kill -TERM -- "-$pid" 2> /dev/null || true
-  wait "$pid" 2> /dev/null || true
-  echo "$name $(awk '/^Requests\/sec/ { print $2 }' "$work/wrk.txt") $(awk '$1 == "99%" { print $2 }' "$work/wrk.txt")" | tee -a "$work/runs"
-  sleep 0.3
-}
 for _ in $(seq 1 "$rounds"); do
-  one nginx "$px" nginx -c "$work/px/nginx.conf" -p "$work/px"
-  one floor "$gw" "$floor" "127.0.0.1:$gw" "127.0.0.1:$origin"
-  one floodgate "$gw" "$fg" --conf "$work/floodgate.toml"
+  wrk_run nginx "$px" nginx -c "$work/px/nginx.conf" -p "$work/px"
+  wrk_run floor "$gw" "$floor" "127.0.0.1:$gw" "127.0.0.1:$origin"
+  wrk_run floodgate "$gw" "$fg" --conf "$work/floodgate.toml"
 done
-median() { awk -v w="$1" '$1 == w { print $2 }' "$work/runs" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 n=$(median nginx); f=$(median floor); g=$(median floodgate)
 echo "medians (req/s): nginx $n, floor $f, floodgate $g"
 awk -v n="$n" -v f="$f" -v g="$g" 'BEGIN { printf "floor / nginx %.2f, floodgate / nginx %.2f, floodgate / floor %.2f\n", f / n, g / n, g / f }'
