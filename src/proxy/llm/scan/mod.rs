@@ -85,9 +85,62 @@ impl Key {
 /// Whether `chunk` may hold a key the scanner keeps: a string that ends
 /// as one does (every usage key ends in `tokens` or `Count`; the text
 /// keys are `content`, `text` and `delta`), or an escape (which could
-/// spell one). One look at each byte; the endings are compared only
-/// before a quote that follows an `s`, a `t` or an `a`.
+/// spell one). Eight bytes at a time: a word is checked for a backslash
+/// and a quote at once, and only its quotes are looked at one by one (the
+/// endings compared only before a quote that follows an `s`, a `t` or an
+/// `a`); a byte at a time, this check cost more than the rest of the
+/// skipped chunk's path (~11 instructions a byte under callgrind).
 fn may_hold_key(chunk: &[u8]) -> bool {
+    let mut words = chunk.chunks_exact(8);
+    let mut at = 0;
+    for w in &mut words {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(w);
+        if word_may_hold_key(chunk, at, u64::from_le_bytes(word)) {
+            return true;
+        }
+        at += 8;
+    }
+    // The last bytes, padded with zeros (which match nothing).
+    let rest = words.remainder();
+    let mut word = [0u8; 8];
+    if let Some(to) = word.get_mut(..rest.len()) {
+        to.copy_from_slice(rest);
+    }
+    !rest.is_empty() && word_may_hold_key(chunk, at, u64::from_le_bytes(word))
+}
+
+/// [`may_hold_key`] for the eight bytes of `chunk` at `at`, read as
+/// `word` (little-endian: byte `i` is bits `8i..8i+8`).
+#[inline(always)]
+fn word_may_hold_key(chunk: &[u8], at: usize, word: u64) -> bool {
+    if bytes_equal(word, b'\\') != 0 {
+        return true;
+    }
+    let mut quotes = bytes_equal(word, b'"');
+    while quotes != 0 {
+        let i = at + (quotes.trailing_zeros() / 8) as usize;
+        if closes_kept_key(chunk.get(..i).unwrap_or_default()) {
+            return true;
+        }
+        quotes &= quotes - 1;
+    }
+    false
+}
+
+/// The high bit of each byte of `word` that is `b`, and nothing else (no
+/// carry crosses bytes: each byte's low seven bits plus 0x7f stay within
+/// it).
+#[inline(always)]
+fn bytes_equal(word: u64, b: u8) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    let x = word ^ (0x0101_0101_0101_0101 * u64::from(b));
+    !(((x & LOW7) + LOW7) | x | LOW7)
+}
+
+/// Whether a quote after `before` ends a string that ends as a kept key.
+#[inline(always)]
+fn closes_kept_key(before: &[u8]) -> bool {
     fn ends<const N: usize>(before: &[u8], with: &[u8; N]) -> bool {
         before
             .len()
@@ -95,21 +148,12 @@ fn may_hold_key(chunk: &[u8]) -> bool {
             .and_then(|at| before.get(at..))
             .is_some_and(|end| end == with)
     }
-    chunk.iter().enumerate().any(|(i, &b)| match b {
-        b'\\' => true,
-        b'"' => {
-            let before = chunk.get(..i).unwrap_or_default();
-            match before.last() {
-                Some(b's') => ends(before, b"tokens"),
-                Some(b't') => {
-                    ends(before, b"Count") || ends(before, b"content") || ends(before, b"text")
-                }
-                Some(b'a') => ends(before, b"delta"),
-                _ => false,
-            }
-        }
+    match before.last() {
+        Some(b's') => ends(before, b"tokens"),
+        Some(b't') => ends(before, b"Count") || ends(before, b"content") || ends(before, b"text"),
+        Some(b'a') => ends(before, b"delta"),
         _ => false,
-    })
+    }
 }
 
 /// The scanner; feed it every chunk of a response body in order. It

@@ -139,6 +139,73 @@ fn every_kept_key_ends_as_the_skip_looks_for() {
     assert!(may_hold_key(b"\\"));
 }
 
+/// The check a byte at a time, as it was: the word-at-a-time one must
+/// agree with it on every input.
+fn may_hold_key_bytewise(chunk: &[u8]) -> bool {
+    chunk.iter().enumerate().any(|(i, &b)| match b {
+        b'\\' => true,
+        b'"' => closes_kept_key(&chunk[..i]),
+        _ => false,
+    })
+}
+
+/// Every place in a word and across words, every length's tail, bytes
+/// with the high bit set next to the ones it looks for (a carry between
+/// bytes would make a false match or hide a real one), and random bodies
+/// of JSON-ish bytes.
+#[test]
+fn the_check_by_words_is_the_check_by_bytes() {
+    let specials: &[&[u8]] = &[
+        b"\\",
+        b"\"",
+        b"s\"",
+        b"t\"",
+        b"a\"",
+        b"tokens\"",
+        b"Count\"",
+        b"content\"",
+        b"text\"",
+        b"delta\"",
+        b"\x80\"",
+        b"\xff\"",
+        b"\x22\x80",
+        b"\xdc\"",
+        b"#",
+        b"\x5c\xa2",
+    ];
+    for len in 0..40 {
+        for at in 0..len {
+            for sp in specials {
+                let mut body = vec![b'x'; len];
+                for (k, &b) in sp.iter().enumerate() {
+                    if let Some(to) = body.get_mut(at + k) {
+                        *to = b;
+                    }
+                }
+                assert_eq!(
+                    may_hold_key(&body),
+                    may_hold_key_bytewise(&body),
+                    "{:?}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
+        }
+    }
+    let alphabet: &[u8] = b"\"\\:{},tokensCountcontextdela \x80\xff\x22\x5c\xa2\xdc0123";
+    let mut rng = fastrand::Rng::with_seed(38);
+    for _ in 0..200_000 {
+        let n = rng.usize(0..48);
+        let body: Vec<u8> = (0..n)
+            .map(|_| alphabet[rng.usize(..alphabet.len())])
+            .collect();
+        assert_eq!(
+            may_hold_key(&body),
+            may_hold_key_bytewise(&body),
+            "{body:?}"
+        );
+    }
+}
+
 #[test]
 fn an_escape_is_text_only_in_text() {
     let body =
