@@ -168,18 +168,26 @@ impl RequestCtx {
     /// now, not when Pingora drops the context after the client has its
     /// last byte, so the client's next request sees the settled state.
     pub fn upstream_response_ended(&mut self) {
+        // Counted once, for the outcome and for the metric.
+        let tokens = self.tokens();
         let outcome = if self.upstream_failed {
             Outcome::UpstreamFailed
         } else {
             Outcome::Answered {
-                usage: self.reported_usage(),
+                usage: tokens.map(|t| t.total()),
             }
         };
-        self.settle(outcome);
+        self.settle_with(outcome, tokens);
     }
 
     /// Ends the admission with `outcome` and counts the tokens it settled.
     pub fn settle(&mut self, outcome: Outcome) {
+        let tokens = self.tokens();
+        self.settle_with(outcome, tokens);
+    }
+
+    /// [`Self::settle`], with what [`Self::tokens`] says now.
+    fn settle_with(&mut self, outcome: Outcome, tokens: Option<Tokens>) {
         let Some(settled) = self.admission.finish(outcome) else {
             return;
         };
@@ -187,10 +195,14 @@ impl RequestCtx {
         if settled.clamped {
             m.usage_clamped_total.inc();
         }
+        // No token settled, none to count by kind (and no label to look up).
+        if settled.tokens == 0 {
+            return;
+        }
         if let (Some(rt), Some(id)) = (&self.runtime, &self.client_id) {
             // By kind: the usage's split when there is one, else the
             // estimate's (prompt as input, the rest as output).
-            let kinds = match self.tokens().filter(|t| t.total() == settled.tokens) {
+            let kinds = match tokens.filter(|t| t.total() == settled.tokens) {
                 Some(t) => t,
                 None => {
                     let prompt = self.llm.estimate.as_ref().map_or(0, |e| e.prompt);
