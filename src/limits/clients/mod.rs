@@ -187,6 +187,9 @@ pub struct ClientPolicies {
     fleet: Option<Arc<FleetQuotas>>,
     /// Unlisted clients' requests in flight.
     unlisted_inflight: Arc<concurrency::Unlisted>,
+    /// Whether any client is limited at all (worked out once: a request
+    /// asks, and the configured clients may be many).
+    any_limits: bool,
 }
 
 impl std::fmt::Debug for ClientPolicies {
@@ -302,7 +305,11 @@ impl ClientPolicies {
                     )
                 })
         });
+        let any_limits = unlisted.is_some()
+            || config.default_max_concurrent.is_some()
+            || clients.values().any(|c| c.enabled);
         Ok(ClientPolicies {
+            any_limits,
             policy: config.clone(),
             clients,
             api_keys,
@@ -350,11 +357,10 @@ impl ClientPolicies {
     }
 
     /// Whether any client is limited at all (if not, the request path skips
-    /// identification).
+    /// identification). Asked by every request: worked out when built, not
+    /// by a look at every configured client each time.
     pub fn any_limits(&self) -> bool {
-        self.unlisted.is_some()
-            || self.policy.default_max_concurrent.is_some()
-            || self.clients.values().any(|c| c.enabled)
+        self.any_limits
     }
 
     fn policy_of<'a>(

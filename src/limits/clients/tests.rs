@@ -167,3 +167,33 @@ fn client_ids() {
     assert!(check_client_id("\u{e9}".repeat(256).as_bytes()).is_ok());
     assert!(check_client_id("\u{e9}".repeat(257).as_bytes()).is_err());
 }
+
+/// Whether any client is limited, as each request asks it: worked out when
+/// the policies are built, and rebuilt with them.
+#[test]
+fn any_limits_follows_the_config() {
+    let clock = ManualClock::new(0) as Arc<dyn Clock>;
+    let build = |c: &ClientsPolicy| ClientPolicies::build(c, clock.clone(), None).unwrap();
+    let mut c = config();
+    assert!(build(&c).any_limits(), "a default quota");
+    c.default = None;
+    assert!(build(&c).any_limits(), "an enabled configured client");
+    c.limits.retain(|_, l| !l.enabled);
+    assert!(!build(&c).any_limits(), "only a disabled client");
+    c.default_max_concurrent = Some(3);
+    assert!(
+        build(&c).any_limits(),
+        "a cap on unlisted clients in flight"
+    );
+    c.default_max_concurrent = None;
+    c.models.insert(
+        "m".into(),
+        Quota {
+            rpm: Some(1),
+            tpm: None,
+        },
+    );
+    assert!(build(&c).any_limits(), "a model limit on unlisted clients");
+    c.models.clear();
+    assert!(!build(&c).any_limits());
+}
