@@ -182,7 +182,13 @@ impl RequestCtx {
 
     /// Ends the admission with `outcome` and counts the tokens it settled.
     pub fn settle(&mut self, outcome: Outcome) {
-        let tokens = self.tokens();
+        // Counted only for a charge still held (a second settlement, as
+        // after an upstream failure once the answer had settled, counts
+        // nothing: up to a megabyte of collected text need not be read).
+        let tokens = match self.admission.charged_tokens() {
+            Some(_) => self.tokens(),
+            None => None,
+        };
         self.settle_with(outcome, tokens);
     }
 
